@@ -1,1 +1,34 @@
-//! deskgate
+//! deskgate: a helpdesk integration gateway.
+//!
+//! Support-automation products read tickets from helpdesks and write resolutions back. deskgate
+//! sits between them and makes that hold up at volume. The host (this crate) owns every byte of IO
+//! and every policy; helpdesk adapters are WebAssembly components that only translate between
+//! normalized operations and each platform's HTTP API.
+//!
+//! # Layout
+//!
+//! - [`bindings`]: the host side of `wit/adapter.wit` (the adapter contract).
+//! - [`runtime`]: wasmtime engine, pooling allocator, epoch deadlines, memory caps, compile cache,
+//!   adapter registry.
+//! - [`conformance`]: `deskgate adapter check`, the obligations every adapter must meet.
+//! - [`builtin`]: the Zendesk, Freshdesk and Intercom adapters compiled into the binary.
+//! - [`cli`]: the `deskgate` command line.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use deskgate::runtime::{AdapterRuntime, RuntimeConfig};
+//! let mut rt = AdapterRuntime::new(RuntimeConfig::default())?;
+//! rt.load_builtin()?;
+//! let zendesk = rt.get("zendesk").expect("built in");
+//! println!("{} buckets on {}", zendesk.descriptor().plans.len(), zendesk.descriptor().name);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+#![deny(missing_docs)]
+
+pub mod bindings;
+pub mod builtin;
+pub mod cli;
+pub mod conformance;
+pub mod runtime;

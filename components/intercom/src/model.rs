@@ -1,0 +1,424 @@
+//! Serde models of the Intercom JSON this adapter reads, and their mapping to contract types.
+//!
+//! Every struct tolerates unknown keys and missing ones (`#[serde(default)]`). Intercom is loose
+//! about id types: the 2.16 spec declares `conversation_part.id`, `admin_assignee_id` and
+//! `team_assignee_id` as strings or integers in different places and its own examples mix both, so
+//! ids and times go through [`flex_id`] and [`flex_i64`], which accept strings, numbers and null.
+
+use deskgate_adapter_sdk::prelude::*;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+/// An id that may arrive as a string, an integer or null. Empty strings count as absent.
+pub fn flex_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    Ok(v.as_ref().and_then(value_id))
+}
+
+/// A time in seconds (or any integer) that may arrive as a number, a numeric string or null.
+pub fn flex_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    let v = Option::<Value>::deserialize(d)?;
+    Ok(match v {
+        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    })
+}
+
+/// The id a JSON value denotes, if it is a non-empty string or a number.
+pub fn value_id(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// Intercom's `conversation` (also `conversation_list_item` in search results and the `item` of
+/// conversation webhooks).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Conversation {
+    /// Always "conversation".
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+    pub title: Option<String>,
+    #[serde(deserialize_with = "flex_i64")]
+    pub created_at: Option<i64>,
+    #[serde(deserialize_with = "flex_i64")]
+    pub updated_at: Option<i64>,
+    pub open: Option<bool>,
+    /// "open", "closed" or "snoozed".
+    pub state: Option<String>,
+    /// 0 or absent when unassigned.
+    #[serde(deserialize_with = "flex_id")]
+    pub admin_assignee_id: Option<String>,
+    /// 0 or absent when unassigned.
+    #[serde(deserialize_with = "flex_id")]
+    pub team_assignee_id: Option<String>,
+    /// `{"type":"tag.list","tags":[...]}`; kept loose (see [`tag_names`]).
+    pub tags: Value,
+    pub source: Option<Source>,
+    pub contacts: Option<ContactList>,
+    pub conversation_parts: Option<PartList>,
+}
+
+/// `conversation.source`: the message that started the conversation.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Source {
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    pub author: Option<Author>,
+}
+
+/// The author of a source message or conversation part.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Author {
+    /// "admin", "user", "lead", "contact", "bot", "team".
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// `conversation.contacts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContactList {
+    pub contacts: Vec<ContactRef>,
+}
+
+/// A contact reference or a contact (the create-contact response).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ContactRef {
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+}
+
+/// `conversation.conversation_parts`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct PartList {
+    pub conversation_parts: Vec<Part>,
+}
+
+/// A `conversation_part`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Part {
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+    /// "comment", "note", "close", "open", "assignment", "snoozed", ...
+    pub part_type: Option<String>,
+    pub body: Option<String>,
+    #[serde(deserialize_with = "flex_i64")]
+    pub created_at: Option<i64>,
+    pub author: Option<Author>,
+}
+
+impl Part {
+    /// Whether an admin (a teammate, not the customer, a bot or a team) wrote it.
+    pub fn by_admin(&self) -> bool {
+        self.author.as_ref().and_then(|a| a.kind.as_deref()) == Some("admin")
+    }
+
+    /// The body, when it has visible content.
+    pub fn visible_body(&self) -> Option<&str> {
+        self.body.as_deref().filter(|b| !text::visible_text(b).is_empty())
+    }
+}
+
+/// The search response (`conversation_list`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ConversationList {
+    pub conversations: Vec<Conversation>,
+    /// `cursor_pages`; `next` is `{"starting_after": ...}` (kept loose, see [`next_cursor`]).
+    pub pages: Value,
+}
+
+impl ConversationList {
+    /// `pages.next.starting_after`, when there is a next page.
+    pub fn next_cursor(&self) -> Option<String> {
+        self.pages
+            .get("next")
+            .and_then(|n| n.get("starting_after"))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    }
+}
+
+/// `admin_with_app` from `GET /me`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Admin {
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A `tag` (from `POST /tags` and `POST /conversations/{id}/tags`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Tag {
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+    pub name: Option<String>,
+}
+
+/// The `message` returned by `POST /conversations`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct Message {
+    #[serde(deserialize_with = "flex_id")]
+    pub id: Option<String>,
+    #[serde(deserialize_with = "flex_id")]
+    pub conversation_id: Option<String>,
+}
+
+/// One entry of an `error.list`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ErrorItem {
+    pub code: Option<String>,
+    pub message: Option<String>,
+    pub field: Option<String>,
+    pub data: Value,
+}
+
+/// Intercom's `error` (`{"type":"error.list","request_id":..,"errors":[..]}`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct ErrorList {
+    pub request_id: Option<String>,
+    pub errors: Vec<ErrorItem>,
+}
+
+/// Tag names from a conversation's `tags`, accepting `{"tags":[...]}` and a bare array.
+pub fn tag_names(tags: &Value) -> Vec<String> {
+    let list = match tags {
+        Value::Array(a) => Some(a),
+        Value::Object(o) => o.get("tags").and_then(Value::as_array),
+        _ => None,
+    };
+    list.map(|l| {
+        l.iter()
+            .filter_map(|t| t.get("name").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// An Intercom id that means "nobody" ("0") becomes none.
+fn assigned(id: &Option<String>) -> Option<String> {
+    id.clone().filter(|s| s != "0")
+}
+
+/// Seconds to milliseconds without overflow.
+pub fn secs_to_ms(secs: i64) -> i64 {
+    secs.saturating_mul(1000)
+}
+
+/// Normalize Intercom's conversation state ("open", "snoozed", "closed"), falling back on the
+/// `open` flag for states this adapter does not know.
+pub fn normalize_state(state: Option<&str>, open: Option<bool>) -> TicketStatus {
+    match state {
+        Some("open") => TicketStatus::Open,
+        Some("snoozed") => TicketStatus::Pending,
+        Some("closed") => TicketStatus::Solved,
+        _ => match open {
+            Some(false) => TicketStatus::Solved,
+            _ => TicketStatus::Open,
+        },
+    }
+}
+
+impl Conversation {
+    /// `state`, or a state derived from `open` when the payload omits it.
+    pub fn raw_state(&self) -> String {
+        match (&self.state, self.open) {
+            (Some(s), _) if !s.is_empty() => s.clone(),
+            (_, Some(false)) => "closed".to_string(),
+            (_, Some(true)) => "open".to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// Whether the payload carries enough to build a ticket (deleted-topic webhooks carry only ids).
+    pub fn is_full(&self) -> bool {
+        self.created_at.is_some() && (self.state.is_some() || self.open.is_some())
+    }
+
+    /// The parts, oldest first (as Intercom returns them).
+    pub fn parts(&self) -> &[Part] {
+        self.conversation_parts.as_ref().map(|p| p.conversation_parts.as_slice()).unwrap_or(&[])
+    }
+
+    /// Tag names on the conversation.
+    pub fn tag_names(&self) -> Vec<String> {
+        tag_names(&self.tags)
+    }
+
+    /// The customer: the source message's author when a contact wrote it, otherwise the first
+    /// contact of the conversation.
+    pub fn requester(&self) -> Option<String> {
+        let from_source = self.source.as_ref().and_then(|s| s.author.as_ref()).and_then(|a| {
+            match a.kind.as_deref() {
+                Some("user" | "lead" | "contact") => a.id.clone(),
+                _ => None,
+            }
+        });
+        from_source.or_else(|| {
+            self.contacts.as_ref().and_then(|c| c.contacts.iter().find_map(|c| c.id.clone()))
+        })
+    }
+
+    /// The admin-authored parts with a visible body, as contract comments. Notes are private.
+    pub fn comments(&self) -> Vec<Comment> {
+        self.parts()
+            .iter()
+            .filter(|p| p.by_admin())
+            .filter_map(|p| {
+                let body = p.visible_body()?;
+                Some(Comment {
+                    id: p.id.clone().unwrap_or_default(),
+                    author_id: p.author.as_ref().and_then(|a| a.id.clone()),
+                    body: body.to_string(),
+                    public: p.part_type.as_deref() != Some("note"),
+                    created_at: secs_to_ms(p.created_at.unwrap_or(0)),
+                })
+            })
+            .collect()
+    }
+
+    /// The id of the newest part, if the response carried parts.
+    pub fn last_part_id(&self) -> Option<String> {
+        self.parts().last().and_then(|p| p.id.clone())
+    }
+
+    /// The contract ticket. Fails (permanent) when the conversation has no id.
+    pub fn to_ticket(&self) -> Result<Ticket, Failure> {
+        let id = self.id.clone().ok_or_else(|| {
+            fail::permanent("Intercom returned a conversation without an id".to_string())
+        })?;
+        let subject = self
+            .title
+            .clone()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| self.source.as_ref().and_then(|s| s.subject.clone()))
+            .filter(|t| !t.trim().is_empty());
+        Ok(Ticket {
+            id,
+            subject,
+            status: normalize_state(self.state.as_deref(), self.open),
+            raw_status: self.raw_state(),
+            requester_id: self.requester(),
+            assignee_id: assigned(&self.admin_assignee_id),
+            group_id: assigned(&self.team_assignee_id),
+            tags: self.tag_names(),
+            created_at: secs_to_ms(self.created_at.unwrap_or(0)),
+            updated_at: secs_to_ms(self.updated_at.or(self.created_at).unwrap_or(0)),
+            comments: self.comments(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONVERSATION: &str = include_str!("../tests/fixtures/conversation.json");
+
+    #[test]
+    fn conversation_maps_to_ticket() {
+        let c: Conversation = serde_json::from_str(CONVERSATION).unwrap();
+        let t = c.to_ticket().unwrap();
+        assert_eq!(t.id, "503");
+        assert_eq!(t.status, TicketStatus::Solved);
+        assert_eq!(t.raw_status, "closed");
+        assert_eq!(t.assignee_id.as_deref(), Some("991267715"));
+        assert_eq!(t.group_id.as_deref(), Some("5017691"));
+        assert_eq!(t.tags, vec!["Test tag".to_string()]);
+        assert_eq!(t.created_at, 1_734_537_511_000);
+        assert_eq!(t.requester_id.as_deref(), Some("6762f1261bb69f9f2193bba7"));
+        assert_eq!(t.subject, None);
+        // One admin comment with a body; the custom-action parts have no body.
+        assert_eq!(t.comments.len(), 1);
+        assert_eq!(t.comments[0].id, "1");
+        assert_eq!(t.comments[0].body, "<p>Okay!</p>");
+        assert!(t.comments[0].public);
+        assert_eq!(t.comments[0].author_id.as_deref(), Some("274"));
+        assert_eq!(t.comments[0].created_at, 1_663_597_223_000);
+    }
+
+    #[test]
+    fn states_normalize() {
+        assert_eq!(normalize_state(Some("open"), Some(true)), TicketStatus::Open);
+        assert_eq!(normalize_state(Some("snoozed"), Some(true)), TicketStatus::Pending);
+        assert_eq!(normalize_state(Some("closed"), Some(false)), TicketStatus::Solved);
+        assert_eq!(normalize_state(Some("weird"), Some(false)), TicketStatus::Solved);
+        assert_eq!(normalize_state(None, None), TicketStatus::Open);
+    }
+
+    #[test]
+    fn loose_shapes_are_tolerated() {
+        let c: Conversation = serde_json::from_value(serde_json::json!({
+            "id": 42, "created_at": "1700000000", "updated_at": null, "open": true,
+            "admin_assignee_id": 0, "team_assignee_id": null, "tags": [{"name": "a"}],
+            "source": {"author": {"type": "lead", "id": "lead-1"}},
+            "conversation_parts": {"conversation_parts": [
+                {"id": "9", "part_type": "note", "body": "<p>internal</p>",
+                 "author": {"type": "admin", "id": 7}},
+                {"id": "10", "part_type": "comment", "body": "<p>from customer</p>",
+                 "author": {"type": "user", "id": "u"}},
+                {"id": "11", "part_type": "comment", "body": "<p> </p>",
+                 "author": {"type": "admin", "id": "7"}}
+            ]},
+            "brand_new_key": {"x": 1}
+        }))
+        .unwrap();
+        let t = c.to_ticket().unwrap();
+        assert_eq!(t.id, "42");
+        assert_eq!(t.raw_status, "open");
+        assert_eq!(t.assignee_id, None);
+        assert_eq!(t.group_id, None);
+        assert_eq!(t.tags, vec!["a".to_string()]);
+        assert_eq!(t.requester_id.as_deref(), Some("lead-1"));
+        assert_eq!(t.updated_at, 1_700_000_000_000);
+        assert_eq!(t.comments.len(), 1);
+        assert!(!t.comments[0].public);
+        assert_eq!(t.comments[0].author_id.as_deref(), Some("7"));
+        assert_eq!(c.last_part_id().as_deref(), Some("11"));
+    }
+
+    #[test]
+    fn conversation_without_id_is_a_failure() {
+        let c: Conversation = serde_json::from_str("{}").unwrap();
+        assert!(matches!(c.to_ticket(), Err(Failure::Permanent(_))));
+    }
+
+    #[test]
+    fn next_cursor_reads_starting_after() {
+        let l: ConversationList = serde_json::from_value(serde_json::json!({
+            "conversations": [], "pages": {"next": {"starting_after": "abc"}}
+        }))
+        .unwrap();
+        assert_eq!(l.next_cursor().as_deref(), Some("abc"));
+        let l: ConversationList =
+            serde_json::from_value(serde_json::json!({"pages": {"page": 1}})).unwrap();
+        assert_eq!(l.next_cursor(), None);
+        let l: ConversationList =
+            serde_json::from_value(serde_json::json!({"pages": null})).unwrap();
+        assert_eq!(l.next_cursor(), None);
+    }
+}

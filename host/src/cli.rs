@@ -1,0 +1,170 @@
+//! The `deskgate` command line: the operator's verbs.
+
+use crate::conformance;
+use crate::runtime::{AdapterRuntime, RuntimeConfig};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// deskgate: the helpdesk integration gateway.
+#[derive(Debug, Parser)]
+#[command(name = "deskgate", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List the loaded adapters (built-in, plus any in --dir) with their descriptors.
+    Adapters {
+        /// What to do with adapters.
+        #[command(subcommand)]
+        command: AdaptersCommand,
+    },
+    /// Work on one adapter component.
+    Adapter {
+        /// What to do with the adapter.
+        #[command(subcommand)]
+        command: AdapterCommand,
+    },
+    /// Run a local simulator of a helpdesk platform (for tests, demos and your own integration tests).
+    Sim(SimArgs),
+}
+
+/// `deskgate adapters ...`
+#[derive(Debug, Subcommand)]
+pub enum AdaptersCommand {
+    /// Print each adapter: id, name, version, auth, plans and buckets, capabilities, webhooks.
+    List {
+        /// Also load every *.wasm in this directory.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `deskgate adapter ...`
+#[derive(Debug, Subcommand)]
+pub enum AdapterCommand {
+    /// Check that a component meets the adapter obligations (the conformance kit).
+    Check {
+        /// The component (.wasm) to check.
+        component: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `deskgate sim ...`
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Which platform to simulate: zendesk, freshdesk or intercom.
+    #[arg(long)]
+    pub platform: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: String,
+    /// Seed for fault injection, so a run can be replayed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn runtime() -> anyhow::Result<AdapterRuntime> {
+    let cache = std::env::var_os("DESKGATE_CACHE_DIR").map(PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("deskgate"))
+    });
+    let mut rt = AdapterRuntime::new(RuntimeConfig { cache_dir: cache, ..RuntimeConfig::default() })?;
+    rt.load_builtin()?;
+    Ok(rt)
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Adapters { command: AdaptersCommand::List { dir, json } } => adapters_list(dir, json),
+        Command::Adapter { command: AdapterCommand::Check { component, json } } => adapter_check(component, json),
+        Command::Sim(args) => sim(args),
+    }
+}
+
+fn adapters_list(dir: Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let mut rt = runtime()?;
+    let mut errors = Vec::new();
+    if let Some(dir) = dir {
+        errors = rt.load_dir(&dir)?;
+    }
+    if json {
+        let list: Vec<_> = rt
+            .adapters()
+            .map(|a| serde_json::json!({"source": a.source(), "descriptor": a.descriptor()}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        for a in rt.adapters() {
+            let d = a.descriptor();
+            println!("{} ({} {}) from {}", d.id, d.name, d.version, a.source());
+            let auth: Vec<String> = d.auth.iter().map(|s| format!("{s:?}")).collect();
+            println!("  auth:         {}", auth.join(", "));
+            for p in &d.plans {
+                let marker = if p.plan == d.default_plan { " (default)" } else { "" };
+                let buckets: Vec<String> = p
+                    .buckets
+                    .iter()
+                    .map(|b| format!("{} {}/{}s{}", b.name, b.limit, b.window_ms / 1000, match b.scope {
+                        crate::bindings::BucketScope::Account => "",
+                        crate::bindings::BucketScope::PerObject => " per object",
+                    }))
+                    .collect();
+                println!("  plan {}{marker}: {}", p.plan, buckets.join(", "));
+            }
+            let idem = if d.idempotent_actions.is_empty() { "none".to_string() } else { d.idempotent_actions.join(", ") };
+            println!("  idempotency:  {idem}");
+            println!("  atomic resolution: {}", if d.atomic_resolution { "yes (one request)" } else { "no (parts in order)" });
+            let caps: Vec<String> = d.capabilities.iter().map(|c| format!("{} via {:?}", c.capability.name(), c.method)).collect();
+            println!("  capabilities: {}", caps.join(", "));
+            println!("  webhooks:     {:?} in {}", d.webhook.algorithm, d.webhook.signature_header);
+        }
+    }
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    Ok(if errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn adapter_check(component: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let name = component.display().to_string();
+    let report = match std::fs::read(&component) {
+        Err(e) => conformance::load_failure(&name, &format!("cannot read {name}: {e}")),
+        Ok(bytes) => match rt.prepare(&name, &bytes) {
+            Ok(adapter) => conformance::check(&adapter),
+            Err(e) => conformance::load_failure(&name, &e),
+        },
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("conformance of {} ({name})", report.adapter);
+        for c in &report.checks {
+            println!("  [{}] {:<24} {}", if c.passed { "ok" } else { "FAIL" }, c.obligation, c.detail);
+        }
+        let failed = report.failures().count();
+        if failed == 0 {
+            println!("all {} checks passed", report.checks.len());
+        } else {
+            println!("{failed} of {} checks failed", report.checks.len());
+        }
+    }
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
+    let _ = args;
+    anyhow::bail!("the simulators are not wired into this build yet")
+}
