@@ -60,7 +60,11 @@ pub fn descriptor() -> Descriptor {
 }
 
 fn cap(capability: Capability, requires: &str) -> CapabilitySpec {
-    CapabilitySpec { capability, method: ProbeMethod::ProbeTicket, requires: requires.to_string() }
+    CapabilitySpec {
+        capability,
+        method: ProbeMethod::ProbeTicket,
+        requires: requires.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -76,13 +80,23 @@ mod tests {
         assert_eq!(d.default_plan, "standard");
         assert_eq!(d.plans.len(), 1);
         let b = &d.plans[0].buckets;
-        assert_eq!((b[0].name.as_str(), b[0].limit, b[0].window_ms), ("app", 1666, 10_000));
-        assert_eq!((b[1].name.as_str(), b[1].limit, b[1].window_ms), ("workspace", 4166, 10_000));
+        assert_eq!(
+            (b[0].name.as_str(), b[0].limit, b[0].window_ms),
+            ("app", 1666, 10_000)
+        );
+        assert_eq!(
+            (b[1].name.as_str(), b[1].limit, b[1].window_ms),
+            ("workspace", 4166, 10_000)
+        );
         assert!(b.iter().all(|b| b.scope == BucketScope::Account));
         assert!(d.idempotent_actions.is_empty());
         assert!(d.atomic_resolution);
         assert_eq!(d.capabilities.len(), 5);
-        assert!(d.capabilities.iter().all(|c| c.method == ProbeMethod::ProbeTicket));
+        assert!(
+            d.capabilities
+                .iter()
+                .all(|c| c.method == ProbeMethod::ProbeTicket)
+        );
         assert_eq!(d.webhook.algorithm, SignatureAlgorithm::HmacSha1Hex);
         assert_eq!(d.webhook.signature_header, "x-hub-signature");
         assert_eq!(d.webhook.max_age_secs, None);

@@ -42,8 +42,12 @@ const PLAN_REMEDIATION: &str = "The Intercom workspace's plan or subscription do
 
 /// Error codes that mean the request named an admin or team Intercom cannot use; the request is
 /// wrong, not the conversation missing.
-const INVALID_TARGET_CODES: &[&str] =
-    &["admin_not_found", "team_not_found", "team_unavailable", "conversation_attribute_not_found"];
+const INVALID_TARGET_CODES: &[&str] = &[
+    "admin_not_found",
+    "team_not_found",
+    "team_unavailable",
+    "conversation_attribute_not_found",
+];
 
 /// Classify a non-2xx response. `need` is the permission the request needs (see [`need`]).
 pub fn classify(resp: &HttpResponse, need: &str) -> Failure {
@@ -58,22 +62,39 @@ pub fn classify(resp: &HttpResponse, need: &str) -> Failure {
     let code = first.and_then(|e| e.code.clone()).unwrap_or_default();
     let platform_message = {
         let msgs: Vec<&str> = errors.iter().filter_map(|e| e.message.as_deref()).collect();
-        if msgs.is_empty() { snippet(&resp.body) } else { msgs.join("; ") }
+        if msgs.is_empty() {
+            snippet(&resp.body)
+        } else {
+            msgs.join("; ")
+        }
     };
-    let detail = describe(status, errors, list.as_ref().and_then(|l| l.request_id.as_deref()), &resp.body);
+    let detail = describe(
+        status,
+        errors,
+        list.as_ref().and_then(|l| l.request_id.as_deref()),
+        &resp.body,
+    );
 
     if INVALID_TARGET_CODES.contains(&code.as_str()) {
         return Failure::Invalid(detail);
     }
     match status {
         401 => fail::unauthenticated(
-            if code.is_empty() { "unauthorized" } else { &code },
+            if code.is_empty() {
+                "unauthorized"
+            } else {
+                &code
+            },
             &platform_message,
         ),
         403 => match code.as_str() {
             "api_plan_restricted" => fail::forbidden(
                 PermissionKind::Plan,
-                if platform_message.is_empty() { "api_plan_restricted" } else { &platform_message },
+                if platform_message.is_empty() {
+                    "api_plan_restricted"
+                } else {
+                    &platform_message
+                },
                 PLAN_REMEDIATION,
                 &platform_message,
             ),
@@ -130,7 +151,11 @@ fn required_permissions(data: &Value) -> Option<String> {
         _ => Vec::new(),
     };
     let names: Vec<String> = names.into_iter().filter(|n| !n.trim().is_empty()).collect();
-    if names.is_empty() { None } else { Some(names.join(", ")) }
+    if names.is_empty() {
+        None
+    } else {
+        Some(names.join(", "))
+    }
 }
 
 /// A one-line description for the write log: status, codes, messages, fields and request id.
@@ -185,7 +210,10 @@ mod tests {
     fn resp(status: u16, body: &str, headers: &[(&str, &str)]) -> HttpResponse {
         HttpResponse {
             status,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: body.as_bytes().to_vec(),
         }
     }
@@ -197,7 +225,10 @@ mod tests {
 
     #[test]
     fn unauthorized_is_unauthenticated() {
-        let f = classify(&resp(401, &fixture("error_401.json"), &[]), need::READ_CONVERSATIONS);
+        let f = classify(
+            &resp(401, &fixture("error_401.json"), &[]),
+            need::READ_CONVERSATIONS,
+        );
         match f {
             Failure::Unauthenticated(d) => {
                 assert_eq!(d.code, "unauthorized");
@@ -242,10 +273,17 @@ mod tests {
             Failure::Forbidden(d) => {
                 assert_eq!(d.kind, PermissionKind::Scope);
                 assert_eq!(d.missing, "Write conversations");
-                assert!(d.remediation.contains("Configure > Authentication"), "{}", d.remediation);
+                assert!(
+                    d.remediation.contains("Configure > Authentication"),
+                    "{}",
+                    d.remediation
+                );
                 assert!(d.remediation.contains("\"Write conversations\""));
                 assert!(d.remediation.contains("re-authorize"));
-                assert_eq!(d.message, "You do not have permission to perform this action.");
+                assert_eq!(
+                    d.message,
+                    "You do not have permission to perform this action."
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -275,7 +313,10 @@ mod tests {
 
     #[test]
     fn plan_restriction_is_forbidden_plan() {
-        let f = classify(&resp(403, &fixture("error_403_plan.json"), &[]), need::READ_CONVERSATIONS);
+        let f = classify(
+            &resp(403, &fixture("error_403_plan.json"), &[]),
+            need::READ_CONVERSATIONS,
+        );
         match f {
             Failure::Forbidden(d) => {
                 assert_eq!(d.kind, PermissionKind::Plan);
@@ -302,14 +343,20 @@ mod tests {
 
     #[test]
     fn not_found() {
-        match classify(&resp(404, &fixture("error_404.json"), &[]), need::READ_CONVERSATIONS) {
+        match classify(
+            &resp(404, &fixture("error_404.json"), &[]),
+            need::READ_CONVERSATIONS,
+        ) {
             Failure::NotFound(m) => {
                 assert!(m.contains("not_found: Resource Not Found"), "{m}");
                 assert!(m.contains("request_id 8c288c4f"), "{m}");
             }
             other => panic!("{other:?}"),
         }
-        match classify(&resp(404, &fixture("error_envelope.json"), &[]), need::READ_CONVERSATIONS) {
+        match classify(
+            &resp(404, &fixture("error_envelope.json"), &[]),
+            need::READ_CONVERSATIONS,
+        ) {
             Failure::NotFound(m) => assert!(m.contains("No such user_id[314159]"), "{m}"),
             other => panic!("{other:?}"),
         }
@@ -317,15 +364,29 @@ mod tests {
 
     #[test]
     fn validation_errors_are_invalid_with_fields() {
-        match classify(&resp(422, &fixture("error_422.json"), &[]), need::WRITE_CONVERSATIONS) {
-            Failure::Invalid(m) => assert!(m.contains("parameter_invalid: Body is required (field body)"), "{m}"),
+        match classify(
+            &resp(422, &fixture("error_422.json"), &[]),
+            need::WRITE_CONVERSATIONS,
+        ) {
+            Failure::Invalid(m) => assert!(
+                m.contains("parameter_invalid: Body is required (field body)"),
+                "{m}"
+            ),
             other => panic!("{other:?}"),
         }
-        match classify(&resp(400, &fixture("error_400_tag.json"), &[]), need::WRITE_TAGS) {
+        match classify(
+            &resp(400, &fixture("error_400_tag.json"), &[]),
+            need::WRITE_TAGS,
+        ) {
             Failure::Invalid(m) => assert!(m.contains("invalid tag parameters"), "{m}"),
             other => panic!("{other:?}"),
         }
-        for code in ["unprocessable_entity", "data_invalid", "parameter_not_found", "type_mismatch"] {
+        for code in [
+            "unprocessable_entity",
+            "data_invalid",
+            "parameter_not_found",
+            "type_mismatch",
+        ] {
             let body = format!(r#"{{"type":"error.list","errors":[{{"code":"{code}"}}]}}"#);
             assert!(matches!(
                 classify(&resp(422, &body, &[]), need::WRITE_CONVERSATIONS),
@@ -336,28 +397,49 @@ mod tests {
 
     #[test]
     fn unusable_admin_or_team_is_invalid_whatever_the_status() {
-        match classify(&resp(400, &fixture("error_team_unavailable.json"), &[]), need::WRITE_CONVERSATIONS) {
+        match classify(
+            &resp(400, &fixture("error_team_unavailable.json"), &[]),
+            need::WRITE_CONVERSATIONS,
+        ) {
             Failure::Invalid(m) => assert!(m.contains("team is deprecated"), "{m}"),
             other => panic!("{other:?}"),
         }
         let body = r#"{"type":"error.list","errors":[{"code":"admin_not_found","message":"Admin not found"}]}"#;
-        assert!(matches!(classify(&resp(404, body, &[]), need::WRITE_CONVERSATIONS), Failure::Invalid(_)));
+        assert!(matches!(
+            classify(&resp(404, body, &[]), need::WRITE_CONVERSATIONS),
+            Failure::Invalid(_)
+        ));
     }
 
     #[test]
     fn conflicts_and_server_errors_are_transient() {
         assert!(matches!(
-            classify(&resp(409, &fixture("error_409.json"), &[]), need::WRITE_USERS),
+            classify(
+                &resp(409, &fixture("error_409.json"), &[]),
+                need::WRITE_USERS
+            ),
             Failure::Transient(_)
         ));
-        let f = classify(&resp(502, &fixture("error_502.html"), &[]), need::READ_CONVERSATIONS);
+        let f = classify(
+            &resp(502, &fixture("error_502.html"), &[]),
+            need::READ_CONVERSATIONS,
+        );
         match f {
             Failure::Transient(m) => assert!(m.contains("502 Bad Gateway"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(classify(&resp(500, "", &[]), need::READ_CONVERSATIONS), Failure::Transient(_)));
-        assert!(matches!(classify(&resp(408, "", &[]), need::READ_CONVERSATIONS), Failure::Transient(_)));
-        assert!(matches!(classify(&resp(405, "", &[]), need::READ_CONVERSATIONS), Failure::Permanent(_)));
+        assert!(matches!(
+            classify(&resp(500, "", &[]), need::READ_CONVERSATIONS),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&resp(408, "", &[]), need::READ_CONVERSATIONS),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            classify(&resp(405, "", &[]), need::READ_CONVERSATIONS),
+            Failure::Permanent(_)
+        ));
     }
 
     #[test]
@@ -367,7 +449,10 @@ mod tests {
             ("x-ratelimit-remaining", "0"),
             ("x-ratelimit-reset", "1487332520"),
         ];
-        match classify(&resp(429, &fixture("error_429.json"), &headers), need::READ_CONVERSATIONS) {
+        match classify(
+            &resp(429, &fixture("error_429.json"), &headers),
+            need::READ_CONVERSATIONS,
+        ) {
             Failure::RateLimited(d) => {
                 assert_eq!(d.retry_after_ms, None);
                 assert_eq!(d.bucket.as_deref(), Some("app"));
@@ -375,17 +460,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match classify(&resp(429, "Too Many Requests", &[("Retry-After", "3")]), need::READ_CONVERSATIONS) {
+        match classify(
+            &resp(429, "Too Many Requests", &[("Retry-After", "3")]),
+            need::READ_CONVERSATIONS,
+        ) {
             Failure::RateLimited(d) => assert_eq!(d.retry_after_ms, Some(3000)),
             other => panic!("{other:?}"),
         }
         let body = r#"{"type":"error.list","errors":[{"code":"too_many_requests"}]}"#;
-        assert!(matches!(classify(&resp(429, body, &[]), need::READ_CONVERSATIONS), Failure::RateLimited(_)));
+        assert!(matches!(
+            classify(&resp(429, body, &[]), need::READ_CONVERSATIONS),
+            Failure::RateLimited(_)
+        ));
     }
 
     #[test]
     fn garbage_bodies_do_not_panic() {
-        for body in ["\u{0}\u{1}", "{", "[]", "null", "{\"errors\":\"nope\"}", "{\"errors\":[1,2]}"] {
+        for body in [
+            "\u{0}\u{1}",
+            "{",
+            "[]",
+            "null",
+            "{\"errors\":\"nope\"}",
+            "{\"errors\":[1,2]}",
+        ] {
             for status in [400, 401, 403, 404, 418, 429, 500] {
                 let _ = classify(&resp(status, body, &[]), need::READ_CONVERSATIONS);
             }

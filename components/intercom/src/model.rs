@@ -131,7 +131,9 @@ impl Part {
 
     /// The body, when it has visible content.
     pub fn visible_body(&self) -> Option<&str> {
-        self.body.as_deref().filter(|b| !text::visible_text(b).is_empty())
+        self.body
+            .as_deref()
+            .filter(|b| !text::visible_text(b).is_empty())
     }
 }
 
@@ -261,7 +263,10 @@ impl Conversation {
 
     /// The parts, oldest first (as Intercom returns them).
     pub fn parts(&self) -> &[Part] {
-        self.conversation_parts.as_ref().map(|p| p.conversation_parts.as_slice()).unwrap_or(&[])
+        self.conversation_parts
+            .as_ref()
+            .map(|p| p.conversation_parts.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Tag names on the conversation.
@@ -272,14 +277,18 @@ impl Conversation {
     /// The customer: the source message's author when a contact wrote it, otherwise the first
     /// contact of the conversation.
     pub fn requester(&self) -> Option<String> {
-        let from_source = self.source.as_ref().and_then(|s| s.author.as_ref()).and_then(|a| {
-            match a.kind.as_deref() {
+        let from_source = self
+            .source
+            .as_ref()
+            .and_then(|s| s.author.as_ref())
+            .and_then(|a| match a.kind.as_deref() {
                 Some("user" | "lead" | "contact") => a.id.clone(),
                 _ => None,
-            }
-        });
+            });
         from_source.or_else(|| {
-            self.contacts.as_ref().and_then(|c| c.contacts.iter().find_map(|c| c.id.clone()))
+            self.contacts
+                .as_ref()
+                .and_then(|c| c.contacts.iter().find_map(|c| c.id.clone()))
         })
     }
 
@@ -363,10 +372,22 @@ mod tests {
 
     #[test]
     fn states_normalize() {
-        assert_eq!(normalize_state(Some("open"), Some(true)), TicketStatus::Open);
-        assert_eq!(normalize_state(Some("snoozed"), Some(true)), TicketStatus::Pending);
-        assert_eq!(normalize_state(Some("closed"), Some(false)), TicketStatus::Solved);
-        assert_eq!(normalize_state(Some("weird"), Some(false)), TicketStatus::Solved);
+        assert_eq!(
+            normalize_state(Some("open"), Some(true)),
+            TicketStatus::Open
+        );
+        assert_eq!(
+            normalize_state(Some("snoozed"), Some(true)),
+            TicketStatus::Pending
+        );
+        assert_eq!(
+            normalize_state(Some("closed"), Some(false)),
+            TicketStatus::Solved
+        );
+        assert_eq!(
+            normalize_state(Some("weird"), Some(false)),
+            TicketStatus::Solved
+        );
         assert_eq!(normalize_state(None, None), TicketStatus::Open);
     }
 

@@ -35,7 +35,10 @@ mod tests {
     fn resp(headers: &[(&str, &str)]) -> HttpResponse {
         HttpResponse {
             status: 200,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: Vec::new(),
         }
     }
@@ -59,7 +62,13 @@ mod tests {
     #[test]
     fn garbage_is_ignored() {
         assert!(observe(&resp(&[])).is_empty());
-        assert!(observe(&resp(&[("x-ratelimit-limit", "lots"), ("x-ratelimit-reset", "-5")])).is_empty());
+        assert!(
+            observe(&resp(&[
+                ("x-ratelimit-limit", "lots"),
+                ("x-ratelimit-reset", "-5")
+            ]))
+            .is_empty()
+        );
         let obs = observe(&resp(&[
             ("x-ratelimit-limit", "99999999999999"),
             ("x-ratelimit-remaining", " 42 "),

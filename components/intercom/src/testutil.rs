@@ -15,7 +15,10 @@ pub fn conn() -> Connection {
 
 /// A connection that has not learnt its admin yet.
 pub fn conn_without_admin() -> Connection {
-    Connection { agent_id: None, ..conn() }
+    Connection {
+        agent_id: None,
+        ..conn()
+    }
 }
 
 /// A response with a JSON body.
@@ -29,7 +32,11 @@ pub fn json_resp(status: u16, body: &Value) -> HttpResponse {
 
 /// A response with a raw body.
 pub fn raw_resp(status: u16, body: &str) -> HttpResponse {
-    HttpResponse { status, headers: Vec::new(), body: body.as_bytes().to_vec() }
+    HttpResponse {
+        status,
+        headers: Vec::new(),
+        body: body.as_bytes().to_vec(),
+    }
 }
 
 /// A fixture from `tests/fixtures`.
@@ -68,15 +75,23 @@ pub fn body(req: &HttpRequest) -> Value {
 
 /// Asserts the headers, lane and draws every Intercom request has.
 pub fn assert_common(req: &HttpRequest, lane: Lane) {
-    let h = |n: &str| req.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_str());
+    let h = |n: &str| {
+        req.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    };
     assert_eq!(h("Intercom-Version"), Some("2.16"), "{req:?}");
     assert_eq!(h("Accept"), Some("application/json"), "{req:?}");
     if req.body.is_some() {
         assert_eq!(h("content-type"), Some("application/json"), "{req:?}");
     }
     assert_eq!(req.lane, lane, "{req:?}");
-    let draws: Vec<(&str, Option<&str>, u32)> =
-        req.draws.iter().map(|d| (d.bucket.as_str(), d.key.as_deref(), d.cost)).collect();
+    let draws: Vec<(&str, Option<&str>, u32)> = req
+        .draws
+        .iter()
+        .map(|d| (d.bucket.as_str(), d.key.as_deref(), d.cost))
+        .collect();
     assert_eq!(draws, vec![("app", None, 1), ("workspace", None, 1)]);
     assert_eq!(req.idempotency_header, None);
 }
@@ -98,7 +113,10 @@ pub fn conversation(
                 "created_at":1700000100,"author":{"type":at,"id":if *at == "admin" {"991267715"} else {"u1"}}})
         })
         .collect();
-    let tags: Vec<Value> = tags.iter().map(|t| serde_json::json!({"type":"tag","id":"1","name":t})).collect();
+    let tags: Vec<Value> = tags
+        .iter()
+        .map(|t| serde_json::json!({"type":"tag","id":"1","name":t}))
+        .collect();
     serde_json::json!({
         "type": "conversation", "id": id, "created_at": 1700000000, "updated_at": 1700000100,
         "open": state != "closed", "state": state,

@@ -51,27 +51,51 @@ pub fn parse(headers: &[(String, String)], body: &[u8]) -> Result<Webhook, Failu
     let payload: Value = serde_json::from_slice(body)
         .map_err(|e| fail::invalid(format!("the Intercom webhook body is not JSON: {e}")))?;
     let Value::Object(obj) = &payload else {
-        return Err(fail::invalid("the Intercom webhook body is not a JSON object"));
+        return Err(fail::invalid(
+            "the Intercom webhook body is not a JSON object",
+        ));
     };
     let topic = obj.get("topic").and_then(Value::as_str).ok_or_else(|| {
         fail::invalid("the Intercom webhook body has no topic (not a notification_event?)")
     })?;
-    let event_id = obj.get("id").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
-    let created_at = obj.get("created_at").and_then(Value::as_i64).filter(|s| *s > 0);
+    let event_id = obj
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
+    let created_at = obj
+        .get("created_at")
+        .and_then(Value::as_i64)
+        .filter(|s| *s > 0);
 
     let mut events = Vec::new();
     let item = obj.get("data").and_then(|d| d.get("item"));
-    if let Some(item) = item.filter(|i| i.get("type").and_then(Value::as_str) == Some("conversation")) {
+    if let Some(item) =
+        item.filter(|i| i.get("type").and_then(Value::as_str) == Some("conversation"))
+    {
         let c: Conversation = serde_json::from_value(item.clone()).map_err(|e| {
-            fail::invalid(format!("the conversation in the Intercom webhook is malformed: {e}"))
+            fail::invalid(format!(
+                "the conversation in the Intercom webhook is malformed: {e}"
+            ))
         })?;
-        let ticket_id = c.id.clone().ok_or_else(|| {
-            fail::invalid("the conversation in the Intercom webhook has no id")
-        })?;
+        let ticket_id = c
+            .id
+            .clone()
+            .ok_or_else(|| fail::invalid("the conversation in the Intercom webhook has no id"))?;
         let kind = kind(topic);
-        let ticket = if kind != "deleted" && c.is_full() { c.to_ticket().ok() } else { None };
+        let ticket = if kind != "deleted" && c.is_full() {
+            c.to_ticket().ok()
+        } else {
+            None
+        };
         let occurred_at = created_at.or(c.updated_at).map(secs_to_ms).unwrap_or(0);
-        events.push(TicketEvent { event_id, ticket_id, kind: kind.to_string(), occurred_at, ticket });
+        events.push(TicketEvent {
+            event_id,
+            ticket_id,
+            kind: kind.to_string(),
+            occurred_at,
+            ticket,
+        });
     }
     Ok(Webhook { signature, events })
 }
@@ -82,7 +106,10 @@ mod tests {
     use crate::testutil::fixture;
 
     fn h(v: &str) -> Vec<(String, String)> {
-        vec![("x-hub-signature".to_string(), v.to_string()), ("content-type".to_string(), "application/json".to_string())]
+        vec![
+            ("x-hub-signature".to_string(), v.to_string()),
+            ("content-type".to_string(), "application/json".to_string()),
+        ]
     }
 
     #[test]
@@ -97,7 +124,10 @@ mod tests {
         assert_eq!(s.timestamp, None);
         assert_eq!(w.events.len(), 1);
         let e = &w.events[0];
-        assert_eq!(e.event_id.as_deref(), Some("notif_7b2c1d9e-3f4a-4b5c-8d6e-7f8a9b0c1d2e"));
+        assert_eq!(
+            e.event_id.as_deref(),
+            Some("notif_7b2c1d9e-3f4a-4b5c-8d6e-7f8a9b0c1d2e")
+        );
         assert_eq!(e.ticket_id, "503");
         assert_eq!(e.kind, "commented");
         assert_eq!(e.occurred_at, 1_734_537_601_000);
@@ -129,12 +159,21 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_invalid() {
-        for body in ["", "{", "[1,2]", "\"str\"", "{\"type\":\"notification_event\"}"] {
+        for body in [
+            "",
+            "{",
+            "[1,2]",
+            "\"str\"",
+            "{\"type\":\"notification_event\"}",
+        ] {
             let r = parse(&h("sha1=00"), body.as_bytes());
             assert!(matches!(r, Err(Failure::Invalid(_))), "{body}: {r:?}");
         }
         let bad_item = r#"{"topic":"conversation.admin.closed","data":{"item":{"type":"conversation","id":"1","created_at":"soon?","state":{}}}}"#;
-        assert!(matches!(parse(&h("sha1=00"), bad_item.as_bytes()), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            parse(&h("sha1=00"), bad_item.as_bytes()),
+            Err(Failure::Invalid(_))
+        ));
     }
 
     #[test]
@@ -143,9 +182,19 @@ mod tests {
         assert!(w.events.is_empty());
         assert!(w.signature.is_some());
         let ticket = r#"{"type":"notification_event","topic":"ticket.created","id":"notif_1","created_at":1,"data":{"type":"notification_event_data","item":{"type":"ticket","id":"1295"}}}"#;
-        assert!(parse(&h("sha1=00"), ticket.as_bytes()).unwrap().events.is_empty());
+        assert!(
+            parse(&h("sha1=00"), ticket.as_bytes())
+                .unwrap()
+                .events
+                .is_empty()
+        );
         let contact = r#"{"type":"notification_event","topic":"contact.user.created","data":{"item":{"type":"contact","id":"abc"}}}"#;
-        assert!(parse(&h("sha1=00"), contact.as_bytes()).unwrap().events.is_empty());
+        assert!(
+            parse(&h("sha1=00"), contact.as_bytes())
+                .unwrap()
+                .events
+                .is_empty()
+        );
     }
 
     #[test]

@@ -106,7 +106,8 @@ impl ProbeState {
 
     fn record(&mut self, cap: &str, failure: Option<&Failure>) {
         if self.wants(cap) && !self.has_result(cap) {
-            self.results.push((cap.to_string(), failure.map(SavedFailure::from)));
+            self.results
+                .push((cap.to_string(), failure.map(SavedFailure::from)));
         }
     }
 
@@ -120,7 +121,10 @@ impl ProbeState {
 
 /// Plan the probe.
 pub fn start(conn: &Connection, caps: &[Capability]) -> Result<Step, Failure> {
-    let requested: Vec<String> = caps.iter().map(|c| capability_name(*c).to_string()).collect();
+    let requested: Vec<String> = caps
+        .iter()
+        .map(|c| capability_name(*c).to_string())
+        .collect();
     let wants = |c: &str| requested.iter().any(|r| r == c);
     let writes = WRITE_CAPS.iter().any(|c| wants(c));
     let mut todo = Vec::new();
@@ -179,17 +183,31 @@ fn finish(ps: ProbeState) -> Result<Step, Failure> {
     }
     let mut out = Vec::new();
     for name in &ps.requested {
-        let Some(capability) = capability_from(name) else { continue };
-        let result = ps.results.iter().find(|(c, _)| c == name).map(|(_, f)| f.clone());
+        let Some(capability) = capability_from(name) else {
+            continue;
+        };
+        let result = ps
+            .results
+            .iter()
+            .find(|(c, _)| c == name)
+            .map(|(_, f)| f.clone());
         out.push(match result {
-            Some(None) => CapabilityResult { capability, granted: true, failure: None },
-            Some(Some(f)) => {
-                CapabilityResult { capability, granted: false, failure: Some((&f).into()) }
-            }
+            Some(None) => CapabilityResult {
+                capability,
+                granted: true,
+                failure: None,
+            },
+            Some(Some(f)) => CapabilityResult {
+                capability,
+                granted: false,
+                failure: Some((&f).into()),
+            },
             None => CapabilityResult {
                 capability,
                 granted: false,
-                failure: Some(fail::permanent("the probe could not exercise this capability")),
+                failure: Some(fail::permanent(
+                    "the probe could not exercise this capability",
+                )),
             },
         });
     }
@@ -210,7 +228,11 @@ fn capability_from(name: &str) -> Option<Capability> {
 
 /// Ids that go into a path must not be able to change it.
 fn path_safe(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn phase_request(ps: &ProbeState, phase: Phase) -> Result<Option<HttpRequest>, Failure> {
@@ -228,9 +250,10 @@ fn phase_request(ps: &ProbeState, phase: Phase) -> Result<Option<HttpRequest>, F
                 }))
                 .build(),
         ),
-        Phase::CreateContact => {
-            post("/contacts".to_string(), json!({"role": "lead", "name": PROBE_TEXT}))
-        }
+        Phase::CreateContact => post(
+            "/contacts".to_string(),
+            json!({"role": "lead", "name": PROBE_TEXT}),
+        ),
         Phase::CreateConversation => {
             let contact = ps.contact_id.clone().unwrap_or_default();
             post(
@@ -238,7 +261,9 @@ fn phase_request(ps: &ProbeState, phase: Phase) -> Result<Option<HttpRequest>, F
                 json!({"from": {"type": "lead", "id": contact}, "body": PROBE_TEXT}),
             )
         }
-        Phase::Read => Some(request(Method::Get, format!("/conversations/{conv}"), Lane::Read).build()),
+        Phase::Read => {
+            Some(request(Method::Get, format!("/conversations/{conv}"), Lane::Read).build())
+        }
         Phase::Reply => post(
             format!("/conversations/{conv}/reply"),
             json!({"message_type": "comment", "type": "admin", "admin_id": admin,
@@ -251,19 +276,25 @@ fn phase_request(ps: &ProbeState, phase: Phase) -> Result<Option<HttpRequest>, F
         Phase::CreateTag => post("/tags".to_string(), json!({"name": PROBE_TAG})),
         Phase::AttachTag => {
             let tag = ps.tag_id.clone().unwrap_or_default();
-            post(format!("/conversations/{conv}/tags"), json!({"id": tag, "admin_id": admin}))
+            post(
+                format!("/conversations/{conv}/tags"),
+                json!({"id": tag, "admin_id": admin}),
+            )
         }
         Phase::Assign => post(
             format!("/conversations/{conv}/parts"),
             json!({"message_type": "assignment", "type": "admin", "admin_id": admin,
                    "assignee_id": admin}),
         ),
-        Phase::DeleteConversation => ps.conversation_id.as_ref().map(|c| {
-            request(Method::Delete, format!("/conversations/{c}"), Lane::Write).build()
-        }),
-        Phase::DeleteContact => ps.contact_id.as_ref().filter(|c| path_safe(c)).map(|c| {
-            request(Method::Delete, format!("/contacts/{c}"), Lane::Write).build()
-        }),
+        Phase::DeleteConversation => ps
+            .conversation_id
+            .as_ref()
+            .map(|c| request(Method::Delete, format!("/conversations/{c}"), Lane::Write).build()),
+        Phase::DeleteContact => ps
+            .contact_id
+            .as_ref()
+            .filter(|c| path_safe(c))
+            .map(|c| request(Method::Delete, format!("/contacts/{c}"), Lane::Write).build()),
     })
 }
 
@@ -272,9 +303,15 @@ fn is_permission(f: &Failure) -> bool {
 }
 
 /// Handle the response to the phase in flight.
-pub fn resume(_conn: &Connection, mut ps: ProbeState, resp: &HttpResponse) -> Result<Step, Failure> {
+pub fn resume(
+    _conn: &Connection,
+    mut ps: ProbeState,
+    resp: &HttpResponse,
+) -> Result<Step, Failure> {
     if ps.todo.is_empty() {
-        return Err(fail::permanent("corrupt adapter state: probe has no phase in flight"));
+        return Err(fail::permanent(
+            "corrupt adapter state: probe has no phase in flight",
+        ));
     }
     let phase = ps.todo.remove(0);
     if phase.is_cleanup() {
@@ -287,7 +324,9 @@ pub fn resume(_conn: &Connection, mut ps: ProbeState, resp: &HttpResponse) -> Re
             let contact: Option<ContactRef> = serde_json::from_slice(&resp.body).ok();
             match contact.and_then(|c| c.id) {
                 Some(id) => ps.contact_id = Some(id),
-                None => ps.stop(&fail::permanent("Intercom's answer to creating the probe lead has no id")),
+                None => ps.stop(&fail::permanent(
+                    "Intercom's answer to creating the probe lead has no id",
+                )),
             }
         }
         (Phase::CreateConversation, None) => {
@@ -316,7 +355,8 @@ pub fn resume(_conn: &Connection, mut ps: ProbeState, resp: &HttpResponse) -> Re
             match tag.and_then(|t| t.id) {
                 Some(id) => ps.tag_id = Some(id),
                 None => {
-                    let f = fail::permanent("Intercom's answer to creating the probe tag has no id");
+                    let f =
+                        fail::permanent("Intercom's answer to creating the probe tag has no id");
                     ps.record("add-tags", Some(&f));
                     ps.todo.retain(|p| *p != Phase::AttachTag);
                 }
@@ -362,24 +402,43 @@ mod tests {
     }
 
     fn contact_created() -> HttpResponse {
-        json_resp(200, &json!({"type":"contact","id":CONTACT,"role":"lead","name":"deskgate permission probe"}))
+        json_resp(
+            200,
+            &json!({"type":"contact","id":CONTACT,"role":"lead","name":"deskgate permission probe"}),
+        )
     }
 
     fn conversation_created() -> HttpResponse {
-        json_resp(200, &json!({"type":"user_message","id":"403918330","created_at":1734537501,
-            "body":"deskgate permission probe","message_type":"inapp","conversation_id":"499"}))
+        json_resp(
+            200,
+            &json!({"type":"user_message","id":"403918330","created_at":1734537501,
+            "body":"deskgate permission probe","message_type":"inapp","conversation_id":"499"}),
+        )
     }
 
     fn conv_ok() -> HttpResponse {
-        json_resp(200, &conversation("499", "open", &[("1", "comment", "admin", "<p>x</p>")], &[], None, None))
+        json_resp(
+            200,
+            &conversation(
+                "499",
+                "open",
+                &[("1", "comment", "admin", "<p>x</p>")],
+                &[],
+                None,
+                None,
+            ),
+        )
     }
+
+    /// A request the probe sent: method, path, lane, body.
+    type Sent = (Method, String, Lane, Option<Value>);
 
     /// Drive a probe, answering each request with `answer(method, path)`; returns the requests
     /// sent (method, path, lane, body) and the outcome.
     fn run(
         caps: Vec<Capability>,
         answer: impl Fn(Method, &str) -> HttpResponse,
-    ) -> (Vec<(Method, String, Lane, Option<Value>)>, Result<Outcome, Failure>) {
+    ) -> (Vec<Sent>, Result<Outcome, Failure>) {
         let op = Operation::Probe(caps);
         let mut log = Vec::new();
         let mut step = IntercomAdapter::start(conn(), op.clone());
@@ -403,10 +462,21 @@ mod tests {
         match (method, path) {
             (Method::Post, "/contacts") => contact_created(),
             (Method::Post, "/conversations") => conversation_created(),
-            (Method::Post, "/tags") => json_resp(200, &json!({"type":"tag","id":"77","name":"deskgate-probe"})),
-            (Method::Post, "/conversations/499/tags") => json_resp(200, &json!({"type":"tag","id":"77","name":"deskgate-probe"})),
-            (Method::Delete, "/conversations/499") => json_resp(200, &json!({"id":"499","object":"conversation","deleted":true})),
-            (Method::Delete, _) => json_resp(200, &json!({"type":"contact","id":CONTACT,"deleted":true})),
+            (Method::Post, "/tags") => json_resp(
+                200,
+                &json!({"type":"tag","id":"77","name":"deskgate-probe"}),
+            ),
+            (Method::Post, "/conversations/499/tags") => json_resp(
+                200,
+                &json!({"type":"tag","id":"77","name":"deskgate-probe"}),
+            ),
+            (Method::Delete, "/conversations/499") => json_resp(
+                200,
+                &json!({"id":"499","object":"conversation","deleted":true}),
+            ),
+            (Method::Delete, _) => {
+                json_resp(200, &json!({"type":"contact","id":CONTACT,"deleted":true}))
+            }
             _ => conv_ok(),
         }
     }
@@ -421,7 +491,10 @@ mod tests {
     #[test]
     fn full_sequence() {
         let (log, out) = run(all(), happy);
-        let steps: Vec<(Method, &str, Lane)> = log.iter().map(|(m, p, l, _)| (*m, p.as_str(), *l)).collect();
+        let steps: Vec<(Method, &str, Lane)> = log
+            .iter()
+            .map(|(m, p, l, _)| (*m, p.as_str(), *l))
+            .collect();
         assert_eq!(
             steps,
             vec![
@@ -434,11 +507,18 @@ mod tests {
                 (Method::Post, "/conversations/499/tags", Lane::Write),
                 (Method::Post, "/conversations/499/parts", Lane::Write),
                 (Method::Delete, "/conversations/499", Lane::Write),
-                (Method::Delete, "/contacts/6762f0dd1bb69f9f2193bb83", Lane::Write),
+                (
+                    Method::Delete,
+                    "/contacts/6762f0dd1bb69f9f2193bb83",
+                    Lane::Write
+                ),
             ]
         );
         let bodies: Vec<Option<Value>> = log.into_iter().map(|(_, _, _, b)| b).collect();
-        assert_eq!(bodies[0], Some(json!({"role":"lead","name":"deskgate permission probe"})));
+        assert_eq!(
+            bodies[0],
+            Some(json!({"role":"lead","name":"deskgate permission probe"}))
+        );
         assert_eq!(
             bodies[1],
             Some(json!({"from":{"type":"lead","id":CONTACT},"body":"deskgate permission probe"}))
@@ -446,14 +526,21 @@ mod tests {
         assert_eq!(bodies[2], None);
         assert_eq!(
             bodies[3],
-            Some(json!({"message_type":"comment","type":"admin","admin_id":ADMIN,"body":"<p>deskgate permission probe</p>"}))
+            Some(
+                json!({"message_type":"comment","type":"admin","admin_id":ADMIN,"body":"<p>deskgate permission probe</p>"})
+            )
         );
-        assert_eq!(bodies[4], Some(json!({"message_type":"close","type":"admin","admin_id":ADMIN})));
+        assert_eq!(
+            bodies[4],
+            Some(json!({"message_type":"close","type":"admin","admin_id":ADMIN}))
+        );
         assert_eq!(bodies[5], Some(json!({"name":"deskgate-probe"})));
         assert_eq!(bodies[6], Some(json!({"id":"77","admin_id":ADMIN})));
         assert_eq!(
             bodies[7],
-            Some(json!({"message_type":"assignment","type":"admin","admin_id":ADMIN,"assignee_id":ADMIN}))
+            Some(
+                json!({"message_type":"assignment","type":"admin","admin_id":ADMIN,"assignee_id":ADMIN})
+            )
         );
         assert_eq!(bodies[8], None);
         let r = results(out);
@@ -467,7 +554,11 @@ mod tests {
     fn forbidden_mid_probe_marks_that_capability_and_goes_on() {
         let forbidden = fixture("error_403_action_forbidden_nodata.json");
         let (log, out) = run(
-            vec![Capability::Assign, Capability::AddTags, Capability::PublicReply],
+            vec![
+                Capability::Assign,
+                Capability::AddTags,
+                Capability::PublicReply,
+            ],
             |m, p| match (m, p) {
                 (Method::Post, "/tags") => raw_resp(403, &forbidden),
                 _ => happy(m, p),
@@ -489,7 +580,14 @@ mod tests {
         let r = results(out);
         // Requested order.
         let caps: Vec<Capability> = r.iter().map(|c| c.capability).collect();
-        assert_eq!(caps, vec![Capability::Assign, Capability::AddTags, Capability::PublicReply]);
+        assert_eq!(
+            caps,
+            vec![
+                Capability::Assign,
+                Capability::AddTags,
+                Capability::PublicReply
+            ]
+        );
         assert!(r[0].granted);
         assert!(!r[1].granted);
         assert!(matches!(&r[1].failure, Some(Failure::Forbidden(d)) if d.missing == "Write tags"));
@@ -504,8 +602,10 @@ mod tests {
             (Method::Post, "/conversations/search") => json_resp(200, &fixture_json("search.json")),
             _ => happy(m, p),
         });
-        let steps: Vec<(&str, Lane, Option<Value>)> =
-            log.iter().map(|(_, p, l, b)| (p.as_str(), *l, b.clone())).collect();
+        let steps: Vec<(&str, Lane, Option<Value>)> = log
+            .iter()
+            .map(|(_, p, l, b)| (p.as_str(), *l, b.clone()))
+            .collect();
         assert_eq!(steps.len(), 2);
         assert_eq!(steps[0].0, "/contacts");
         assert_eq!(
@@ -513,7 +613,9 @@ mod tests {
             (
                 "/conversations/search",
                 Lane::Read,
-                Some(json!({"query":{"field":"updated_at","operator":">","value":0},"pagination":{"per_page":1}}))
+                Some(
+                    json!({"query":{"field":"updated_at","operator":">","value":0},"pagination":{"per_page":1}})
+                )
             )
         );
         let r = results(out);
@@ -527,22 +629,30 @@ mod tests {
     #[test]
     fn forbidden_conversation_creation_cleans_up_the_lead() {
         let plan = fixture("error_403_plan.json");
-        let (log, out) = run(vec![Capability::PublicReply, Capability::ReadTickets], |m, p| {
-            match (m, p) {
+        let (log, out) = run(
+            vec![Capability::PublicReply, Capability::ReadTickets],
+            |m, p| match (m, p) {
                 (Method::Post, "/conversations") => raw_resp(403, &plan),
                 (Method::Post, "/conversations/search") => raw_resp(403, &plan),
                 _ => happy(m, p),
-            }
-        });
+            },
+        );
         let paths: Vec<&str> = log.iter().map(|(_, p, _, _)| p.as_str()).collect();
         assert_eq!(
             paths,
-            vec!["/contacts", "/conversations", "/conversations/search", "/contacts/6762f0dd1bb69f9f2193bb83"]
+            vec![
+                "/contacts",
+                "/conversations",
+                "/conversations/search",
+                "/contacts/6762f0dd1bb69f9f2193bb83"
+            ]
         );
         let r = results(out);
         assert_eq!(r[0].capability, Capability::PublicReply);
         assert!(!r[0].granted);
-        assert!(matches!(&r[0].failure, Some(Failure::Forbidden(d)) if d.kind == PermissionKind::Plan));
+        assert!(
+            matches!(&r[0].failure, Some(Failure::Forbidden(d)) if d.kind == PermissionKind::Plan)
+        );
         assert!(!r[1].granted);
     }
 
@@ -575,7 +685,9 @@ mod tests {
 
     #[test]
     fn read_only_probe_just_searches() {
-        let (log, out) = run(vec![Capability::ReadTickets], |_, _| json_resp(200, &fixture_json("search.json")));
+        let (log, out) = run(vec![Capability::ReadTickets], |_, _| {
+            json_resp(200, &fixture_json("search.json"))
+        });
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].1, "/conversations/search");
         assert_eq!(log[0].2, Lane::Read);
@@ -583,7 +695,9 @@ mod tests {
         assert_eq!(r.len(), 1);
         assert!(r[0].granted);
 
-        let (log, out) = run(vec![Capability::ReadTickets], |_, _| raw_resp(401, &fixture("error_401.json")));
+        let (log, out) = run(vec![Capability::ReadTickets], |_, _| {
+            raw_resp(401, &fixture("error_401.json"))
+        });
         assert_eq!(log.len(), 1);
         let r = results(out);
         assert!(!r[0].granted);
@@ -596,7 +710,10 @@ mod tests {
 
     #[test]
     fn write_probe_needs_the_admin() {
-        let r = IntercomAdapter::start(conn_without_admin(), Operation::Probe(vec![Capability::Assign]));
+        let r = IntercomAdapter::start(
+            conn_without_admin(),
+            Operation::Probe(vec![Capability::Assign]),
+        );
         assert!(matches!(r, Err(Failure::Invalid(_))));
     }
 }

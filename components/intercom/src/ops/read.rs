@@ -42,13 +42,19 @@ pub fn since_secs(since_ms: i64) -> i64 {
 
 /// `POST /conversations/search` for conversations updated at or after `since_ms`.
 pub fn list_changed(since_ms: i64, cursor: Option<&str>) -> Result<Step, Failure> {
-    search(json!({"field": "updated_at", "operator": ">", "value": since_secs(since_ms)}), cursor)
+    search(
+        json!({"field": "updated_at", "operator": ">", "value": since_secs(since_ms)}),
+        cursor,
+    )
 }
 
 /// `POST /conversations/search` for open conversations. `open` is true for both the "open" and the
 /// "snoozed" states, i.e. everything not closed (the contract's "not solved or closed").
 pub fn list_open(cursor: Option<&str>) -> Result<Step, Failure> {
-    search(json!({"field": "open", "operator": "=", "value": true}), cursor)
+    search(
+        json!({"field": "open", "operator": "=", "value": true}),
+        cursor,
+    )
 }
 
 /// The search request body for one page.
@@ -73,14 +79,23 @@ pub fn resume_page(resp: &HttpResponse) -> Result<Step, Failure> {
         return Err(classify(resp, need::READ_CONVERSATIONS));
     }
     let list: ConversationList = parse_json(&resp.body, "conversation search")?;
-    let tickets =
-        list.conversations.iter().map(Conversation::to_ticket).collect::<Result<Vec<_>, _>>()?;
-    done(Outcome::Page(TicketPage { tickets, next_cursor: list.next_cursor() }))
+    let tickets = list
+        .conversations
+        .iter()
+        .map(Conversation::to_ticket)
+        .collect::<Result<Vec<_>, _>>()?;
+    done(Outcome::Page(TicketPage {
+        tickets,
+        next_cursor: list.next_cursor(),
+    }))
 }
 
 /// `GET /me`: the admin the token acts as.
 pub fn who_am_i() -> Result<Step, Failure> {
-    send(request(Method::Get, "/me", Lane::Read).build(), &State::WhoAmI)
+    send(
+        request(Method::Get, "/me", Lane::Read).build(),
+        &State::WhoAmI,
+    )
 }
 
 /// The identity from a `GET /me` response.
@@ -124,7 +139,11 @@ mod tests {
         assert_eq!(req.path, "/conversations/503");
         assert_eq!(req.body, None);
         assert_common(&req, Lane::Read);
-        let out = finished(resume(op, state, json_resp(200, &fixture_json("conversation.json"))));
+        let out = finished(resume(
+            op,
+            state,
+            json_resp(200, &fixture_json("conversation.json")),
+        ));
         match out {
             Outcome::Ticket(t) => {
                 assert_eq!(t.id, "503");
@@ -143,10 +162,18 @@ mod tests {
         ));
         let op = Operation::GetTicket("7".to_string());
         let (_, state) = sent(start(op.clone()));
-        let r = resume(op.clone(), state.clone(), raw_resp(404, &fixture("error_404.json")));
+        let r = resume(
+            op.clone(),
+            state.clone(),
+            raw_resp(404, &fixture("error_404.json")),
+        );
         assert!(matches!(r, Err(Failure::NotFound(_))));
         // 403 on a read infers "Read conversations".
-        let r = resume(op.clone(), state.clone(), raw_resp(403, &fixture("error_403_action_forbidden_nodata.json")));
+        let r = resume(
+            op.clone(),
+            state.clone(),
+            raw_resp(403, &fixture("error_403_action_forbidden_nodata.json")),
+        );
         assert!(matches!(r, Err(Failure::Forbidden(d)) if d.missing == "Read conversations"));
         // A 2xx that is not a conversation is a failure, not a panic.
         let r = resume(op, state, raw_resp(200, "<html>ok</html>"));
@@ -155,7 +182,10 @@ mod tests {
 
     #[test]
     fn list_changed_first_page() {
-        let op = Operation::ListChanged(ListChanged { since: 1_700_000_000_500, cursor: None });
+        let op = Operation::ListChanged(ListChanged {
+            since: 1_700_000_000_500,
+            cursor: None,
+        });
         let (req, _) = sent(start(op));
         assert_eq!(req.method, Method::Post);
         assert_eq!(req.path, "/conversations/search");
@@ -192,7 +222,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // The spec's example is a last page: no `next`.
-        match finished(resume(op, state, json_resp(200, &fixture_json("search.json")))) {
+        match finished(resume(
+            op,
+            state,
+            json_resp(200, &fixture_json("search.json")),
+        )) {
             Outcome::Page(p) => {
                 assert_eq!(p.tickets.len(), 1);
                 assert_eq!(p.next_cursor, None);
@@ -203,7 +237,10 @@ mod tests {
 
     #[test]
     fn list_changed_since_zero_does_not_go_negative() {
-        let (req, _) = sent(start(Operation::ListChanged(ListChanged { since: 0, cursor: None })));
+        let (req, _) = sent(start(Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: None,
+        })));
         assert_eq!(body(&req)["query"]["value"], json!(0));
     }
 
@@ -219,7 +256,10 @@ mod tests {
             json!({"query":{"field":"open","operator":"=","value":true},"pagination":{"per_page":150}})
         );
         let (req, _) = sent(start(Operation::ListOpen(Some("abc".to_string()))));
-        assert_eq!(body(&req)["pagination"], json!({"per_page":150,"starting_after":"abc"}));
+        assert_eq!(
+            body(&req)["pagination"],
+            json!({"per_page":150,"starting_after":"abc"})
+        );
         let empty = json!({"type":"conversation.list","pages":{"type":"pages","page":1,"per_page":150,"total_pages":0},"total_count":0,"conversations":[]});
         match finished(resume(op.clone(), state.clone(), json_resp(200, &empty))) {
             Outcome::Page(p) => assert!(p.tickets.is_empty() && p.next_cursor.is_none()),
@@ -236,7 +276,11 @@ mod tests {
         assert_eq!(req.path, "/me");
         assert_eq!(req.body, None);
         assert_common(&req, Lane::Read);
-        match finished(resume(Operation::WhoAmI, state.clone(), json_resp(200, &fixture_json("me.json")))) {
+        match finished(resume(
+            Operation::WhoAmI,
+            state.clone(),
+            json_resp(200, &fixture_json("me.json")),
+        )) {
             Outcome::Identity(i) => {
                 assert_eq!(i.agent_id, "991267459");
                 assert_eq!(i.name.as_deref(), Some("Ciaran1 Lee"));
@@ -246,7 +290,11 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let r = resume(Operation::WhoAmI, state, raw_resp(401, &fixture("error_401.json")));
+        let r = resume(
+            Operation::WhoAmI,
+            state,
+            raw_resp(401, &fixture("error_401.json")),
+        );
         assert!(matches!(r, Err(Failure::Unauthenticated(_))));
     }
 }

@@ -82,7 +82,9 @@ fn step(kind: StepKind, part: &str, completes: &[&str], carries_reply: bool) -> 
 
 fn reply_body(text: &str) -> Result<String, Failure> {
     if text::visible_text(text).is_empty() {
-        return Err(fail::invalid("the reply is empty; Intercom requires a body for a comment"));
+        return Err(fail::invalid(
+            "the reply is empty; Intercom requires a body for a comment",
+        ));
     }
     Ok(reply_html(text))
 }
@@ -102,9 +104,18 @@ fn tag_steps(tags: &[String]) -> Result<Vec<PlannedStep>, Failure> {
     let mut steps = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let last = i + 1 == names.len();
-        steps.push(step(StepKind::CreateTag { name: name.to_string() }, "add-tags", &[], false));
         steps.push(step(
-            StepKind::AttachTag { name: name.to_string() },
+            StepKind::CreateTag {
+                name: name.to_string(),
+            },
+            "add-tags",
+            &[],
+            false,
+        ));
+        steps.push(step(
+            StepKind::AttachTag {
+                name: name.to_string(),
+            },
             "add-tags",
             if last { &["add-tags"] } else { &[] },
             false,
@@ -117,7 +128,9 @@ fn assign_steps(a: &Assignee) -> Vec<PlannedStep> {
     let targets: Vec<(String, bool)> = [(a.agent_id.as_ref(), false), (a.group_id.as_ref(), true)]
         .into_iter()
         .filter_map(|(id, team)| {
-            id.map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).map(|s| (s, team))
+            id.map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(|s| (s, team))
         })
         .collect();
     let n = targets.len();
@@ -138,7 +151,12 @@ fn assign_steps(a: &Assignee) -> Vec<PlannedStep> {
 fn status_steps(status: TicketStatus, reply: Option<String>) -> Result<Vec<PlannedStep>, Failure> {
     Ok(match (status, reply) {
         (TicketStatus::Solved | TicketStatus::Closed, None) => {
-            vec![step(StepKind::Close { body: None }, "set-status", &["set-status"], false)]
+            vec![step(
+                StepKind::Close { body: None },
+                "set-status",
+                &["set-status"],
+                false,
+            )]
         }
         (TicketStatus::Solved | TicketStatus::Closed, Some(body)) => vec![step(
             StepKind::Close { body: Some(body) },
@@ -163,9 +181,14 @@ fn status_steps(status: TicketStatus, reply: Option<String>) -> Result<Vec<Plann
 /// The steps of an action.
 pub fn plan(action: &Action) -> Result<Vec<PlannedStep>, Failure> {
     match action {
-        Action::Reply(text) => {
-            Ok(vec![step(StepKind::Reply { body: reply_body(text)? }, "reply", &["reply"], true)])
-        }
+        Action::Reply(text) => Ok(vec![step(
+            StepKind::Reply {
+                body: reply_body(text)?,
+            },
+            "reply",
+            &["reply"],
+            true,
+        )]),
         Action::SetStatus(s) => status_steps(*s, None),
         Action::AddTags(tags) => {
             if tags.is_empty() {
@@ -235,9 +258,14 @@ pub fn step_request(ws: &WriteState) -> Result<HttpRequest, Failure> {
         StepKind::CreateTag { name } => ("/tags".to_string(), json!({"name": name})),
         StepKind::AttachTag { name } => {
             let tag_id = ws.tag_id.as_ref().ok_or_else(|| {
-                fail::permanent(format!("corrupt adapter state: no tag id to attach {name:?}"))
+                fail::permanent(format!(
+                    "corrupt adapter state: no tag id to attach {name:?}"
+                ))
             })?;
-            (format!("/conversations/{id}/tags"), json!({"id": tag_id, "admin_id": admin}))
+            (
+                format!("/conversations/{id}/tags"),
+                json!({"id": tag_id, "admin_id": admin}),
+            )
         }
         StepKind::Assign { assignee_id, team } => (
             parts,
@@ -330,7 +358,11 @@ fn failed(ws: WriteState, cur: &PlannedStep, failure: Failure) -> Result<Step, F
         ticket: None,
         reference: ws.reference,
         applied: ws.applied,
-        failed: Some(PartFailure { part: cur.part.clone(), failure, skipped }),
+        failed: Some(PartFailure {
+            part: cur.part.clone(),
+            failure,
+            skipped,
+        }),
     }))
 }
 
@@ -344,7 +376,10 @@ mod tests {
     const ADMIN: &str = "991267715";
 
     fn apply(action: Action) -> Operation {
-        Operation::Apply(ApplyAction { ticket_id: "503".to_string(), action })
+        Operation::Apply(ApplyAction {
+            ticket_id: "503".to_string(),
+            action,
+        })
     }
 
     fn start(op: &Operation) -> Result<Step, Failure> {
@@ -359,7 +394,14 @@ mod tests {
     fn conv_resp(part_id: &str, part_type: &str, state: &str) -> HttpResponse {
         json_resp(
             200,
-            &conversation("503", state, &[(part_id, part_type, "admin", "<p>x</p>")], &[], None, None),
+            &conversation(
+                "503",
+                state,
+                &[(part_id, part_type, "admin", "<p>x</p>")],
+                &[],
+                None,
+                None,
+            ),
         )
     }
 
@@ -391,7 +433,11 @@ mod tests {
             json!({"message_type":"comment","type":"admin","admin_id":ADMIN,
                    "body":"<p>Thanks, &lt;fixed&gt; &amp; shipped.</p>"}),
         );
-        let r = receipt(finished(resume(&op, &state, conv_resp("140", "comment", "open"))));
+        let r = receipt(finished(resume(
+            &op,
+            &state,
+            conv_resp("140", "comment", "open"),
+        )));
         assert_eq!(r.applied, vec!["reply"]);
         assert_eq!(r.reference.as_deref(), Some("140"));
         assert_eq!(r.ticket.as_ref().map(|t| t.id.as_str()), Some("503"));
@@ -402,7 +448,11 @@ mod tests {
     fn reply_errors() {
         let op = apply(Action::Reply("hi".to_string()));
         let (_, state) = sent(start(&op));
-        let r = resume(&op, &state, raw_resp(403, &fixture("error_403_action_forbidden_nodata.json")));
+        let r = resume(
+            &op,
+            &state,
+            raw_resp(403, &fixture("error_403_action_forbidden_nodata.json")),
+        );
         assert!(matches!(r, Err(Failure::Forbidden(d)) if d.missing == "Write conversations"));
         let r = resume(&op, &state, raw_resp(404, &fixture("error_404.json")));
         assert!(matches!(r, Err(Failure::NotFound(_))));
@@ -411,12 +461,18 @@ mod tests {
         assert_eq!(r.applied, vec!["reply"]);
         assert_eq!(r.reference, None);
         // Empty replies, missing admin and bad ids never leave.
-        assert!(matches!(start(&apply(Action::Reply("<p> </p>".to_string()))), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            start(&apply(Action::Reply("<p> </p>".to_string()))),
+            Err(Failure::Invalid(_))
+        ));
         assert!(matches!(
             IntercomAdapter::start(conn_without_admin(), op.clone()),
             Err(Failure::Invalid(m)) if m.contains("who-am-i")
         ));
-        let bad = Operation::Apply(ApplyAction { ticket_id: "x1".to_string(), action: Action::Reply("hi".to_string()) });
+        let bad = Operation::Apply(ApplyAction {
+            ticket_id: "x1".to_string(),
+            action: Action::Reply("hi".to_string()),
+        });
         assert!(matches!(start(&bad), Err(Failure::Invalid(_))));
     }
 
@@ -438,8 +494,16 @@ mod tests {
         for status in [TicketStatus::Open, TicketStatus::New] {
             let op = apply(Action::SetStatus(status));
             let (req, state) = sent(start(&op));
-            expect(&req, "/conversations/503/parts", json!({"message_type":"open","admin_id":ADMIN}));
-            let r = receipt(finished(resume(&op, &state, conv_resp("150", "open", "open"))));
+            expect(
+                &req,
+                "/conversations/503/parts",
+                json!({"message_type":"open","admin_id":ADMIN}),
+            );
+            let r = receipt(finished(resume(
+                &op,
+                &state,
+                conv_resp("150", "open", "open"),
+            )));
             assert_eq!(r.applied, vec!["set-status"]);
         }
         for status in [TicketStatus::Pending, TicketStatus::OnHold] {
@@ -454,15 +518,27 @@ mod tests {
 
     #[test]
     fn add_tags_creates_then_attaches_each() {
-        let op = apply(Action::AddTags(vec!["vip".to_string(), "VIP".to_string(), "refund".to_string()]));
+        let op = apply(Action::AddTags(vec![
+            "vip".to_string(),
+            "VIP".to_string(),
+            "refund".to_string(),
+        ]));
         let (req, state) = sent(start(&op));
         expect(&req, "/tags", json!({"name":"vip"}));
         let (req, state) = sent(resume(&op, &state, tag_resp("11", "vip")));
-        expect(&req, "/conversations/503/tags", json!({"id":"11","admin_id":ADMIN}));
+        expect(
+            &req,
+            "/conversations/503/tags",
+            json!({"id":"11","admin_id":ADMIN}),
+        );
         let (req, state) = sent(resume(&op, &state, tag_resp("11", "vip")));
         expect(&req, "/tags", json!({"name":"refund"}));
         let (req, state) = sent(resume(&op, &state, tag_resp("12", "refund")));
-        expect(&req, "/conversations/503/tags", json!({"id":"12","admin_id":ADMIN}));
+        expect(
+            &req,
+            "/conversations/503/tags",
+            json!({"id":"12","admin_id":ADMIN}),
+        );
         let r = receipt(finished(resume(&op, &state, tag_resp("12", "refund"))));
         assert_eq!(r.applied, vec!["add-tags"]);
         assert!(r.ticket.is_none());
@@ -473,28 +549,48 @@ mod tests {
     fn add_tags_failures() {
         let op = apply(Action::AddTags(vec!["vip".to_string()]));
         let (_, state) = sent(start(&op));
-        let r = resume(&op, &state, raw_resp(403, &fixture("error_403_action_forbidden_nodata.json")));
+        let r = resume(
+            &op,
+            &state,
+            raw_resp(403, &fixture("error_403_action_forbidden_nodata.json")),
+        );
         assert!(matches!(r, Err(Failure::Forbidden(d)) if d.missing == "Write tags"));
         // A tag answer without an id is a failure.
         let r = resume(&op, &state, json_resp(200, &json!({"type":"tag"})));
         assert!(matches!(r, Err(Failure::Permanent(_))));
-        assert!(matches!(start(&apply(Action::AddTags(vec![]))), Err(Failure::Invalid(_))));
-        assert!(matches!(start(&apply(Action::AddTags(vec![" ".to_string()]))), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            start(&apply(Action::AddTags(vec![]))),
+            Err(Failure::Invalid(_))
+        ));
+        assert!(matches!(
+            start(&apply(Action::AddTags(vec![" ".to_string()]))),
+            Err(Failure::Invalid(_))
+        ));
     }
 
     #[test]
     fn assign_agent_group_and_both() {
-        let op = apply(Action::Assign(Assignee { agent_id: Some("42".to_string()), group_id: None }));
+        let op = apply(Action::Assign(Assignee {
+            agent_id: Some("42".to_string()),
+            group_id: None,
+        }));
         let (req, state) = sent(start(&op));
         expect(
             &req,
             "/conversations/503/parts",
             json!({"message_type":"assignment","type":"admin","admin_id":ADMIN,"assignee_id":"42"}),
         );
-        let r = receipt(finished(resume(&op, &state, conv_resp("160", "assignment", "open"))));
+        let r = receipt(finished(resume(
+            &op,
+            &state,
+            conv_resp("160", "assignment", "open"),
+        )));
         assert_eq!(r.applied, vec!["assign"]);
 
-        let op = apply(Action::Assign(Assignee { agent_id: None, group_id: Some("5017691".to_string()) }));
+        let op = apply(Action::Assign(Assignee {
+            agent_id: None,
+            group_id: Some("5017691".to_string()),
+        }));
         let (req, _) = sent(start(&op));
         expect(
             &req,
@@ -511,17 +607,28 @@ mod tests {
         let (req, state) = sent(resume(&op, &state, conv_resp("160", "assignment", "open")));
         assert_eq!(body(&req)["assignee_id"], json!("7"));
         assert_eq!(body(&req)["type"], json!("team"));
-        let r = receipt(finished(resume(&op, &state, conv_resp("161", "assignment", "open"))));
+        let r = receipt(finished(resume(
+            &op,
+            &state,
+            conv_resp("161", "assignment", "open"),
+        )));
         assert_eq!(r.applied, vec!["assign"]);
         assert_eq!(r.reference.as_deref(), Some("161"));
 
         // The team part failing after the agent part: the part did not complete, so an error.
         let (_, state) = sent(start(&op));
         let (_, state) = sent(resume(&op, &state, conv_resp("160", "assignment", "open")));
-        let r = resume(&op, &state, raw_resp(400, &fixture("error_team_unavailable.json")));
+        let r = resume(
+            &op,
+            &state,
+            raw_resp(400, &fixture("error_team_unavailable.json")),
+        );
         assert!(matches!(r, Err(Failure::Invalid(_))));
 
-        let none = apply(Action::Assign(Assignee { agent_id: None, group_id: None }));
+        let none = apply(Action::Assign(Assignee {
+            agent_id: None,
+            group_id: None,
+        }));
         assert!(matches!(start(&none), Err(Failure::Invalid(_))));
     }
 
@@ -557,19 +664,34 @@ mod tests {
         let op = resolution(
             TicketStatus::Closed,
             &["refund"],
-            Some(Assignee { agent_id: Some("42".to_string()), group_id: Some("7".to_string()) }),
+            Some(Assignee {
+                agent_id: Some("42".to_string()),
+                group_id: Some("7".to_string()),
+            }),
         );
         let (req, state) = sent(start(&op));
         assert_eq!(body(&req)["message_type"], json!("close"));
         let (req, state) = sent(resume(&op, &state, conv_resp("170", "close", "closed")));
         expect(&req, "/tags", json!({"name":"refund"}));
         let (req, state) = sent(resume(&op, &state, tag_resp("12", "refund")));
-        expect(&req, "/conversations/503/tags", json!({"id":"12","admin_id":ADMIN}));
+        expect(
+            &req,
+            "/conversations/503/tags",
+            json!({"id":"12","admin_id":ADMIN}),
+        );
         let (req, state) = sent(resume(&op, &state, tag_resp("12", "refund")));
         assert_eq!(body(&req)["assignee_id"], json!("42"));
-        let (req, state) = sent(resume(&op, &state, conv_resp("171", "assignment", "closed")));
+        let (req, state) = sent(resume(
+            &op,
+            &state,
+            conv_resp("171", "assignment", "closed"),
+        ));
         assert_eq!(body(&req)["assignee_id"], json!("7"));
-        let r = receipt(finished(resume(&op, &state, conv_resp("172", "assignment", "closed"))));
+        let r = receipt(finished(resume(
+            &op,
+            &state,
+            conv_resp("172", "assignment", "closed"),
+        )));
         assert_eq!(r.applied, vec!["reply", "set-status", "add-tags", "assign"]);
         // The reference is the part that carried the reply.
         assert_eq!(r.reference.as_deref(), Some("170"));
@@ -581,7 +703,10 @@ mod tests {
         let op = resolution(
             TicketStatus::Solved,
             &["refund"],
-            Some(Assignee { agent_id: Some("42".to_string()), group_id: None }),
+            Some(Assignee {
+                agent_id: Some("42".to_string()),
+                group_id: None,
+            }),
         );
         let (_, state) = sent(start(&op));
         let (_, state) = sent(resume(&op, &state, conv_resp("170", "close", "closed")));
@@ -620,9 +745,17 @@ mod tests {
             json!({"message_type":"comment","type":"admin","admin_id":ADMIN,"body":"<p>All fixed.</p>"}),
         );
         let (req, state) = sent(resume(&op, &state, conv_resp("180", "comment", "open")));
-        expect(&req, "/conversations/503/parts", json!({"message_type":"open","admin_id":ADMIN}));
+        expect(
+            &req,
+            "/conversations/503/parts",
+            json!({"message_type":"open","admin_id":ADMIN}),
+        );
         // The open part failing after the reply landed.
-        let r = receipt(finished(resume(&op, &state, raw_resp(409, &fixture("error_409.json")))));
+        let r = receipt(finished(resume(
+            &op,
+            &state,
+            raw_resp(409, &fixture("error_409.json")),
+        )));
         assert_eq!(r.applied, vec!["reply"]);
         assert_eq!(r.reference.as_deref(), Some("180"));
         let f = r.failed.unwrap();
@@ -630,7 +763,10 @@ mod tests {
         assert!(matches!(f.failure, Failure::Transient(_)));
 
         for status in [TicketStatus::Pending, TicketStatus::OnHold] {
-            assert!(matches!(start(&resolution(status, &[], None)), Err(Failure::Invalid(_))));
+            assert!(matches!(
+                start(&resolution(status, &[], None)),
+                Err(Failure::Invalid(_))
+            ));
         }
     }
 }
