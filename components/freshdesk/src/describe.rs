@@ -13,7 +13,7 @@ pub const ACCOUNT: &str = "account";
 pub const TICKET_CREATE: &str = "ticket-create";
 /// `PUT /api/v2/tickets/{id}`.
 pub const TICKET_UPDATE: &str = "ticket-update";
-/// `GET /api/v2/tickets` (the list endpoint, not single-ticket reads).
+/// `GET /api/v2/tickets` and, to be safe, the search API (not single-ticket reads).
 pub const TICKETS_LIST: &str = "tickets-list";
 
 const WINDOW_MS: u64 = 60_000;
@@ -32,24 +32,43 @@ fn plan(name: &str, account: u32, create: u32, update: u32, list: u32) -> PlanLi
     PlanLimits {
         plan: name.to_string(),
         buckets: vec![
-            bucket(ACCOUNT, account, "every API call of the account, per minute"),
-            bucket(TICKET_CREATE, create, "ticket creation (POST /api/v2/tickets), per minute"),
-            bucket(TICKET_UPDATE, update, "ticket updates (PUT /api/v2/tickets/{id}), per minute"),
-            bucket(TICKETS_LIST, list, "ticket listing (GET /api/v2/tickets), per minute"),
+            bucket(
+                ACCOUNT,
+                account,
+                "every API call of the account, per minute",
+            ),
+            bucket(
+                TICKET_CREATE,
+                create,
+                "ticket creation (POST /api/v2/tickets), per minute",
+            ),
+            bucket(
+                TICKET_UPDATE,
+                update,
+                "ticket updates (PUT /api/v2/tickets/{id}), per minute",
+            ),
+            bucket(
+                TICKETS_LIST,
+                list,
+                "ticket listing (GET /api/v2/tickets), per minute",
+            ),
         ],
     }
 }
 
 fn cap(capability: Capability, requires: &str) -> CapabilitySpec {
-    CapabilitySpec { capability, method: ProbeMethod::ProbeTicket, requires: requires.to_string() }
+    CapabilitySpec {
+        capability,
+        method: ProbeMethod::ProbeTicket,
+        requires: requires.to_string(),
+    }
 }
 
 /// The descriptor.
 pub fn descriptor() -> Descriptor {
     // Role privilege names below are the labels of Freshdesk's role editor as we know them:
     // UNCONFIRMED (platforms.md 2.2).
-    const PROBE_NOTE: &str =
-        " (the probe also creates and deletes a ticket: 'Create a ticket', 'Delete a ticket'; \
+    const PROBE_NOTE: &str = " (the probe also creates and deletes a ticket: 'Create a ticket', 'Delete a ticket'; \
          privilege names UNCONFIRMED)";
     Descriptor {
         id: "freshdesk".to_string(),
@@ -80,8 +99,14 @@ pub fn descriptor() -> Descriptor {
                      Restricted access) covering them{PROBE_NOTE}"
                 ),
             ),
-            cap(Capability::PublicReply, &format!("agent role with 'Reply to a ticket'{PROBE_NOTE}")),
-            cap(Capability::SetStatus, &format!("agent role with 'Edit ticket properties'{PROBE_NOTE}")),
+            cap(
+                Capability::PublicReply,
+                &format!("agent role with 'Reply to a ticket'{PROBE_NOTE}"),
+            ),
+            cap(
+                Capability::SetStatus,
+                &format!("agent role with 'Edit ticket properties'{PROBE_NOTE}"),
+            ),
             cap(
                 Capability::AddTags,
                 &format!(
@@ -89,7 +114,10 @@ pub fn descriptor() -> Descriptor {
                      creation rights){PROBE_NOTE}"
                 ),
             ),
-            cap(Capability::Assign, &format!("agent role with 'Edit ticket properties'{PROBE_NOTE}")),
+            cap(
+                Capability::Assign,
+                &format!("agent role with 'Edit ticket properties'{PROBE_NOTE}"),
+            ),
         ],
         // Freshdesk does not sign webhooks. The admin adds a custom header with a secret value to
         // the automation rule's "Trigger webhook" action; the host compares it verbatim.
@@ -117,8 +145,18 @@ mod tests {
             .plans
             .iter()
             .map(|p| {
-                assert!(p.buckets.iter().all(|b| b.window_ms == 60_000 && b.scope == BucketScope::Account));
-                (p.plan.clone(), p.buckets.iter().map(|b| (b.name.clone(), b.limit)).collect())
+                assert!(
+                    p.buckets
+                        .iter()
+                        .all(|b| b.window_ms == 60_000 && b.scope == BucketScope::Account)
+                );
+                (
+                    p.plan.clone(),
+                    p.buckets
+                        .iter()
+                        .map(|b| (b.name.clone(), b.limit))
+                        .collect(),
+                )
             })
             .collect();
         let row = |p: &str, a, c, u, l| {
@@ -161,7 +199,11 @@ mod tests {
         assert_eq!(d.webhook.signature_header, "x-deskgate-webhook-token");
         assert_eq!(d.webhook.max_age_secs, None);
         assert_eq!(d.capabilities.len(), 5);
-        assert!(d.capabilities.iter().all(|c| c.method == ProbeMethod::ProbeTicket));
+        assert!(
+            d.capabilities
+                .iter()
+                .all(|c| c.method == ProbeMethod::ProbeTicket)
+        );
         assert!(d.capabilities[1].requires.contains("'Reply to a ticket'"));
     }
 }

@@ -116,7 +116,11 @@ pub fn classify(resp: &HttpResponse, part: Part, object: &str) -> Failure {
             fail::unauthenticated(&code, &message)
         }
         403 => {
-            let privilege = if body.is_some() { part.privilege() } else { "unknown" };
+            let privilege = if body.is_some() {
+                part.privilege()
+            } else {
+                "unknown"
+            };
             fail::forbidden(
                 PermissionKind::Role,
                 privilege,
@@ -139,12 +143,18 @@ pub fn classify(resp: &HttpResponse, part: Part, object: &str) -> Failure {
             "Freshdesk has no {object} (HTTP 404){}",
             detail.map(|d| format!(": {d}")).unwrap_or_default()
         )),
-        400 => fail::invalid(format!("Freshdesk refused the request: {}", said("HTTP 400"))),
+        400 => fail::invalid(format!(
+            "Freshdesk refused the request: {}",
+            said("HTTP 400")
+        )),
         405 | 415 => fail::permanent(format!(
             "Freshdesk refused the request (HTTP {status}): {}",
             said("method or content type not supported")
         )),
-        _ => fail::by_status(status, format!("Freshdesk answered HTTP {status}: {}", said("no details"))),
+        _ => fail::by_status(
+            status,
+            format!("Freshdesk answered HTTP {status}: {}", said("no details")),
+        ),
     }
 }
 
@@ -154,9 +164,16 @@ fn required_feature(b: &FdError) -> Option<String> {
     if b.code.as_deref() == Some("require_feature") {
         return Some("require_feature".to_string());
     }
-    b.errors.iter().flatten().find(|e| e.code.as_deref() == Some("require_feature")).map(|e| {
-        e.field.clone().filter(|f| !f.is_empty()).unwrap_or_else(|| "require_feature".to_string())
-    })
+    b.errors
+        .iter()
+        .flatten()
+        .find(|e| e.code.as_deref() == Some("require_feature"))
+        .map(|e| {
+            e.field
+                .clone()
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| "require_feature".to_string())
+        })
 }
 
 /// One line out of Freshdesk's error envelope: "message (code)" or
@@ -210,7 +227,10 @@ mod tests {
     fn resp(status: u16, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
         HttpResponse {
             status,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: body.to_vec(),
         }
     }
@@ -222,16 +242,26 @@ mod tests {
 
     #[test]
     fn invalid_credentials_is_unauthenticated() {
-        let f = classify(&resp(401, &[], &fixture("error_401_invalid_credentials.json")), Part::Reply, "ticket 1");
+        let f = classify(
+            &resp(401, &[], &fixture("error_401_invalid_credentials.json")),
+            Part::Reply,
+            "ticket 1",
+        );
         match f {
             Failure::Unauthenticated(d) => {
                 assert_eq!(d.code, "invalid_credentials");
-                assert_eq!(d.message, "You have to be logged in to perform this action.");
+                assert_eq!(
+                    d.message,
+                    "You have to be logged in to perform this action."
+                );
             }
             other => panic!("{other:?}"),
         }
         // Empty 401 still means re-authenticate.
-        assert!(matches!(classify(&resp(401, &[], b""), Part::Reply, "x"), Failure::Unauthenticated(_)));
+        assert!(matches!(
+            classify(&resp(401, &[], b""), Part::Reply, "x"),
+            Failure::Unauthenticated(_)
+        ));
     }
 
     #[test]
@@ -250,9 +280,16 @@ mod tests {
                 Failure::Forbidden(d) => {
                     assert_eq!(d.kind, PermissionKind::Role);
                     assert_eq!(d.missing, privilege);
-                    assert!(d.remediation.contains("Admin > Team > Roles"), "{}", d.remediation);
+                    assert!(
+                        d.remediation.contains("Admin > Team > Roles"),
+                        "{}",
+                        d.remediation
+                    );
                     assert!(d.remediation.contains(privilege));
-                    assert!(d.message.contains("You are not authorized to perform this action."));
+                    assert!(
+                        d.message
+                            .contains("You are not authorized to perform this action.")
+                    );
                     assert!(d.message.contains("access_denied"));
                 }
                 other => panic!("{other:?}"),
@@ -299,15 +336,25 @@ mod tests {
     #[test]
     fn validation_lists_field_messages() {
         let cases = [
-            ("error_400_invalid_email.json", "email: It should be a valid email address (invalid_value)"),
-            ("error_400_invalid_field.json", "priorty: Unexpected/invalid field in request (invalid_field)"),
+            (
+                "error_400_invalid_email.json",
+                "email: It should be a valid email address (invalid_value)",
+            ),
+            (
+                "error_400_invalid_field.json",
+                "priorty: Unexpected/invalid field in request (invalid_field)",
+            ),
             (
                 "error_400_page_limit.json",
                 "page: You cannot access tickets beyond the 300th page. Please provide a smaller page number. (invalid_value)",
             ),
         ];
         for (file, want) in cases {
-            match classify(&resp(400, &[], &fixture(file)), Part::ReadTickets, "ticket 1") {
+            match classify(
+                &resp(400, &[], &fixture(file)),
+                Part::ReadTickets,
+                "ticket 1",
+            ) {
                 Failure::Invalid(m) => {
                     assert!(m.contains("Validation failed"), "{m}");
                     assert!(m.contains(want), "{m}");
@@ -320,7 +367,10 @@ mod tests {
             Failure::Invalid(m) => assert!(m.contains("invalid json format (invalid_json)"), "{m}"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(classify(&resp(400, &[], b""), Part::Reply, "x"), Failure::Invalid(_)));
+        assert!(matches!(
+            classify(&resp(400, &[], b""), Part::Reply, "x"),
+            Failure::Invalid(_)
+        ));
     }
 
     #[test]
@@ -337,7 +387,11 @@ mod tests {
     fn rate_limited_reads_retry_after() {
         let r = resp(
             429,
-            &[("retry-after", "37"), ("x-ratelimit-total", "400"), ("x-ratelimit-remaining", "0")],
+            &[
+                ("retry-after", "37"),
+                ("x-ratelimit-total", "400"),
+                ("x-ratelimit-remaining", "0"),
+            ],
             br#"{"message":"You have exceeded the limit of requests per minute"}"#,
         );
         match classify(&r, Part::SetStatus, "ticket 1") {
@@ -357,7 +411,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Remaining budget left: a per-endpoint bucket ran out, which one is unknown.
-        let r = resp(429, &[("Retry-After", "5"), ("X-Ratelimit-Remaining", "120")], b"Too Many Requests");
+        let r = resp(
+            429,
+            &[("Retry-After", "5"), ("X-Ratelimit-Remaining", "120")],
+            b"Too Many Requests",
+        );
         match classify(&r, Part::SetStatus, "ticket 1") {
             Failure::RateLimited(d) => {
                 assert_eq!(d.retry_after_ms, Some(5000));
@@ -371,18 +429,30 @@ mod tests {
     fn server_and_conflict_errors_are_transient() {
         for status in [500, 502, 503, 504, 408, 409] {
             assert!(
-                matches!(classify(&resp(status, &[], b"<html>oops</html>"), Part::Reply, "x"), Failure::Transient(_)),
+                matches!(
+                    classify(&resp(status, &[], b"<html>oops</html>"), Part::Reply, "x"),
+                    Failure::Transient(_)
+                ),
                 "{status}"
             );
         }
         let conflict = br#"{"description":"Validation failed","errors":[{"field":"status","message":"inconsistent","code":"inconsistent_state"}]}"#;
-        assert!(matches!(classify(&resp(409, &[], conflict), Part::SetStatus, "x"), Failure::Transient(_)));
+        assert!(matches!(
+            classify(&resp(409, &[], conflict), Part::SetStatus, "x"),
+            Failure::Transient(_)
+        ));
     }
 
     #[test]
     fn method_and_content_type_errors_are_permanent() {
         for status in [405, 415, 418, 426] {
-            assert!(matches!(classify(&resp(status, &[], b""), Part::Reply, "x"), Failure::Permanent(_)), "{status}");
+            assert!(
+                matches!(
+                    classify(&resp(status, &[], b""), Part::Reply, "x"),
+                    Failure::Permanent(_)
+                ),
+                "{status}"
+            );
         }
     }
 }

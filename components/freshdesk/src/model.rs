@@ -230,7 +230,10 @@ pub fn parse_mail_date_ms(s: &str) -> Option<i64> {
     let cleaned = s.replace(',', " ");
     let mut words: Vec<&str> = cleaned.split_whitespace().collect();
     // Drop a leading weekday.
-    if words.first().is_some_and(|w| w.chars().all(|c| c.is_ascii_alphabetic())) {
+    if words
+        .first()
+        .is_some_and(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+    {
         words.remove(0);
     }
     words.retain(|w| !w.eq_ignore_ascii_case("at"));
@@ -261,7 +264,12 @@ pub fn parse_mail_date_ms(s: &str) -> Option<i64> {
         None => 0,
         Some(z) => zone_offset_secs(z)?,
     };
-    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    if !(1..=9999).contains(&year)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -270,15 +278,22 @@ pub fn parse_mail_date_ms(s: &str) -> Option<i64> {
 }
 
 fn month_number(w: &str) -> Option<i64> {
-    const MONTHS: [&str; 12] =
-        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+    const MONTHS: [&str; 12] = [
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    ];
     let w = w.to_ascii_lowercase();
     let prefix = w.get(..3)?;
-    MONTHS.iter().position(|m| *m == prefix).map(|i| i as i64 + 1)
+    MONTHS
+        .iter()
+        .position(|m| *m == prefix)
+        .map(|i| i as i64 + 1)
 }
 
 fn zone_offset_secs(z: &str) -> Option<i64> {
-    if ["z", "utc", "gmt", "ut"].iter().any(|n| z.eq_ignore_ascii_case(n)) {
+    if ["z", "utc", "gmt", "ut"]
+        .iter()
+        .any(|n| z.eq_ignore_ascii_case(n))
+    {
         return Some(0);
     }
     let (sign, digits) = match z.as_bytes().first()? {
@@ -401,8 +416,14 @@ mod tests {
         assert_eq!(status_from_text("Pending"), TicketStatus::Pending);
         assert_eq!(status_from_text("Resolved"), TicketStatus::Solved);
         assert_eq!(status_from_text("Closed"), TicketStatus::Closed);
-        assert_eq!(status_from_text("Waiting on Customer"), TicketStatus::Pending);
-        assert_eq!(status_from_text("Waiting on Third Party"), TicketStatus::OnHold);
+        assert_eq!(
+            status_from_text("Waiting on Customer"),
+            TicketStatus::Pending
+        );
+        assert_eq!(
+            status_from_text("Waiting on Third Party"),
+            TicketStatus::OnHold
+        );
         assert_eq!(status_from_text("4"), TicketStatus::Solved);
         assert_eq!(status_from_text("Escalated to L2"), TicketStatus::Open);
     }
@@ -414,13 +435,27 @@ mod tests {
         assert_eq!(parse_time_ms("Mon, 01 Jan 2024 15:30:00 +0530"), want);
         assert_eq!(parse_time_ms("01 Jan 2024 10:00 UTC"), want);
         assert_eq!(parse_time_ms("Mon, 1 January, 2024 at 10:00 AM"), want);
-        assert_eq!(parse_time_ms("Mon, 1 Jan, 2024 at 10:00 PM"), want.map(|m| m + 12 * 3_600_000));
+        assert_eq!(
+            parse_time_ms("Mon, 1 Jan, 2024 at 10:00 PM"),
+            want.map(|m| m + 12 * 3_600_000)
+        );
         assert_eq!(parse_time_ms("2024-01-01T10:00:00Z"), want);
-        assert_eq!(parse_time_ms("2024-02-29T00:00:00Z"), parse_mail_date_ms("29 Feb 2024 00:00:00 Z"));
+        assert_eq!(
+            parse_time_ms("2024-02-29T00:00:00Z"),
+            parse_mail_date_ms("29 Feb 2024 00:00:00 Z")
+        );
         assert_eq!(parse_time_ms("{{ticket.created_at}}"), None);
         assert_eq!(parse_time_ms(""), None);
         assert_eq!(parse_time_ms("Mon, 01 Foo 2024 10:00:00 +0000"), None);
         assert_eq!(parse_time_ms("01 Jan 2024 10:00:00 +05"), None);
+        assert_eq!(
+            parse_time_ms("01 Jan 99999999999999999 10:00:00 +0000"),
+            None
+        );
+        assert_eq!(
+            parse_time_ms("99999999999 Jan 2024 99999999999:00:00 +0000"),
+            None
+        );
     }
 
     #[test]

@@ -18,7 +18,11 @@ pub fn observe(resp: &HttpResponse) -> Vec<RateObservation> {
     let r = Response::new(resp);
     let limit = header_u32(&r, "x-ratelimit-total");
     let mut remaining = header_u32(&r, "x-ratelimit-remaining");
-    let reset_ms = if resp.status == 429 { r.retry_after_ms() } else { None };
+    let reset_ms = if resp.status == 429 {
+        r.retry_after_ms()
+    } else {
+        None
+    };
     if limit.is_none() && remaining.is_none() && reset_ms.is_none() {
         return Vec::new();
     }
@@ -42,7 +46,10 @@ mod tests {
     fn resp(status: u16, headers: &[(&str, &str)]) -> HttpResponse {
         HttpResponse {
             status,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: Vec::new(),
         }
     }
@@ -51,7 +58,11 @@ mod tests {
     fn reads_total_and_remaining_case_insensitively() {
         let o = observe(&resp(
             200,
-            &[("X-Ratelimit-Total", "400"), ("x-ratelimit-remaining", " 398 "), ("x-ratelimit-used-currentrequest", "1")],
+            &[
+                ("X-Ratelimit-Total", "400"),
+                ("x-ratelimit-remaining", " 398 "),
+                ("x-ratelimit-used-currentrequest", "1"),
+            ],
         ));
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].bucket, "account");
@@ -64,7 +75,10 @@ mod tests {
 
     #[test]
     fn rate_limited_response_reads_retry_after() {
-        let o = observe(&resp(429, &[("retry-after", "42"), ("x-ratelimit-total", "200")]));
+        let o = observe(&resp(
+            429,
+            &[("retry-after", "42"), ("x-ratelimit-total", "200")],
+        ));
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].reset_ms, Some(42_000));
         assert_eq!(o[0].remaining, Some(0));
@@ -74,11 +88,35 @@ mod tests {
     #[test]
     fn garbage_is_ignored() {
         assert!(observe(&resp(200, &[])).is_empty());
-        assert!(observe(&resp(200, &[("x-ratelimit-total", "lots"), ("x-ratelimit-remaining", "-3")])).is_empty());
+        assert!(
+            observe(&resp(
+                200,
+                &[
+                    ("x-ratelimit-total", "lots"),
+                    ("x-ratelimit-remaining", "-3")
+                ]
+            ))
+            .is_empty()
+        );
         assert!(observe(&resp(200, &[("x-ratelimit-total", "99999999999999999999")])).is_empty());
-        assert!(observe(&resp(200, &[("x-ratelimit-remaining", "1.5"), ("retry-after", "10")])).is_empty());
-        assert!(observe(&resp(429, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")])).is_empty());
-        let o = observe(&resp(200, &[("x-ratelimit-total", "abc"), ("x-ratelimit-remaining", "7")]));
+        assert!(
+            observe(&resp(
+                200,
+                &[("x-ratelimit-remaining", "1.5"), ("retry-after", "10")]
+            ))
+            .is_empty()
+        );
+        assert!(
+            observe(&resp(
+                429,
+                &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]
+            ))
+            .is_empty()
+        );
+        let o = observe(&resp(
+            200,
+            &[("x-ratelimit-total", "abc"), ("x-ratelimit-remaining", "7")],
+        ));
         assert_eq!((o[0].limit, o[0].remaining), (None, Some(7)));
     }
 }

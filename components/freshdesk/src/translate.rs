@@ -10,7 +10,7 @@
 //! |---|---|
 //! | get-ticket | `GET /api/v2/tickets/{id}` (read; account) |
 //! | list-changed | `GET /api/v2/tickets?updated_since=..&order_by=updated_at&order_type=asc&per_page=100&page=N` (read; account, tickets-list) |
-//! | list-open | `GET /api/v2/search/tickets?query="status:2 OR status:3"&page=N` (read; account) |
+//! | list-open | `GET /api/v2/search/tickets?query="status:2 OR status:3"&page=N` (read; account, tickets-list) |
 //! | reply | `POST /api/v2/tickets/{id}/reply` (write; account) |
 //! | set-status, assign | `PUT /api/v2/tickets/{id}` (write; account, ticket-update) |
 //! | add-tags | `GET` then `PUT /api/v2/tickets/{id}` (write; the PUT replaces the tag list) |
@@ -64,7 +64,9 @@ pub fn resume(
 /// `permanent` when it does not parse: the host handed back something we never made.
 pub fn parse_state<T: DeserializeOwned>(state: &str) -> Result<T, Failure> {
     serde_json::from_str(state).map_err(|e| {
-        fail::permanent(format!("corrupt adapter state {state:?} for this operation: {e}"))
+        fail::permanent(format!(
+            "corrupt adapter state {state:?} for this operation: {e}"
+        ))
     })
 }
 
@@ -74,12 +76,15 @@ pub fn parse_state<T: DeserializeOwned>(state: &str) -> Result<T, Failure> {
 ///
 /// `invalid` naming `what` when it is not a plain non-negative integer.
 pub fn numeric_id(id: &str, what: &str) -> Result<u64, Failure> {
-    if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(n) = id.parse() {
-            return Ok(n);
-        }
+    if !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(n) = id.parse()
+    {
+        return Ok(n);
     }
-    Err(fail::invalid(format!("Freshdesk {what} must be a number, got {id:?}")))
+    Err(fail::invalid(format!(
+        "Freshdesk {what} must be a number, got {id:?}"
+    )))
 }
 
 /// `Ok` for 2xx; otherwise the classified failure.
@@ -98,7 +103,10 @@ pub fn ticket_path(id: u64) -> String {
 
 /// `GET /api/v2/tickets/{id}` in `lane`, drawing on the account bucket.
 pub fn get_ticket_request(id: u64, lane: Lane) -> HttpRequest {
-    RequestBuilder::new(Method::Get, ticket_path(id)).lane(lane).draw(ACCOUNT).build()
+    RequestBuilder::new(Method::Get, ticket_path(id))
+        .lane(lane)
+        .draw(ACCOUNT)
+        .build()
 }
 
 /// `PUT /api/v2/tickets/{id}` with `body`, a write drawing on account and ticket-update.
@@ -134,12 +142,18 @@ pub fn parse_ticket(resp: &HttpResponse) -> Result<Ticket, Failure> {
     parse_json::<FdTicket>(&resp.body, "ticket")?.to_ticket()
 }
 
+/// Whether two tags are the same tag. Freshdesk treats tag names case-insensitively
+/// (UNCONFIRMED; "VIP" and "vip" are one tag in the UI), so a case difference is not a new tag.
+pub fn same_tag(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
+}
+
 /// The tag list to write so that `add` is on the ticket: `existing` in its order, then the new
 /// ones in the order asked, without duplicates. `None` when every tag is already there.
 pub fn merge_tags(existing: &[String], add: &[String]) -> Option<Vec<String>> {
     let mut merged = existing.to_vec();
     for t in add {
-        if !merged.contains(t) {
+        if !merged.iter().any(|m| same_tag(m, t)) {
             merged.push(t.clone());
         }
     }
@@ -172,7 +186,11 @@ mod tests {
     use super::*;
 
     fn with_link(v: &str) -> HttpResponse {
-        HttpResponse { status: 200, headers: vec![("link".into(), v.into())], body: Vec::new() }
+        HttpResponse {
+            status: 200,
+            headers: vec![("link".into(), v.into())],
+            body: Vec::new(),
+        }
     }
 
     #[test]
@@ -189,10 +207,17 @@ mod tests {
     #[test]
     fn tags_merge_keeps_order_and_drops_duplicates() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(merge_tags(&s(&["b", "a"]), &s(&["c", "a", "c", "d"])), Some(s(&["b", "a", "c", "d"])));
+        assert_eq!(
+            merge_tags(&s(&["b", "a"]), &s(&["c", "a", "c", "d"])),
+            Some(s(&["b", "a", "c", "d"]))
+        );
         assert_eq!(merge_tags(&s(&["b", "a"]), &s(&["a"])), None);
         assert_eq!(merge_tags(&s(&[]), &s(&[])), None);
         assert_eq!(merge_tags(&s(&[]), &s(&["x"])), Some(s(&["x"])));
+        assert_eq!(
+            merge_tags(&s(&["VIP"]), &s(&["vip", "Vip", "new"])),
+            Some(s(&["VIP", "new"]))
+        );
     }
 
     #[test]
@@ -201,17 +226,31 @@ mod tests {
             "<https://acme.freshdesk.com/api/v2/tickets?updated_since=2024-01-01T00:00:00Z&order_by=updated_at&order_type=asc&per_page=100&page=3>; rel=\"next\"",
         );
         assert_eq!(link_next_page(&r), Some(3));
-        let r = with_link("<https://a.freshdesk.com/api/v2/tickets?page=1>; rel=\"prev\", <https://a.freshdesk.com/api/v2/tickets?per_page=100&page=7>;rel=next");
+        let r = with_link(
+            "<https://a.freshdesk.com/api/v2/tickets?page=1>; rel=\"prev\", <https://a.freshdesk.com/api/v2/tickets?per_page=100&page=7>;rel=next",
+        );
         assert_eq!(link_next_page(&r), Some(7));
-        assert_eq!(link_next_page(&with_link("<https://a/x?page=2>; rel=\"prev\"")), None);
+        assert_eq!(
+            link_next_page(&with_link("<https://a/x?page=2>; rel=\"prev\"")),
+            None
+        );
         assert_eq!(link_next_page(&with_link("garbage")), None);
-        assert_eq!(link_next_page(&with_link("<https://a/x?page=two>; rel=\"next\"")), None);
-        assert_eq!(link_next_page(&with_link("<https://a/x?per_page=2>; rel=\"next\"")), None);
+        assert_eq!(
+            link_next_page(&with_link("<https://a/x?page=two>; rel=\"next\"")),
+            None
+        );
+        assert_eq!(
+            link_next_page(&with_link("<https://a/x?per_page=2>; rel=\"next\"")),
+            None
+        );
     }
 
     #[test]
     fn reply_html_escapes() {
-        assert_eq!(reply_html("a < b & \"c\""), "<p>a &lt; b &amp; &quot;c&quot;</p>");
+        assert_eq!(
+            reply_html("a < b & \"c\""),
+            "<p>a &lt; b &amp; &quot;c&quot;</p>"
+        );
     }
 
     #[test]

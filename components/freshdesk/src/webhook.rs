@@ -17,7 +17,7 @@
 //!
 //! There is no delivery id (`event-id` is none); Freshdesk retries failed deliveries (+5, +30,
 //! +60 minutes) and may deliver twice, so the host dedupes on ticket and update time. The kind
-//! is guessed from the event text: reply/note → commented, status → status-changed,
+//! is guessed from the event text: reply/replied/note → commented, status → status-changed,
 //! assign/agent/responder/group → assigned, tag → tagged, delete → deleted, create → created,
 //! anything else → updated.
 
@@ -63,7 +63,10 @@ pub fn parse(headers: &[(String, String)], body: &[u8]) -> Result<Webhook, Failu
              nor \"ticket\"",
         ));
     };
-    Ok(Webhook { signature, events: vec![event] })
+    Ok(Webhook {
+        signature,
+        events: vec![event],
+    })
 }
 
 /// A rendered placeholder as text: strings trimmed, numbers as digits; empty strings, nulls and
@@ -89,7 +92,7 @@ fn id_text(v: Option<&Value>) -> Option<String> {
 pub fn kind_of(event: &str) -> &'static str {
     let t = event.to_ascii_lowercase();
     let has = |words: &[&str]| words.iter().any(|w| t.contains(w));
-    if has(&["reply", "note", "comment", "conversation"]) {
+    if has(&["reply", "replied", "note", "comment", "conversation"]) {
         "commented"
     } else if has(&["status"]) {
         "status-changed"
@@ -109,9 +112,12 @@ pub fn kind_of(event: &str) -> &'static str {
 fn tags_from(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::Array(a)) => a.iter().filter_map(|t| text_of(Some(t))).collect(),
-        Some(Value::String(s)) if !s.contains("{{") => {
-            s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_string).collect()
-        }
+        Some(Value::String(s)) if !s.contains("{{") => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect(),
         _ => Vec::new(),
     }
 }
@@ -171,7 +177,11 @@ fn from_ticket(t: &Value, event: Option<&Value>) -> Result<TicketEvent, Failure>
         Some(other) => other.to_string(),
         None => String::new(),
     };
-    let occurred_at = if ticket.updated_at != 0 { ticket.updated_at } else { ticket.created_at };
+    let occurred_at = if ticket.updated_at != 0 {
+        ticket.updated_at
+    } else {
+        ticket.created_at
+    };
     Ok(TicketEvent {
         event_id: None,
         ticket_id: ticket.id.clone(),
@@ -199,9 +209,17 @@ mod tests {
         let v: Value = serde_json::from_str(ADMIN_TEMPLATE).unwrap();
         let fw = v["freshdesk_webhook"].as_object().unwrap();
         for k in [
-            "ticket_id", "ticket_subject", "ticket_status", "ticket_priority", "ticket_tags",
-            "ticket_requester_id", "ticket_agent_id", "ticket_group_id", "ticket_created_at",
-            "ticket_updated_at", "triggered_event",
+            "ticket_id",
+            "ticket_subject",
+            "ticket_status",
+            "ticket_priority",
+            "ticket_tags",
+            "ticket_requester_id",
+            "ticket_agent_id",
+            "ticket_group_id",
+            "ticket_created_at",
+            "ticket_updated_at",
+            "triggered_event",
         ] {
             assert!(fw.contains_key(k), "{k}");
         }
@@ -254,7 +272,10 @@ mod tests {
         let e = &w.events[0];
         assert_eq!(e.ticket_id, "4711");
         assert_eq!(e.kind, "commented");
-        assert_eq!(e.occurred_at, text::parse_rfc3339_ms("2024-04-18T09:00:00Z").unwrap());
+        assert_eq!(
+            e.occurred_at,
+            text::parse_rfc3339_ms("2024-04-18T09:00:00Z").unwrap()
+        );
         let t = e.ticket.as_ref().unwrap();
         assert_eq!(t.status, TicketStatus::Solved);
         assert_eq!(t.raw_status, "4");
@@ -264,8 +285,14 @@ mod tests {
         let e = &parse(&[], body).unwrap().events[0];
         assert_eq!(e.ticket_id, "12");
         assert_eq!(e.kind, "created");
-        assert_eq!(e.occurred_at, text::parse_rfc3339_ms("2024-01-01T10:00:00Z").unwrap());
-        assert_eq!(e.ticket.as_ref().unwrap().tags, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(
+            e.occurred_at,
+            text::parse_rfc3339_ms("2024-01-01T10:00:00Z").unwrap()
+        );
+        assert_eq!(
+            e.ticket.as_ref().unwrap().tags,
+            vec!["a".to_string(), "b".to_string()]
+        );
     }
 
     #[test]
@@ -280,6 +307,17 @@ mod tests {
             ("ticket deleted", "deleted"),
             ("{ticket_action:created}", "created"),
             ("priority changed", "updated"),
+            ("ticket_created", "created"),
+            ("customer_replied", "commented"),
+            ("agent_replied", "commented"),
+            ("note_added", "commented"),
+            ("status_changed", "status-changed"),
+            ("priority_changed", "updated"),
+            ("tags_changed", "tagged"),
+            ("agent_assigned", "assigned"),
+            ("group_assigned", "assigned"),
+            ("subject_changed", "updated"),
+            ("ticket_deleted", "deleted"),
             ("", "updated"),
         ] {
             assert_eq!(kind_of(text), kind, "{text}");
@@ -300,13 +338,21 @@ mod tests {
             b"{\"ticket\":[1]}",
             b"{\"ticket\":{\"id\":1,\"conversations\":\"x\"}}",
         ] {
-            assert!(matches!(parse(&token(), body), Err(Failure::Invalid(_))), "{}", String::from_utf8_lossy(body));
+            assert!(
+                matches!(parse(&token(), body), Err(Failure::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 
     #[test]
     fn missing_token_header_means_no_signature() {
-        let w = parse(&[("x-other".into(), "v".into())], &fixture("webhook_template.json")).unwrap();
+        let w = parse(
+            &[("x-other".into(), "v".into())],
+            &fixture("webhook_template.json"),
+        )
+        .unwrap();
         assert!(w.signature.is_none());
         assert_eq!(w.events.len(), 1);
     }

@@ -6,15 +6,28 @@ use deskgate_adapter_freshdesk::FreshdeskAdapter as A;
 use deskgate_adapter_sdk::prelude::*;
 
 fn conn() -> Connection {
-    Connection { id: "c".into(), plan: "growth".into(), agent_id: Some("80002222".into()), settings: vec![] }
+    Connection {
+        id: "c".into(),
+        plan: "growth".into(),
+        agent_id: Some("80002222".into()),
+        settings: vec![],
+    }
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn resp(status: u16, body: Vec<u8>) -> HttpResponse {
-    HttpResponse { status, headers: vec![("x-ratelimit-remaining".into(), "5".into())], body }
+    HttpResponse {
+        status,
+        headers: vec![("x-ratelimit-remaining".into(), "5".into())],
+        body,
+    }
 }
 
 fn ops() -> Vec<Operation> {
@@ -22,18 +35,30 @@ fn ops() -> Vec<Operation> {
         reply: "Thanks, fixed.".into(),
         status: TicketStatus::Solved,
         tags: vec!["fixed".into()],
-        assignee: Some(Assignee { agent_id: Some("1".into()), group_id: Some("2".into()) }),
+        assignee: Some(Assignee {
+            agent_id: Some("1".into()),
+            group_id: Some("2".into()),
+        }),
     };
-    let apply = |action: Action| ApplyAction { ticket_id: "4711".into(), action };
+    let apply = |action: Action| ApplyAction {
+        ticket_id: "4711".into(),
+        action,
+    };
     vec![
         Operation::GetTicket("4711".into()),
-        Operation::ListChanged(ListChanged { since: 1_700_000_000_000, cursor: None }),
+        Operation::ListChanged(ListChanged {
+            since: 1_700_000_000_000,
+            cursor: None,
+        }),
         Operation::ListOpen(None),
         Operation::WhoAmI,
         Operation::Apply(apply(Action::Reply("hi".into()))),
         Operation::Apply(apply(Action::SetStatus(TicketStatus::OnHold))),
         Operation::Apply(apply(Action::AddTags(vec!["a".into()]))),
-        Operation::Apply(apply(Action::Assign(Assignee { agent_id: Some("1".into()), group_id: None }))),
+        Operation::Apply(apply(Action::Assign(Assignee {
+            agent_id: Some("1".into()),
+            group_id: None,
+        }))),
         Operation::Apply(apply(Action::Resolve(resolution.clone()))),
         Operation::Probe(vec![
             Capability::ReadTickets,
@@ -93,7 +118,10 @@ fn run(op: &Operation) -> (Vec<HttpRequest>, Result<Outcome, Failure>) {
                         assert_eq!(draw.key, None);
                     }
                 }
-                assert!(req.idempotency_header.is_none(), "Freshdesk honours no idempotency header");
+                assert!(
+                    req.idempotency_header.is_none(),
+                    "Freshdesk honours no idempotency header"
+                );
                 serde_json::from_str::<serde_json::Value>(&p.state).expect("state is JSON");
                 let r = answer(&req);
                 seen.push(req);
@@ -123,12 +151,9 @@ fn write_actions_use_the_write_lane_and_reads_the_read_lane() {
             let is_write = matches!(req.lane, Lane::Write);
             match &op {
                 Operation::Apply(_) => assert!(is_write, "{op:?}: {}", req.path),
-                Operation::Probe(_) => assert_eq!(
-                    is_write,
-                    !matches!(req.method, Method::Get),
-                    "{}",
-                    req.path
-                ),
+                Operation::Probe(_) => {
+                    assert_eq!(is_write, !matches!(req.method, Method::Get), "{}", req.path)
+                }
                 _ => assert!(!is_write, "{op:?}: {}", req.path),
             }
         }
@@ -142,7 +167,10 @@ fn outputs_are_deterministic() {
         let b = format!("{:?}", run(&op));
         assert_eq!(a, b);
     }
-    assert_eq!(format!("{:?}", A::describe()), format!("{:?}", A::describe()));
+    assert_eq!(
+        format!("{:?}", A::describe()),
+        format!("{:?}", A::describe())
+    );
 }
 
 #[test]
@@ -151,11 +179,26 @@ fn resolution_end_to_end() {
     let (seen, out) = run(op);
     let lines: Vec<String> = seen
         .iter()
-        .map(|r| format!("{} {}", match r.method { Method::Get => "GET", Method::Post => "POST", Method::Put => "PUT", _ => "?" }, r.path))
+        .map(|r| {
+            format!(
+                "{} {}",
+                match r.method {
+                    Method::Get => "GET",
+                    Method::Post => "POST",
+                    Method::Put => "PUT",
+                    _ => "?",
+                },
+                r.path
+            )
+        })
         .collect();
     assert_eq!(
         lines,
-        vec!["GET /api/v2/tickets/4711", "POST /api/v2/tickets/4711/reply", "PUT /api/v2/tickets/4711"]
+        vec![
+            "GET /api/v2/tickets/4711",
+            "POST /api/v2/tickets/4711/reply",
+            "PUT /api/v2/tickets/4711"
+        ]
     );
     let put: serde_json::Value = serde_json::from_slice(seen[2].body.as_ref().unwrap()).unwrap();
     assert_eq!(
@@ -177,7 +220,10 @@ fn observe_and_webhook_through_the_trait() {
         conn(),
         HttpResponse {
             status: 200,
-            headers: vec![("x-ratelimit-total".into(), "200".into()), ("x-ratelimit-remaining".into(), "150".into())],
+            headers: vec![
+                ("x-ratelimit-total".into(), "200".into()),
+                ("x-ratelimit-remaining".into(), "150".into()),
+            ],
             body: vec![],
         },
     );
@@ -192,12 +238,112 @@ fn observe_and_webhook_through_the_trait() {
     .unwrap();
     assert_eq!(w.signature.unwrap().provided, "s3cret");
     assert_eq!(w.events[0].ticket_id, "4711");
-    assert!(matches!(A::parse_webhook(conn(), vec![], b"{".to_vec()), Err(Failure::Invalid(_))));
+    assert!(matches!(
+        A::parse_webhook(conn(), vec![], b"{".to_vec()),
+        Err(Failure::Invalid(_))
+    ));
 }
 
 #[test]
 fn resume_with_a_foreign_state_is_a_permanent_failure() {
     let op = Operation::GetTicket("1".into());
-    let r = A::resume(conn(), op, "{\"search_page\":1}".into(), resp(200, fixture("ticket.json")));
+    let r = A::resume(
+        conn(),
+        op,
+        "{\"search_page\":1}".into(),
+        resp(200, fixture("ticket.json")),
+    );
     assert!(matches!(r, Err(Failure::Permanent(m)) if m.contains("corrupt adapter state")));
+}
+
+/// A tiny deterministic generator (xorshift), so the garbage test needs no extra dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, pieces: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..(self.next() % 12) {
+            match self.next() % 3 {
+                0 => out.extend_from_slice(pieces[(self.next() as usize) % pieces.len()]),
+                1 => out.push(self.next() as u8),
+                _ => out.extend_from_slice(self.next().to_string().as_bytes()),
+            }
+        }
+        out
+    }
+}
+
+#[test]
+fn garbage_never_traps() {
+    let pieces: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b":",
+        b",",
+        b"null",
+        b"\"id\"",
+        b"\"status\"",
+        b"\"tags\"",
+        b"\"updated_at\"",
+        b"\"2024-01-01T00:00:00Z\"",
+        b"-1",
+        b"1e999",
+        b"\"results\"",
+        b"\"total\"",
+        b"\"freshdesk_webhook\"",
+        b"\"ticket\"",
+        b"\"ticket_id\"",
+        b"\"ticket_updated_at\"",
+        b"\"Mon, 01 Jan 99999 99:99:99 +9999\"",
+        b"\"errors\"",
+        b"\"code\"",
+        b"\"require_feature\"",
+        b"\xff\xfe",
+        b"{\"id\":",
+    ];
+    let statuses = [
+        200, 201, 204, 400, 401, 403, 404, 409, 415, 429, 500, 503, 302, 0, 999,
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for op in ops() {
+        let Ok(Step::Send(first)) = A::start(conn(), op.clone()) else {
+            continue;
+        };
+        for _ in 0..300 {
+            let body = rng.bytes(pieces);
+            let status = statuses[(rng.next() as usize) % statuses.len()];
+            let h = String::from_utf8_lossy(&rng.bytes(pieces)).into_owned();
+            let headers = vec![
+                (
+                    "link".to_string(),
+                    format!("<https://x/y?page={h}>; rel=\"next\""),
+                ),
+                ("retry-after".to_string(), h.clone()),
+                ("x-ratelimit-remaining".to_string(), h.clone()),
+                ("x-ratelimit-total".to_string(), h),
+            ];
+            let r = HttpResponse {
+                status,
+                headers,
+                body,
+            };
+            let _ = A::resume(conn(), op.clone(), first.state.clone(), r.clone());
+            let _ = A::observe(conn(), r.clone());
+            let _ = A::parse_webhook(conn(), r.headers.clone(), r.body.clone());
+        }
+    }
+    for _ in 0..2000 {
+        let body = rng.bytes(pieces);
+        let _ = A::parse_webhook(conn(), vec![], body);
+    }
 }

@@ -27,14 +27,21 @@ pub(crate) mod testkit {
 
     /// A response with a body and no headers.
     pub fn resp(status: u16, body: &[u8]) -> HttpResponse {
-        HttpResponse { status, headers: Vec::new(), body: body.to_vec() }
+        HttpResponse {
+            status,
+            headers: Vec::new(),
+            body: body.to_vec(),
+        }
     }
 
     /// A response with headers.
     pub fn resp_h(status: u16, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
         HttpResponse {
             status,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: body.to_vec(),
         }
     }
@@ -84,21 +91,31 @@ pub(crate) mod testkit {
 
     /// `(bucket, key)` of each draw.
     pub fn draws(req: &HttpRequest) -> Vec<(String, Option<String>, u32)> {
-        req.draws.iter().map(|d| (d.bucket.clone(), d.key.clone(), d.cost)).collect()
+        req.draws
+            .iter()
+            .map(|d| (d.bucket.clone(), d.key.clone(), d.cost))
+            .collect()
     }
 
     /// Check method, path, lane and account-scoped draws of a request.
     pub fn assert_req(req: &HttpRequest, method: Method, path: &str, lane: Lane, buckets: &[&str]) {
         assert_eq!(verb(req.method), verb(method), "method of {}", req.path);
         assert_eq!(req.path, path);
-        assert_eq!(format!("{:?}", req.lane), format!("{lane:?}"), "lane of {}", req.path);
+        assert_eq!(
+            format!("{:?}", req.lane),
+            format!("{lane:?}"),
+            "lane of {}",
+            req.path
+        );
         let want: Vec<(String, Option<String>, u32)> =
             buckets.iter().map(|b| (b.to_string(), None, 1)).collect();
         assert_eq!(draws(req), want, "draws of {}", req.path);
         assert_eq!(req.idempotency_header, None);
         match &req.body {
             Some(_) => assert!(
-                req.headers.iter().any(|(k, v)| k == "content-type" && v == "application/json")
+                req.headers
+                    .iter()
+                    .any(|(k, v)| k == "content-type" && v == "application/json")
             ),
             None => assert!(req.headers.is_empty()),
         }

@@ -74,21 +74,42 @@ const ORDER: [ProbeStep; 9] = [
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "f", rename_all = "kebab-case")]
 enum FailureRepr {
-    Unauthenticated { code: String, message: String },
-    Forbidden { kind: String, missing: String, remediation: String, message: String },
-    RateLimited { retry_after_ms: Option<u64>, bucket: Option<String>, message: String },
-    NotFound { message: String },
-    Invalid { message: String },
-    Transient { message: String },
-    Permanent { message: String },
+    Unauthenticated {
+        code: String,
+        message: String,
+    },
+    Forbidden {
+        kind: String,
+        missing: String,
+        remediation: String,
+        message: String,
+    },
+    RateLimited {
+        retry_after_ms: Option<u64>,
+        bucket: Option<String>,
+        message: String,
+    },
+    NotFound {
+        message: String,
+    },
+    Invalid {
+        message: String,
+    },
+    Transient {
+        message: String,
+    },
+    Permanent {
+        message: String,
+    },
 }
 
 impl From<&Failure> for FailureRepr {
     fn from(f: &Failure) -> Self {
         match f {
-            Failure::Unauthenticated(d) => {
-                Self::Unauthenticated { code: d.code.clone(), message: d.message.clone() }
-            }
+            Failure::Unauthenticated(d) => Self::Unauthenticated {
+                code: d.code.clone(),
+                message: d.message.clone(),
+            },
             Failure::Forbidden(d) => Self::Forbidden {
                 kind: match d.kind {
                     PermissionKind::Scope => "scope",
@@ -117,7 +138,12 @@ impl FailureRepr {
     fn to_failure(&self) -> Failure {
         match self {
             Self::Unauthenticated { code, message } => fail::unauthenticated(code, message),
-            Self::Forbidden { kind, missing, remediation, message } => fail::forbidden(
+            Self::Forbidden {
+                kind,
+                missing,
+                remediation,
+                message,
+            } => fail::forbidden(
                 match kind.as_str() {
                     "scope" => PermissionKind::Scope,
                     "plan" => PermissionKind::Plan,
@@ -127,9 +153,11 @@ impl FailureRepr {
                 remediation,
                 message,
             ),
-            Self::RateLimited { retry_after_ms, bucket, message } => {
-                fail::rate_limited(*retry_after_ms, bucket.as_deref(), message)
-            }
+            Self::RateLimited {
+                retry_after_ms,
+                bucket,
+                message,
+            } => fail::rate_limited(*retry_after_ms, bucket.as_deref(), message),
             Self::NotFound { message } => fail::not_found(message.clone()),
             Self::Invalid { message } => fail::invalid(message.clone()),
             Self::Transient { message } => fail::transient(message.clone()),
@@ -167,7 +195,8 @@ impl ProbeState {
     fn record(&mut self, cap: Capability, failure: Option<Failure>) {
         let key = cap_key(cap).to_string();
         self.results.retain(|(k, _)| *k != key);
-        self.results.push((key, failure.as_ref().map(FailureRepr::from)));
+        self.results
+            .push((key, failure.as_ref().map(FailureRepr::from)));
     }
 
     fn has(&self, cap: Capability) -> bool {
@@ -218,10 +247,12 @@ fn needed(step: ProbeStep, caps: &[Capability], st: &ProbeState) -> bool {
 
 fn request(step: ProbeStep, st: &ProbeState) -> Result<HttpRequest, Failure> {
     let ticket = || {
-        st.ticket.ok_or_else(|| fail::permanent("corrupt adapter state: probe step without a ticket"))
+        st.ticket
+            .ok_or_else(|| fail::permanent("corrupt adapter state: probe step without a ticket"))
     };
     let agent = || {
-        st.agent.ok_or_else(|| fail::permanent("corrupt adapter state: probe step without an agent"))
+        st.agent
+            .ok_or_else(|| fail::permanent("corrupt adapter state: probe step without an agent"))
     };
     Ok(match step {
         ProbeStep::Me => me_request(),
@@ -240,13 +271,15 @@ fn request(step: ProbeStep, st: &ProbeState) -> Result<HttpRequest, Failure> {
             }))
             .build(),
         ProbeStep::Read => get_ticket_request(ticket()?, Lane::Read),
-        ProbeStep::Reply => {
-            reply_request(ticket()?, "deskgate permission probe: checking that replies are allowed.")
-        }
+        ProbeStep::Reply => reply_request(
+            ticket()?,
+            "deskgate permission probe: checking that replies are allowed.",
+        ),
         ProbeStep::Status => put_ticket_request(ticket()?, &json!({ "status": 3 })),
-        ProbeStep::Tags => {
-            put_ticket_request(ticket()?, &json!({ "tags": [PROBE_TAG, "deskgate-probe-tag"] }))
-        }
+        ProbeStep::Tags => put_ticket_request(
+            ticket()?,
+            &json!({ "tags": [PROBE_TAG, "deskgate-probe-tag"] }),
+        ),
         ProbeStep::Assign => put_ticket_request(ticket()?, &json!({ "responder_id": agent()? })),
         ProbeStep::Delete => RequestBuilder::new(Method::Delete, ticket_path(ticket()?))
             .lane(Lane::Write)
@@ -263,7 +296,10 @@ fn request(step: ProbeStep, st: &ProbeState) -> Result<HttpRequest, Failure> {
 
 /// Send the first needed step after `st.step`, or finish.
 fn advance(caps: &[Capability], mut st: ProbeState) -> Result<Step, Failure> {
-    let from = ORDER.iter().position(|s| *s == st.step).map_or(0, |i| i + 1);
+    let from = ORDER
+        .iter()
+        .position(|s| *s == st.step)
+        .map_or(0, |i| i + 1);
     for step in &ORDER[from..] {
         if needed(*step, caps, &st) {
             let req = request(*step, &st)?;
@@ -278,7 +314,11 @@ fn advance(caps: &[Capability], mut st: ProbeState) -> Result<Step, Failure> {
                 Some((_, f)) => f.as_ref().map(FailureRepr::to_failure),
                 None => Some(fail::permanent("capability was not probed")),
             };
-            CapabilityResult { capability: *c, granted: failure.is_none(), failure }
+            CapabilityResult {
+                capability: *c,
+                granted: failure.is_none(),
+                failure,
+            }
         })
         .collect();
     done(Outcome::Probed(results))
@@ -286,8 +326,19 @@ fn advance(caps: &[Capability], mut st: ProbeState) -> Result<Step, Failure> {
 
 /// Plan the probe.
 pub fn start(conn: &Connection, caps: &[Capability]) -> Result<Step, Failure> {
-    let agent = conn.agent_id.as_deref().and_then(|a| numeric_id(a, "agent id").ok());
-    advance(caps, ProbeState { step: ProbeStep::Start, agent, ticket: None, results: Vec::new() })
+    let agent = conn
+        .agent_id
+        .as_deref()
+        .and_then(|a| numeric_id(a, "agent id").ok());
+    advance(
+        caps,
+        ProbeState {
+            step: ProbeStep::Start,
+            agent,
+            ticket: None,
+            results: Vec::new(),
+        },
+    )
 }
 
 /// Record one step's response and go on.
@@ -300,14 +351,19 @@ pub fn resume(caps: &[Capability], state: &str, resp: &HttpResponse) -> Result<S
     };
     let failure = || classify(resp, part_of(st.step), &object);
     match st.step {
-        ProbeStep::Start => return Err(fail::permanent("corrupt adapter state: probe not started")),
+        ProbeStep::Start => {
+            return Err(fail::permanent("corrupt adapter state: probe not started"));
+        }
         ProbeStep::Me => {
             if !ok {
                 return Err(failure());
             }
             let me = parse_identity(resp)?;
             st.agent = Some(numeric_id(&me.agent_id, "agent id").map_err(|_| {
-                fail::permanent(format!("Freshdesk's agent id {:?} is not a number", me.agent_id))
+                fail::permanent(format!(
+                    "Freshdesk's agent id {:?} is not a number",
+                    me.agent_id
+                ))
             })?);
         }
         ProbeStep::Create => {
@@ -414,25 +470,73 @@ mod tests {
                 "DELETE /api/v2/tickets/555",
             ]
         );
-        assert_req(&seen[0], Method::Get, "/api/v2/agents/me", Lane::Read, &["account"]);
-        assert_req(&seen[1], Method::Post, "/api/v2/tickets", Lane::Write, &["account", "ticket-create"]);
+        assert_req(
+            &seen[0],
+            Method::Get,
+            "/api/v2/agents/me",
+            Lane::Read,
+            &["account"],
+        );
+        assert_req(
+            &seen[1],
+            Method::Post,
+            "/api/v2/tickets",
+            Lane::Write,
+            &["account", "ticket-create"],
+        );
         let create = body_json(&seen[1]);
         assert_eq!(create["subject"], "deskgate permission probe");
         assert_eq!(create["requester_id"], 80002222u64);
         assert_eq!(create["status"], 2);
         assert_eq!(create["priority"], 1);
         assert_eq!(create["tags"], json!(["deskgate-probe"]));
-        assert!(create["description"].as_str().is_some_and(|d| !d.is_empty()));
-        assert_req(&seen[2], Method::Get, "/api/v2/tickets/555", Lane::Read, &["account"]);
-        assert_req(&seen[3], Method::Post, "/api/v2/tickets/555/reply", Lane::Write, &["account"]);
-        assert!(body_json(&seen[3])["body"].as_str().unwrap().starts_with("<p>"));
+        assert!(
+            create["description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+        assert_req(
+            &seen[2],
+            Method::Get,
+            "/api/v2/tickets/555",
+            Lane::Read,
+            &["account"],
+        );
+        assert_req(
+            &seen[3],
+            Method::Post,
+            "/api/v2/tickets/555/reply",
+            Lane::Write,
+            &["account"],
+        );
+        assert!(
+            body_json(&seen[3])["body"]
+                .as_str()
+                .unwrap()
+                .starts_with("<p>")
+        );
         for r in &seen[4..7] {
-            assert_req(r, Method::Put, "/api/v2/tickets/555", Lane::Write, &["account", "ticket-update"]);
+            assert_req(
+                r,
+                Method::Put,
+                "/api/v2/tickets/555",
+                Lane::Write,
+                &["account", "ticket-update"],
+            );
         }
         assert_eq!(body_json(&seen[4]), json!({"status": 3}));
-        assert_eq!(body_json(&seen[5]), json!({"tags": ["deskgate-probe", "deskgate-probe-tag"]}));
+        assert_eq!(
+            body_json(&seen[5]),
+            json!({"tags": ["deskgate-probe", "deskgate-probe-tag"]})
+        );
         assert_eq!(body_json(&seen[6]), json!({"responder_id": 80002222u64}));
-        assert_req(&seen[7], Method::Delete, "/api/v2/tickets/555", Lane::Write, &["account"]);
+        assert_req(
+            &seen[7],
+            Method::Delete,
+            "/api/v2/tickets/555",
+            Lane::Write,
+            &["account"],
+        );
         let results = probed(out.unwrap());
         assert_eq!(results.len(), 5);
         for (r, c) in results.iter().zip(ALL) {
@@ -459,15 +563,17 @@ mod tests {
         assert_eq!(body_json(&seen[0])["requester_id"], 77);
         assert_eq!(body_json(&seen[2]), json!({"responder_id": 77}));
         let results = probed(out.unwrap());
-        assert_eq!(results.iter().map(|r| r.capability).collect::<Vec<_>>(), caps.to_vec());
+        assert_eq!(
+            results.iter().map(|r| r.capability).collect::<Vec<_>>(),
+            caps.to_vec()
+        );
         assert!(results.iter().all(|r| r.granted));
     }
 
     #[test]
     fn forbidden_mid_probe_is_recorded_and_cleanup_still_runs() {
         let (seen, out) = drive(&conn(Some("77")), &ALL, |req| {
-            if verb(req.method) == "PUT" && body_json(req).get("status").is_some()
-            {
+            if verb(req.method) == "PUT" && body_json(req).get("status").is_some() {
                 resp(403, &fixture("error_403_access_denied.json"))
             } else if req.path.ends_with("/reply") {
                 resp(429, b"")
@@ -480,7 +586,10 @@ mod tests {
         let by = |c: Capability| results.iter().find(|r| r.capability == c).unwrap().clone();
         assert!(by(Capability::ReadTickets).granted);
         assert!(!by(Capability::PublicReply).granted);
-        assert!(matches!(by(Capability::PublicReply).failure, Some(Failure::RateLimited(_))));
+        assert!(matches!(
+            by(Capability::PublicReply).failure,
+            Some(Failure::RateLimited(_))
+        ));
         let status = by(Capability::SetStatus);
         assert!(!status.granted);
         match status.failure {
@@ -497,15 +606,23 @@ mod tests {
 
     #[test]
     fn creation_forbidden_falls_back_to_list_for_reads() {
-        let (seen, out) = drive(&conn(Some("77")), &[Capability::SetStatus, Capability::ReadTickets], |req| {
-            match req.path.as_str() {
+        let (seen, out) = drive(
+            &conn(Some("77")),
+            &[Capability::SetStatus, Capability::ReadTickets],
+            |req| match req.path.as_str() {
                 "/api/v2/tickets" => resp(403, &fixture("error_403_access_denied.json")),
                 "/api/v2/tickets?per_page=1" => resp(200, b"[]"),
                 other => panic!("unexpected {other}"),
-            }
-        });
+            },
+        );
         assert_eq!(seen.len(), 2);
-        assert_req(&seen[1], Method::Get, "/api/v2/tickets?per_page=1", Lane::Read, &["account", "tickets-list"]);
+        assert_req(
+            &seen[1],
+            Method::Get,
+            "/api/v2/tickets?per_page=1",
+            Lane::Read,
+            &["account", "tickets-list"],
+        );
         let results = probed(out.unwrap());
         assert_eq!(results[0].capability, Capability::SetStatus);
         assert!(!results[0].granted);
@@ -519,12 +636,16 @@ mod tests {
 
     #[test]
     fn read_only_probe_creates_nothing() {
-        let (seen, out) = drive(&conn(None), &[Capability::ReadTickets], |_| resp(403, &fixture("error_403_access_denied.json")));
+        let (seen, out) = drive(&conn(None), &[Capability::ReadTickets], |_| {
+            resp(403, &fixture("error_403_access_denied.json"))
+        });
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].path, "/api/v2/tickets?per_page=1");
         let results = probed(out.unwrap());
         assert!(!results[0].granted);
-        assert!(matches!(&results[0].failure, Some(Failure::Forbidden(d)) if d.missing == "View tickets"));
+        assert!(
+            matches!(&results[0].failure, Some(Failure::Forbidden(d)) if d.missing == "View tickets")
+        );
     }
 
     #[test]
@@ -536,21 +657,29 @@ mod tests {
 
     #[test]
     fn bad_credentials_on_me_end_the_probe() {
-        let (seen, out) = drive(&conn(None), &ALL, |_| resp(401, &fixture("error_401_invalid_credentials.json")));
+        let (seen, out) = drive(&conn(None), &ALL, |_| {
+            resp(401, &fixture("error_401_invalid_credentials.json"))
+        });
         assert_eq!(seen.len(), 1);
         assert!(matches!(out, Err(Failure::Unauthenticated(_))));
     }
 
     #[test]
     fn server_error_on_create_ends_the_probe() {
-        let (_, out) = drive(&conn(Some("1")), &[Capability::PublicReply], |_| resp(502, b"<html>bad gateway</html>"));
+        let (_, out) = drive(&conn(Some("1")), &[Capability::PublicReply], |_| {
+            resp(502, b"<html>bad gateway</html>")
+        });
         assert!(matches!(out, Err(Failure::Transient(_))));
     }
 
     #[test]
     fn failed_cleanup_does_not_change_results() {
         let (seen, out) = drive(&conn(Some("1")), &[Capability::AddTags], |req| {
-            if verb(req.method) == "DELETE" { resp(403, b"{}") } else { ok_answer(req) }
+            if verb(req.method) == "DELETE" {
+                resp(403, b"{}")
+            } else {
+                ok_answer(req)
+            }
         });
         assert_eq!(seen.len(), 3);
         assert!(probed(out.unwrap())[0].granted);

@@ -80,7 +80,11 @@ fn list_changed_request(since_ms: i64, page: u32) -> HttpRequest {
 }
 
 fn parse_list_cursor(c: &str) -> Result<(i64, u32), Failure> {
-    let bad = || fail::invalid(format!("list-changed cursor {c:?} was not made by the Freshdesk adapter"));
+    let bad = || {
+        fail::invalid(format!(
+            "list-changed cursor {c:?} was not made by the Freshdesk adapter"
+        ))
+    };
     let (ms, page) = c.rsplit_once(':').ok_or_else(bad)?;
     let ms: i64 = ms.parse().map_err(|_| bad())?;
     let page: u32 = page.parse().map_err(|_| bad())?;
@@ -96,7 +100,10 @@ pub fn start_list_changed(args: &ListChanged) -> Result<Step, Failure> {
         None => (args.since, 1),
         Some(c) => parse_list_cursor(c)?,
     };
-    send(list_changed_request(since_ms, page), &ListState { since_ms, page })
+    send(
+        list_changed_request(since_ms, page),
+        &ListState { since_ms, page },
+    )
 }
 
 /// One page and the cursor of the next.
@@ -104,7 +111,10 @@ pub fn resume_list_changed(state: &str, resp: &HttpResponse) -> Result<Step, Fai
     let st: ListState = parse_state(state)?;
     ensure_ok(resp, Part::ReadTickets, "tickets")?;
     let raw: Vec<FdTicket> = parse_json(&resp.body, "ticket list")?;
-    let tickets = raw.iter().map(FdTicket::to_ticket).collect::<Result<Vec<_>, _>>()?;
+    let tickets = raw
+        .iter()
+        .map(FdTicket::to_ticket)
+        .collect::<Result<Vec<_>, _>>()?;
     let next = link_next_page(resp)
         .filter(|p| *p > st.page)
         .or_else(|| (tickets.len() >= LIST_PER_PAGE).then_some(st.page + 1));
@@ -114,12 +124,21 @@ pub fn resume_list_changed(state: &str, resp: &HttpResponse) -> Result<Step, Fai
         Some(_) => {
             // Freshdesk serves no page past 300: start again after the last ticket seen.
             let since_s = st.since_ms.div_euclid(1000);
-            let last_s = tickets.last().map_or(since_s, |t| t.updated_at.div_euclid(1000));
-            let restart_s = if last_s > since_s { last_s } else { since_s + 1 };
-            Some(format!("{}:1", restart_s * 1000))
+            let last_s = tickets
+                .last()
+                .map_or(since_s, |t| t.updated_at.div_euclid(1000));
+            let restart_s = if last_s > since_s {
+                last_s
+            } else {
+                since_s + 1
+            };
+            Some(format!("{}:1", restart_s.saturating_mul(1000)))
         }
     };
-    done(Outcome::Page(TicketPage { tickets, next_cursor }))
+    done(Outcome::Page(TicketPage {
+        tickets,
+        next_cursor,
+    }))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -136,7 +155,9 @@ pub fn start_list_open(cursor: Option<&str>) -> Result<Step, Failure> {
             .ok()
             .filter(|p| (1..=SEARCH_MAX_PAGE).contains(p))
             .ok_or_else(|| {
-                fail::invalid(format!("list-open cursor {c:?} was not made by the Freshdesk adapter"))
+                fail::invalid(format!(
+                    "list-open cursor {c:?} was not made by the Freshdesk adapter"
+                ))
             })?,
     };
     let req = RequestBuilder::new(
@@ -145,6 +166,9 @@ pub fn start_list_open(cursor: Option<&str>) -> Result<Step, Failure> {
     )
     .lane(Lane::Read)
     .draw(ACCOUNT)
+    // Whether search spends the "Tickets List" limit is UNCONFIRMED; counting it is the safe
+    // side (an over-count only slows sweeps, an under-count earns 429s).
+    .draw(TICKETS_LIST)
     .build();
     send(req, &OpenState { search_page: page })
 }
@@ -155,7 +179,10 @@ pub fn resume_list_open(state: &str, resp: &HttpResponse) -> Result<Step, Failur
     ensure_ok(resp, Part::Search, "tickets")?;
     let found: FdSearch = parse_json(&resp.body, "ticket search")?;
     let results = found.results.unwrap_or_default();
-    let tickets = results.iter().map(FdTicket::to_ticket).collect::<Result<Vec<_>, _>>()?;
+    let tickets = results
+        .iter()
+        .map(FdTicket::to_ticket)
+        .collect::<Result<Vec<_>, _>>()?;
     let total = found.total.as_ref().and_then(|t| match t {
         serde_json::Value::Number(n) => n.as_u64(),
         serde_json::Value::String(s) => s.trim().parse().ok(),
@@ -167,7 +194,10 @@ pub fn resume_list_open(state: &str, resp: &HttpResponse) -> Result<Step, Failur
     };
     let next_cursor = (more && !tickets.is_empty() && st.search_page < SEARCH_MAX_PAGE)
         .then(|| (st.search_page + 1).to_string());
-    done(Outcome::Page(TicketPage { tickets, next_cursor }))
+    done(Outcome::Page(TicketPage {
+        tickets,
+        next_cursor,
+    }))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -182,7 +212,10 @@ pub fn start_who_am_i() -> Result<Step, Failure> {
 
 /// `GET /api/v2/agents/me` in the read lane.
 pub fn me_request() -> HttpRequest {
-    RequestBuilder::new(Method::Get, "/api/v2/agents/me").lane(Lane::Read).draw(ACCOUNT).build()
+    RequestBuilder::new(Method::Get, "/api/v2/agents/me")
+        .lane(Lane::Read)
+        .draw(ACCOUNT)
+        .build()
 }
 
 /// The identity out of an agent object (shape UNCONFIRMED for `/me`).
@@ -230,7 +263,9 @@ mod tests {
     }
 
     fn page_of(n: usize, first_id: u64, updated: &str) -> Vec<u8> {
-        let v: Vec<_> = (0..n as u64).map(|i| ticket_json(first_id + i, updated)).collect();
+        let v: Vec<_> = (0..n as u64)
+            .map(|i| ticket_json(first_id + i, updated))
+            .collect();
         serde_json::to_vec(&v).unwrap()
     }
 
@@ -245,10 +280,23 @@ mod tests {
     fn get_ticket_request_and_parse() {
         let op = Operation::GetTicket("4711".into());
         let (req, state) = sent(start(&conn(None), &op));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711", Lane::Read, &["account"]);
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711",
+            Lane::Read,
+            &["account"],
+        );
         assert!(req.body.is_none());
-        let out = finished(resume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json"))));
-        let Outcome::Ticket(t) = out else { panic!("{out:?}") };
+        let out = finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        ));
+        let Outcome::Ticket(t) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(t.id, "4711");
         assert_eq!(t.subject.as_deref(), Some("Printer on fire"));
         assert_eq!(t.status, TicketStatus::Open);
@@ -258,7 +306,10 @@ mod tests {
         assert_eq!(t.group_id.as_deref(), Some("80000123"));
         assert_eq!(t.tags, vec!["hardware".to_string(), "urgent".to_string()]);
         assert_eq!(t.created_at, 1_713_374_290_000);
-        assert_eq!(t.updated_at, text::parse_rfc3339_ms("2024-04-18T08:00:00Z").unwrap());
+        assert_eq!(
+            t.updated_at,
+            text::parse_rfc3339_ms("2024-04-18T08:00:00Z").unwrap()
+        );
         assert!(t.comments.is_empty());
     }
 
@@ -266,24 +317,49 @@ mod tests {
     fn get_ticket_errors() {
         let op = Operation::GetTicket("4711".into());
         let (_, state) = sent(start(&conn(None), &op));
-        assert!(matches!(resume(&conn(None), &op, &state, &resp(404, b"")), Err(Failure::NotFound(_))));
         assert!(matches!(
-            resume(&conn(None), &op, &state, &resp(401, &fixture("error_401_invalid_credentials.json"))),
+            resume(&conn(None), &op, &state, &resp(404, b"")),
+            Err(Failure::NotFound(_))
+        ));
+        assert!(matches!(
+            resume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(401, &fixture("error_401_invalid_credentials.json"))
+            ),
             Err(Failure::Unauthenticated(_))
         ));
-        assert!(matches!(resume(&conn(None), &op, &state, &resp(200, b"<html>")), Err(Failure::Permanent(_))));
-        assert!(matches!(resume(&conn(None), &op, &state, &resp(200, b"{\"subject\":\"no id\"}")), Err(Failure::Permanent(_))));
+        assert!(matches!(
+            resume(&conn(None), &op, &state, &resp(200, b"<html>")),
+            Err(Failure::Permanent(_))
+        ));
+        assert!(matches!(
+            resume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(200, b"{\"subject\":\"no id\"}")
+            ),
+            Err(Failure::Permanent(_))
+        ));
         assert!(matches!(
             start(&conn(None), &Operation::GetTicket("INC-1".into())),
             Err(Failure::Invalid(m)) if m.contains("ticket id")
         ));
-        assert!(matches!(resume(&conn(None), &op, "garbage", &resp(200, b"{}")), Err(Failure::Permanent(_))));
+        assert!(matches!(
+            resume(&conn(None), &op, "garbage", &resp(200, b"{}")),
+            Err(Failure::Permanent(_))
+        ));
     }
 
     #[test]
     fn list_changed_first_page_then_cursor_then_last() {
         let since = text::parse_rfc3339_ms("2024-01-01T00:00:00Z").unwrap() + 250;
-        let op = Operation::ListChanged(ListChanged { since, cursor: None });
+        let op = Operation::ListChanged(ListChanged {
+            since,
+            cursor: None,
+        });
         let (req, state) = sent(start(&conn(None), &op));
         assert_req(
             &req,
@@ -294,29 +370,57 @@ mod tests {
         );
         // Full page with a Link header naming page 2.
         let link = "<https://acme.freshdesk.com/api/v2/tickets?updated_since=2024-01-01T00:00:00Z&order_by=updated_at&order_type=asc&per_page=100&page=2>; rel=\"next\"";
-        let r = resp_h(200, &[("link", link)], &page_of(100, 1, "2024-01-02T00:00:00Z"));
+        let r = resp_h(
+            200,
+            &[("link", link)],
+            &page_of(100, 1, "2024-01-02T00:00:00Z"),
+        );
         let p = page(finished(resume(&conn(None), &op, &state, &r)));
         assert_eq!(p.tickets.len(), 100);
         let cursor = p.next_cursor.expect("more pages");
         assert_eq!(cursor, format!("{since}:2"));
 
         // Cursor page: same since, page 2.
-        let op2 = Operation::ListChanged(ListChanged { since: 0, cursor: Some(cursor) });
+        let op2 = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: Some(cursor),
+        });
         let (req, state) = sent(start(&conn(None), &op2));
         assert!(req.path.ends_with("updated_since=2024-01-01T00:00:00Z&order_by=updated_at&order_type=asc&per_page=100&page=2"), "{}", req.path);
         // Full page without a Link header: fall back to "full means more".
-        let p = page(finished(resume(&conn(None), &op2, &state, &resp(200, &page_of(100, 101, "2024-01-03T00:00:00Z")))));
-        assert_eq!(p.next_cursor.as_deref(), Some(format!("{since}:3").as_str()));
+        let p = page(finished(resume(
+            &conn(None),
+            &op2,
+            &state,
+            &resp(200, &page_of(100, 101, "2024-01-03T00:00:00Z")),
+        )));
+        assert_eq!(
+            p.next_cursor.as_deref(),
+            Some(format!("{since}:3").as_str())
+        );
 
         // Last page: short, no Link.
-        let op3 = Operation::ListChanged(ListChanged { since: 0, cursor: Some(format!("{since}:3")) });
+        let op3 = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: Some(format!("{since}:3")),
+        });
         let (_, state) = sent(start(&conn(None), &op3));
-        let p = page(finished(resume(&conn(None), &op3, &state, &resp(200, &page_of(7, 201, "2024-01-04T00:00:00Z")))));
+        let p = page(finished(resume(
+            &conn(None),
+            &op3,
+            &state,
+            &resp(200, &page_of(7, 201, "2024-01-04T00:00:00Z")),
+        )));
         assert_eq!(p.tickets.len(), 7);
         assert_eq!(p.next_cursor, None);
 
         // Empty result.
-        let p = page(finished(resume(&conn(None), &op3, &state, &resp(200, b"[]"))));
+        let p = page(finished(resume(
+            &conn(None),
+            &op3,
+            &state,
+            &resp(200, b"[]"),
+        )));
         assert!(p.tickets.is_empty());
         assert_eq!(p.next_cursor, None);
     }
@@ -324,40 +428,94 @@ mod tests {
     #[test]
     fn list_changed_restarts_after_page_300() {
         let since = text::parse_rfc3339_ms("2024-01-01T00:00:00Z").unwrap();
-        let op = Operation::ListChanged(ListChanged { since: 0, cursor: Some(format!("{since}:300")) });
+        let op = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: Some(format!("{since}:300")),
+        });
         let (req, state) = sent(start(&conn(None), &op));
         assert!(req.path.ends_with("&page=300"));
-        let link = "<https://acme.freshdesk.com/api/v2/tickets?per_page=100&page=301>; rel=\"next\"";
-        let r = resp_h(200, &[("link", link)], &page_of(100, 1, "2024-03-05T06:07:08Z"));
+        let link =
+            "<https://acme.freshdesk.com/api/v2/tickets?per_page=100&page=301>; rel=\"next\"";
+        let r = resp_h(
+            200,
+            &[("link", link)],
+            &page_of(100, 1, "2024-03-05T06:07:08Z"),
+        );
         let p = page(finished(resume(&conn(None), &op, &state, &r)));
         let last = text::parse_rfc3339_ms("2024-03-05T06:07:08Z").unwrap();
         assert_eq!(p.next_cursor, Some(format!("{last}:1")));
-        let op = Operation::ListChanged(ListChanged { since: 0, cursor: p.next_cursor });
+        let op = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: p.next_cursor,
+        });
         let (req, _) = sent(start(&conn(None), &op));
-        assert!(req.path.contains("updated_since=2024-03-05T06:07:08Z&"), "{}", req.path);
+        assert!(
+            req.path.contains("updated_since=2024-03-05T06:07:08Z&"),
+            "{}",
+            req.path
+        );
         assert!(req.path.ends_with("&page=1"));
 
         // Every ticket on 300 pages in the same second as `since`: move on by a second.
-        let op = Operation::ListChanged(ListChanged { since: 0, cursor: Some(format!("{since}:300")) });
+        let op = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: Some(format!("{since}:300")),
+        });
         let (_, state) = sent(start(&conn(None), &op));
-        let p = page(finished(resume(&conn(None), &op, &state, &resp(200, &page_of(100, 1, "2024-01-01T00:00:00Z")))));
+        let p = page(finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &page_of(100, 1, "2024-01-01T00:00:00Z")),
+        )));
         assert_eq!(p.next_cursor, Some(format!("{}:1", since + 1000)));
+
+        // Absurd times from the host do not overflow.
+        let op = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: Some(format!("{}:300", i64::MAX)),
+        });
+        let (_, state) = sent(start(&conn(None), &op));
+        let p = page(finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &page_of(100, 1, "2024-01-01T00:00:00Z")),
+        )));
+        assert_eq!(p.next_cursor, Some(format!("{}:1", i64::MAX)));
     }
 
     #[test]
     fn list_changed_bad_cursor_and_bad_body() {
         for c in ["", "12", "x:1", "12:0", "12:301", "12:y"] {
-            let op = Operation::ListChanged(ListChanged { since: 0, cursor: Some(c.into()) });
-            assert!(matches!(start(&conn(None), &op), Err(Failure::Invalid(_))), "{c}");
+            let op = Operation::ListChanged(ListChanged {
+                since: 0,
+                cursor: Some(c.into()),
+            });
+            assert!(
+                matches!(start(&conn(None), &op), Err(Failure::Invalid(_))),
+                "{c}"
+            );
         }
-        let op = Operation::ListChanged(ListChanged { since: 0, cursor: None });
+        let op = Operation::ListChanged(ListChanged {
+            since: 0,
+            cursor: None,
+        });
         let (_, state) = sent(start(&conn(None), &op));
-        assert!(matches!(resume(&conn(None), &op, &state, &resp(200, b"{\"results\":[]}")), Err(Failure::Permanent(_))));
+        assert!(matches!(
+            resume(&conn(None), &op, &state, &resp(200, b"{\"results\":[]}")),
+            Err(Failure::Permanent(_))
+        ));
         assert!(matches!(
             resume(&conn(None), &op, &state, &resp(400, &fixture("error_400_page_limit.json"))),
             Err(Failure::Invalid(m)) if m.contains("300th page")
         ));
-        match resume(&conn(None), &op, &state, &resp_h(429, &[("retry-after", "12")], b"")) {
+        match resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp_h(429, &[("retry-after", "12")], b""),
+        ) {
             Err(Failure::RateLimited(d)) => assert_eq!(d.retry_after_ms, Some(12_000)),
             other => panic!("{other:?}"),
         }
@@ -372,35 +530,85 @@ mod tests {
             Method::Get,
             "/api/v2/search/tickets?query=%22status%3A2%20OR%20status%3A3%22&page=1",
             Lane::Read,
-            &["account"],
+            &["account", "tickets-list"],
         );
-        let p = page(finished(resume(&conn(None), &op, &state, &resp(200, &fixture("search_tickets.json")))));
+        let p = page(finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("search_tickets.json")),
+        )));
         assert_eq!(p.tickets.len(), 2);
         assert_eq!(p.tickets[1].status, TicketStatus::Pending);
-        assert_eq!(p.tickets[1].updated_at, text::parse_rfc3339_ms("2024-04-17T03:00:00Z").unwrap());
+        assert_eq!(
+            p.tickets[1].updated_at,
+            text::parse_rfc3339_ms("2024-04-17T03:00:00Z").unwrap()
+        );
         assert_eq!(p.next_cursor, None);
 
-        let thirty: Vec<_> = (0..30).map(|i| ticket_json(i, "2024-01-01T00:00:00Z")).collect();
-        let body = |total: u64| serde_json::to_vec(&json!({"results": thirty, "total": total})).unwrap();
-        let p = page(finished(resume(&conn(None), &op, &state, &resp(200, &body(95)))));
+        let thirty: Vec<_> = (0..30)
+            .map(|i| ticket_json(i, "2024-01-01T00:00:00Z"))
+            .collect();
+        let body =
+            |total: u64| serde_json::to_vec(&json!({"results": thirty, "total": total})).unwrap();
+        let p = page(finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &body(95)),
+        )));
         assert_eq!(p.next_cursor.as_deref(), Some("2"));
 
         let op = Operation::ListOpen(Some("4".into()));
         let (req, state) = sent(start(&conn(None), &op));
         assert!(req.path.ends_with("&page=4"));
         // 4 * 30 = 120 >= 120: last page.
-        assert_eq!(page(finished(resume(&conn(None), &op, &state, &resp(200, &body(120))))).next_cursor, None);
+        assert_eq!(
+            page(finished(resume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(200, &body(120))
+            )))
+            .next_cursor,
+            None
+        );
 
         // Page 10 is the last the API serves, whatever the total.
         let op = Operation::ListOpen(Some("10".into()));
         let (_, state) = sent(start(&conn(None), &op));
-        assert_eq!(page(finished(resume(&conn(None), &op, &state, &resp(200, &body(5000))))).next_cursor, None);
+        assert_eq!(
+            page(finished(resume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(200, &body(5000))
+            )))
+            .next_cursor,
+            None
+        );
         let op = Operation::ListOpen(Some("9".into()));
         let (_, state) = sent(start(&conn(None), &op));
-        assert_eq!(page(finished(resume(&conn(None), &op, &state, &resp(200, &body(5000))))).next_cursor.as_deref(), Some("10"));
+        assert_eq!(
+            page(finished(resume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(200, &body(5000))
+            )))
+            .next_cursor
+            .as_deref(),
+            Some("10")
+        );
 
         for c in ["0", "11", "x", ""] {
-            assert!(matches!(start(&conn(None), &Operation::ListOpen(Some(c.into()))), Err(Failure::Invalid(_))), "{c}");
+            assert!(
+                matches!(
+                    start(&conn(None), &Operation::ListOpen(Some(c.into()))),
+                    Err(Failure::Invalid(_))
+                ),
+                "{c}"
+            );
         }
     }
 
@@ -408,21 +616,44 @@ mod tests {
     fn who_am_i() {
         let op = Operation::WhoAmI;
         let (req, state) = sent(start(&conn(None), &op));
-        assert_req(&req, Method::Get, "/api/v2/agents/me", Lane::Read, &["account"]);
-        let out = finished(resume(&conn(None), &op, &state, &resp(200, &fixture("agent_me.json"))));
-        let Outcome::Identity(i) = out else { panic!("{out:?}") };
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/agents/me",
+            Lane::Read,
+            &["account"],
+        );
+        let out = finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("agent_me.json")),
+        ));
+        let Outcome::Identity(i) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(i.agent_id, "80002222");
         assert_eq!(i.name.as_deref(), Some("Sam Agent"));
         assert_eq!(i.email.as_deref(), Some("sam@acme.example"));
         assert_eq!(i.role.as_deref(), Some("support_agent"));
         assert!(i.scopes.is_none());
 
-        let out = finished(resume(&conn(None), &op, &state, &resp(200, br#"{"id":"7","role_ids":[1,2]}"#)));
-        let Outcome::Identity(i) = out else { panic!("{out:?}") };
+        let out = finished(resume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, br#"{"id":"7","role_ids":[1,2]}"#),
+        ));
+        let Outcome::Identity(i) = out else {
+            panic!("{out:?}")
+        };
         assert_eq!(i.role.as_deref(), Some("role_ids:1,2"));
         assert_eq!(i.name, None);
 
-        assert!(matches!(resume(&conn(None), &op, &state, &resp(200, b"{}")), Err(Failure::Permanent(_))));
+        assert!(matches!(
+            resume(&conn(None), &op, &state, &resp(200, b"{}")),
+            Err(Failure::Permanent(_))
+        ));
         assert!(matches!(
             resume(&conn(None), &op, &state, &resp(401, &fixture("error_401_invalid_credentials.json"))),
             Err(Failure::Unauthenticated(d)) if d.code == "invalid_credentials"

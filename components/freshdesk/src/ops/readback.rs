@@ -16,9 +16,9 @@
 
 use crate::describe::ACCOUNT;
 use crate::errors::Part;
-use crate::model::{FdConversation, FdTicket, code_to_status, status_code_of, tags_of, id_of};
+use crate::model::{FdConversation, FdTicket, code_to_status, id_of, status_code_of, tags_of};
 use crate::translate::{
-    ensure_ok, get_ticket_request, link_next_page, numeric_id, parse_state, reply_html,
+    ensure_ok, get_ticket_request, link_next_page, numeric_id, parse_state, reply_html, same_tag,
     ticket_path,
 };
 use deskgate_adapter_sdk::prelude::*;
@@ -45,11 +45,20 @@ enum ReadBackState {
 
 fn conversations_request(id: u64, page: u32) -> HttpRequest {
     let path = if page == 1 {
-        format!("{}/conversations?per_page={CONVERSATIONS_PER_PAGE}", ticket_path(id))
+        format!(
+            "{}/conversations?per_page={CONVERSATIONS_PER_PAGE}",
+            ticket_path(id)
+        )
     } else {
-        format!("{}/conversations?per_page={CONVERSATIONS_PER_PAGE}&page={page}", ticket_path(id))
+        format!(
+            "{}/conversations?per_page={CONVERSATIONS_PER_PAGE}&page={page}",
+            ticket_path(id)
+        )
     };
-    RequestBuilder::new(Method::Get, path).lane(Lane::Read).draw(ACCOUNT).build()
+    RequestBuilder::new(Method::Get, path)
+        .lane(Lane::Read)
+        .draw(ACCOUNT)
+        .build()
 }
 
 fn validate(action: &Action) -> Result<(), Failure> {
@@ -74,9 +83,13 @@ pub fn start(a: &ApplyAction) -> Result<Step, Failure> {
     let id = numeric_id(&a.ticket_id, "ticket id")?;
     validate(&a.action)?;
     match &a.action {
-        Action::Reply(_) => {
-            send(conversations_request(id, 1), &ReadBackState::Conversations { page: 1, seen: None })
-        }
+        Action::Reply(_) => send(
+            conversations_request(id, 1),
+            &ReadBackState::Conversations {
+                page: 1,
+                seen: None,
+            },
+        ),
         _ => send(get_ticket_request(id, Lane::Read), &ReadBackState::Ticket),
     }
 }
@@ -93,19 +106,30 @@ pub fn status_landed(asked: TicketStatus, code: Option<i64>) -> bool {
 }
 
 fn same_id(asked: &str, seen: Option<&String>) -> bool {
-    match (asked.parse::<u64>(), seen.and_then(|s| s.parse::<u64>().ok())) {
+    match (
+        asked.parse::<u64>(),
+        seen.and_then(|s| s.parse::<u64>().ok()),
+    ) {
         (Ok(a), Some(b)) => a == b,
         _ => false,
     }
 }
 
 fn assignee_landed(asked: &Assignee, seen: &Seen) -> bool {
-    asked.agent_id.as_deref().is_none_or(|a| same_id(a, seen.responder.as_ref()))
-        && asked.group_id.as_deref().is_none_or(|g| same_id(g, seen.group.as_ref()))
+    asked
+        .agent_id
+        .as_deref()
+        .is_none_or(|a| same_id(a, seen.responder.as_ref()))
+        && asked
+            .group_id
+            .as_deref()
+            .is_none_or(|g| same_id(g, seen.group.as_ref()))
 }
 
 fn tags_landed(asked: &[String], seen: &Seen) -> bool {
-    asked.iter().all(|t| seen.tags.contains(t))
+    asked
+        .iter()
+        .all(|t| seen.tags.iter().any(|s| same_tag(s, t)))
 }
 
 fn describe_seen(s: &Seen) -> String {
@@ -127,7 +151,9 @@ fn find_reply<'a>(convs: &'a [FdConversation], reply: &str) -> Option<&'a FdConv
         c.private == Some(false)
             && c.incoming == Some(false)
             && (c.body.as_deref().is_some_and(|b| text::same_text(b, &html))
-                || c.body_text.as_deref().is_some_and(|b| text::same_text(&text::html_escape(b), &plain)))
+                || c.body_text
+                    .as_deref()
+                    .is_some_and(|b| text::same_text(&text::html_escape(b), &plain)))
     })
 }
 
@@ -145,15 +171,27 @@ fn verdict(action: &Action, seen: &Seen, reply: Option<Option<String>>) -> Resul
     match action {
         Action::SetStatus(s) => {
             let ok = status_landed(*s, seen.status);
-            answer(ok, if ok { vec!["set-status"] } else { vec![] }, format!("ticket shows {seen_text}"))
+            answer(
+                ok,
+                if ok { vec!["set-status"] } else { vec![] },
+                format!("ticket shows {seen_text}"),
+            )
         }
         Action::AddTags(tags) => {
             let ok = tags_landed(tags, seen);
-            answer(ok, if ok { vec!["add-tags"] } else { vec![] }, format!("ticket shows {seen_text}"))
+            answer(
+                ok,
+                if ok { vec!["add-tags"] } else { vec![] },
+                format!("ticket shows {seen_text}"),
+            )
         }
         Action::Assign(a) => {
             let ok = assignee_landed(a, seen);
-            answer(ok, if ok { vec!["assign"] } else { vec![] }, format!("ticket shows {seen_text}"))
+            answer(
+                ok,
+                if ok { vec!["assign"] } else { vec![] },
+                format!("ticket shows {seen_text}"),
+            )
         }
         Action::Resolve(r) => {
             let mut parts = Vec::new();
@@ -187,11 +225,23 @@ fn verdict(action: &Action, seen: &Seen, reply: Option<Option<String>>) -> Resul
                 Some(id) => format!("reply found (conversation {id})"),
                 None => "reply not found".to_string(),
             };
-            answer(all, parts, format!("{reply_text}; ticket shows {seen_text}"))
+            answer(
+                all,
+                parts,
+                format!("{reply_text}; ticket shows {seen_text}"),
+            )
         }
         Action::Reply(_) => match reply.flatten() {
-            Some(id) => answer(true, vec!["reply"], format!("reply found (conversation {id})")),
-            None => answer(false, vec![], "no public agent reply with that text".to_string()),
+            Some(id) => answer(
+                true,
+                vec!["reply"],
+                format!("reply found (conversation {id})"),
+            ),
+            None => answer(
+                false,
+                vec![],
+                "no public agent reply with that text".to_string(),
+            ),
         },
     }
 }
@@ -214,7 +264,10 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
             if matches!(a.action, Action::Resolve(_)) {
                 send(
                     conversations_request(id, 1),
-                    &ReadBackState::Conversations { page: 1, seen: Some(seen) },
+                    &ReadBackState::Conversations {
+                        page: 1,
+                        seen: Some(seen),
+                    },
                 )
             } else {
                 verdict(&a.action, &seen, None)
@@ -226,7 +279,11 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
             let text = match &a.action {
                 Action::Reply(t) => t,
                 Action::Resolve(r) => &r.reply,
-                _ => return Err(fail::permanent("corrupt adapter state: conversations for an action without a reply")),
+                _ => {
+                    return Err(fail::permanent(
+                        "corrupt adapter state: conversations for an action without a reply",
+                    ));
+                }
             };
             let found = find_reply(&convs, text).map(|c| id_of(&c.id).unwrap_or_default());
             let more = link_next_page(resp).filter(|p| *p > page).is_some()
@@ -234,7 +291,10 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
             if found.is_none() && more && page < CONVERSATIONS_MAX_PAGES {
                 return send(
                     conversations_request(id, page + 1),
-                    &ReadBackState::Conversations { page: page + 1, seen },
+                    &ReadBackState::Conversations {
+                        page: page + 1,
+                        seen,
+                    },
                 );
             }
             verdict(&a.action, &seen.unwrap_or_default(), Some(found))
@@ -250,7 +310,10 @@ mod tests {
     use serde_json::json;
 
     fn rb(action: Action) -> Operation {
-        Operation::ReadBack(ApplyAction { ticket_id: "4711".into(), action })
+        Operation::ReadBack(ApplyAction {
+            ticket_id: "4711".into(),
+            action,
+        })
     }
 
     fn result(out: Outcome) -> ReadBackResult {
@@ -274,16 +337,33 @@ mod tests {
 
     #[test]
     fn reply_landed_and_not() {
-        let op = rb(Action::Reply("We replaced the fuser & the fire is out.".into()));
+        let op = rb(Action::Reply(
+            "We replaced the fuser & the fire is out.".into(),
+        ));
         let (req, state) = sent(tstart(&conn(None), &op));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711/conversations?per_page=100", Lane::Read, &["account"]);
-        let r = result(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("conversations.json")))));
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711/conversations?per_page=100",
+            Lane::Read,
+            &["account"],
+        );
+        let r = result(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("conversations.json")),
+        )));
         assert!(r.landed);
         assert_eq!(r.parts_landed, vec!["reply"]);
         assert!(r.detail.contains("9003"), "{}", r.detail);
 
         // A private note with the text does not count, nor does the customer's message.
-        for text in ["Thanks, fixed.", "It is still on fire, please help", "Something else"] {
+        for text in [
+            "Thanks, fixed.",
+            "It is still on fire, please help",
+            "Something else",
+        ] {
             let op = rb(Action::Reply(text.into()));
             let r = one_step(&op, &fixture("conversations.json"));
             assert!(!r.landed, "{text}");
@@ -293,7 +373,10 @@ mod tests {
         let op = rb(Action::Reply("a < b".into()));
         let conv = serde_json::to_vec(&json!([{"id": 1, "body": "<p>a &lt; b</p>", "body_text": "a < b", "incoming": false, "private": false}])).unwrap();
         assert!(one_step(&op, &conv).landed);
-        let conv = serde_json::to_vec(&json!([{"id": 1, "body_text": "a  <  b", "incoming": false, "private": false}])).unwrap();
+        let conv = serde_json::to_vec(
+            &json!([{"id": 1, "body_text": "a  <  b", "incoming": false, "private": false}]),
+        )
+        .unwrap();
         assert!(one_step(&op, &conv).landed);
     }
 
@@ -301,11 +384,32 @@ mod tests {
     fn reply_read_back_follows_pages() {
         let op = rb(Action::Reply("needle".into()));
         let (_, state) = sent(tstart(&conn(None), &op));
-        let filler: Vec<_> = (0..100).map(|i| json!({"id": i, "body": "<p>hay</p>", "incoming": false, "private": false})).collect();
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &serde_json::to_vec(&filler).unwrap())));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711/conversations?per_page=100&page=2", Lane::Read, &["account"]);
-        let last = serde_json::to_vec(&json!([{"id": 500, "body": "<div>needle</div>", "incoming": false, "private": false}])).unwrap();
-        let r = result(finished(tresume(&conn(None), &op, &state, &resp(200, &last))));
+        let filler: Vec<_> = (0..100)
+            .map(|i| json!({"id": i, "body": "<p>hay</p>", "incoming": false, "private": false}))
+            .collect();
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &serde_json::to_vec(&filler).unwrap()),
+        ));
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711/conversations?per_page=100&page=2",
+            Lane::Read,
+            &["account"],
+        );
+        let last = serde_json::to_vec(
+            &json!([{"id": 500, "body": "<div>needle</div>", "incoming": false, "private": false}]),
+        )
+        .unwrap();
+        let r = result(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &last),
+        )));
         assert!(r.landed);
     }
 
@@ -328,7 +432,13 @@ mod tests {
         for (asked, code, want) in cases {
             let op = rb(Action::SetStatus(asked));
             let (req, _) = sent(tstart(&conn(None), &op));
-            assert_req(&req, Method::Get, "/api/v2/tickets/4711", Lane::Read, &["account"]);
+            assert_req(
+                &req,
+                Method::Get,
+                "/api/v2/tickets/4711",
+                Lane::Read,
+                &["account"],
+            );
             let r = one_step(&op, &ticket(code, &[], None, None));
             assert_eq!(r.landed, want, "{asked:?} vs {code}");
             assert_eq!(r.parts_landed.is_empty(), !want);
@@ -339,6 +449,8 @@ mod tests {
     fn tags_landed_and_not() {
         let op = rb(Action::AddTags(vec!["hardware".into(), "urgent".into()]));
         assert!(one_step(&op, &fixture("ticket.json")).landed);
+        let op = rb(Action::AddTags(vec!["Urgent".into()]));
+        assert!(one_step(&op, &fixture("ticket.json")).landed);
         let op = rb(Action::AddTags(vec!["hardware".into(), "vip".into()]));
         let r = one_step(&op, &fixture("ticket.json"));
         assert!(!r.landed);
@@ -348,7 +460,10 @@ mod tests {
     #[test]
     fn assign_landed_and_not() {
         let a = |agent: Option<&str>, group: Option<&str>| {
-            rb(Action::Assign(Assignee { agent_id: agent.map(str::to_string), group_id: group.map(str::to_string) }))
+            rb(Action::Assign(Assignee {
+                agent_id: agent.map(str::to_string),
+                group_id: group.map(str::to_string),
+            }))
         };
         let body = fixture("ticket.json");
         assert!(one_step(&a(Some("80002222"), None), &body).landed);
@@ -356,7 +471,10 @@ mod tests {
         assert!(one_step(&a(Some("80002222"), Some("80000123")), &body).landed);
         assert!(!one_step(&a(Some("1"), Some("80000123")), &body).landed);
         assert!(!one_step(&a(None, Some("2")), &ticket(2, &[], None, None)).landed);
-        assert!(matches!(tstart(&conn(None), &a(Some("x"), None)), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            tstart(&conn(None), &a(Some("x"), None)),
+            Err(Failure::Invalid(_))
+        ));
     }
 
     #[test]
@@ -365,27 +483,75 @@ mod tests {
             reply: "We replaced the fuser & the fire is out.".into(),
             status: TicketStatus::Solved,
             tags: vec!["urgent".into(), "fixed".into()],
-            assignee: Some(Assignee { agent_id: Some("80002222".into()), group_id: None }),
+            assignee: Some(Assignee {
+                agent_id: Some("80002222".into()),
+                group_id: None,
+            }),
         }));
         let (req, state) = sent(tstart(&conn(None), &op));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711", Lane::Read, &["account"]);
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &ticket(4, &["urgent"], Some(80002222), None))));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711/conversations?per_page=100", Lane::Read, &["account"]);
-        let r = result(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("conversations.json")))));
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711",
+            Lane::Read,
+            &["account"],
+        );
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &ticket(4, &["urgent"], Some(80002222), None)),
+        ));
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711/conversations?per_page=100",
+            Lane::Read,
+            &["account"],
+        );
+        let r = result(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("conversations.json")),
+        )));
         assert!(!r.landed);
         assert_eq!(r.parts_landed, vec!["reply", "set-status", "assign"]);
 
         // Everything there.
         let (_, state) = sent(tstart(&conn(None), &op));
-        let (_, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &ticket(5, &["urgent", "fixed"], Some(80002222), None))));
-        let r = result(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("conversations.json")))));
+        let (_, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &ticket(5, &["urgent", "fixed"], Some(80002222), None)),
+        ));
+        let r = result(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("conversations.json")),
+        )));
         assert!(r.landed);
-        assert_eq!(r.parts_landed, vec!["reply", "set-status", "add-tags", "assign"]);
+        assert_eq!(
+            r.parts_landed,
+            vec!["reply", "set-status", "add-tags", "assign"]
+        );
 
         // Nothing there but the status.
         let (_, state) = sent(tstart(&conn(None), &op));
-        let (_, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &ticket(4, &[], None, None))));
-        let r = result(finished(tresume(&conn(None), &op, &state, &resp(200, b"[]"))));
+        let (_, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &ticket(4, &[], None, None)),
+        ));
+        let r = result(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, b"[]"),
+        )));
         assert!(!r.landed);
         assert_eq!(r.parts_landed, vec!["set-status"]);
         assert!(r.detail.contains("reply not found"));
@@ -395,8 +561,14 @@ mod tests {
     fn read_back_errors() {
         let op = rb(Action::SetStatus(TicketStatus::Solved));
         let (_, state) = sent(tstart(&conn(None), &op));
-        assert!(matches!(tresume(&conn(None), &op, &state, &resp(404, b"")), Err(Failure::NotFound(_))));
-        assert!(matches!(tresume(&conn(None), &op, &state, &resp(200, b"not json")), Err(Failure::Permanent(_))));
+        assert!(matches!(
+            tresume(&conn(None), &op, &state, &resp(404, b"")),
+            Err(Failure::NotFound(_))
+        ));
+        assert!(matches!(
+            tresume(&conn(None), &op, &state, &resp(200, b"not json")),
+            Err(Failure::Permanent(_))
+        ));
         let op = rb(Action::Reply("x".into()));
         let (_, state) = sent(tstart(&conn(None), &op));
         assert!(matches!(

@@ -61,12 +61,14 @@ pub fn start(a: &ApplyAction) -> Result<Step, Failure> {
     let id = numeric_id(&a.ticket_id, "ticket id")?;
     match &a.action {
         Action::Reply(text) => send(reply_request(id, text), &WriteState::Reply),
-        Action::SetStatus(s) => {
-            send(put_ticket_request(id, &json!({ "status": status_to_code(*s) })), &WriteState::SetStatus)
-        }
-        Action::Assign(who) => {
-            send(put_ticket_request(id, &Value::Object(assignee_fields(who)?)), &WriteState::Assign)
-        }
+        Action::SetStatus(s) => send(
+            put_ticket_request(id, &json!({ "status": status_to_code(*s) })),
+            &WriteState::SetStatus,
+        ),
+        Action::Assign(who) => send(
+            put_ticket_request(id, &Value::Object(assignee_fields(who)?)),
+            &WriteState::Assign,
+        ),
         Action::AddTags(tags) if tags.is_empty() => done(Outcome::Written(WriteReceipt {
             ticket: None,
             reference: None,
@@ -80,9 +82,15 @@ pub fn start(a: &ApplyAction) -> Result<Step, Failure> {
                 assignee_fields(who)?;
             }
             if r.tags.is_empty() {
-                send(reply_request(id, &r.reply), &WriteState::ResolveReply { tags: None })
+                send(
+                    reply_request(id, &r.reply),
+                    &WriteState::ResolveReply { tags: None },
+                )
             } else {
-                send(get_ticket_request(id, Lane::Write), &WriteState::ResolveRead)
+                send(
+                    get_ticket_request(id, Lane::Write),
+                    &WriteState::ResolveRead,
+                )
             }
         }
     }
@@ -90,15 +98,23 @@ pub fn start(a: &ApplyAction) -> Result<Step, Failure> {
 
 /// The ticket in a 2xx body, if it is one (a write that landed is never failed for its echo).
 fn echoed_ticket(resp: &HttpResponse) -> Option<Ticket> {
-    serde_json::from_slice::<FdTicket>(&resp.body).ok().and_then(|t| t.to_ticket().ok())
+    serde_json::from_slice::<FdTicket>(&resp.body)
+        .ok()
+        .and_then(|t| t.to_ticket().ok())
 }
 
 /// The conversation id of a 201 from `/reply`, if readable.
 fn reply_reference(resp: &HttpResponse) -> Option<String> {
-    serde_json::from_slice::<FdConversation>(&resp.body).ok().and_then(|c| id_of(&c.id))
+    serde_json::from_slice::<FdConversation>(&resp.body)
+        .ok()
+        .and_then(|c| id_of(&c.id))
 }
 
-fn written(ticket: Option<Ticket>, reference: Option<String>, applied: &[&str]) -> Result<Step, Failure> {
+fn written(
+    ticket: Option<Ticket>,
+    reference: Option<String>,
+    applied: &[&str],
+) -> Result<Step, Failure> {
     done(Outcome::Written(WriteReceipt {
         ticket,
         reference,
@@ -130,7 +146,10 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
             let current = parse_json::<FdTicket>(&resp.body, "ticket")?.to_ticket()?;
             match merge_tags(&current.tags, tags) {
                 None => written(Some(current), None, &["add-tags"]),
-                Some(merged) => send(put_ticket_request(id, &json!({ "tags": merged })), &WriteState::TagsPut),
+                Some(merged) => send(
+                    put_ticket_request(id, &json!({ "tags": merged })),
+                    &WriteState::TagsPut,
+                ),
             }
         }
         (Action::AddTags(_), WriteState::TagsPut) => {
@@ -142,7 +161,10 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
             ensure_ok(resp, Part::AddTags, &obj)?;
             let current = parse_json::<FdTicket>(&resp.body, "ticket")?.to_ticket()?;
             let tags = merge_tags(&current.tags, &r.tags);
-            send(reply_request(id, &r.reply), &WriteState::ResolveReply { tags })
+            send(
+                reply_request(id, &r.reply),
+                &WriteState::ResolveReply { tags },
+            )
         }
         (Action::Resolve(r), WriteState::ResolveReply { tags }) => {
             ensure_ok(resp, Part::Reply, &obj)?;
@@ -156,7 +178,9 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
             }
             send(
                 put_ticket_request(id, &Value::Object(body)),
-                &WriteState::ResolvePut { reference: reply_reference(resp) },
+                &WriteState::ResolvePut {
+                    reference: reply_reference(resp),
+                },
             )
         }
         (Action::Resolve(r), WriteState::ResolvePut { reference }) => {
@@ -173,7 +197,11 @@ pub fn resume(a: &ApplyAction, state: &str, resp: &HttpResponse) -> Result<Step,
                     ticket: None,
                     reference,
                     applied: vec!["reply".into()],
-                    failed: Some(PartFailure { part: "set-status".into(), failure, skipped: later }),
+                    failed: Some(PartFailure {
+                        part: "set-status".into(),
+                        failure,
+                        skipped: later,
+                    }),
                 }));
             }
             let mut applied = vec!["reply".to_string(), "set-status".to_string()];
@@ -198,7 +226,10 @@ mod tests {
     use crate::translate::{resume as tresume, start as tstart};
 
     fn apply(action: Action) -> Operation {
-        Operation::Apply(ApplyAction { ticket_id: "4711".into(), action })
+        Operation::Apply(ApplyAction {
+            ticket_id: "4711".into(),
+            action,
+        })
     }
 
     fn receipt(out: Outcome) -> WriteReceipt {
@@ -218,9 +249,20 @@ mod tests {
     fn reply() {
         let op = apply(Action::Reply("Thanks, fixed.".into()));
         let (req, state) = sent(tstart(&conn(None), &op));
-        assert_req(&req, Method::Post, "/api/v2/tickets/4711/reply", Lane::Write, &["account"]);
+        assert_req(
+            &req,
+            Method::Post,
+            "/api/v2/tickets/4711/reply",
+            Lane::Write,
+            &["account"],
+        );
         assert_eq!(body_json(&req), json!({"body": "<p>Thanks, fixed.</p>"}));
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(201, &fixture("reply_201.json")))));
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(201, &fixture("reply_201.json")),
+        )));
         assert_eq!(w.reference.as_deref(), Some("9004"));
         assert_eq!(w.applied, vec!["reply".to_string()]);
         assert!(w.failed.is_none());
@@ -231,14 +273,22 @@ mod tests {
         // Markup in the text is escaped.
         let op = apply(Action::Reply("use <b> & \"quotes\"".into()));
         let (req, _) = sent(tstart(&conn(None), &op));
-        assert_eq!(body_json(&req), json!({"body": "<p>use &lt;b&gt; &amp; &quot;quotes&quot;</p>"}));
+        assert_eq!(
+            body_json(&req),
+            json!({"body": "<p>use &lt;b&gt; &amp; &quot;quotes&quot;</p>"})
+        );
     }
 
     #[test]
     fn reply_forbidden() {
         let op = apply(Action::Reply("x".into()));
         let (_, state) = sent(tstart(&conn(None), &op));
-        match tresume(&conn(None), &op, &state, &resp(403, &fixture("error_403_access_denied.json"))) {
+        match tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(403, &fixture("error_403_access_denied.json")),
+        ) {
             Err(Failure::Forbidden(d)) => assert_eq!(d.missing, "Reply to a ticket"),
             other => panic!("{other:?}"),
         }
@@ -256,31 +306,86 @@ mod tests {
         ] {
             let op = apply(Action::SetStatus(s));
             let (req, state) = sent(tstart(&conn(None), &op));
-            assert_req(&req, Method::Put, "/api/v2/tickets/4711", Lane::Write, &["account", "ticket-update"]);
+            assert_req(
+                &req,
+                Method::Put,
+                "/api/v2/tickets/4711",
+                Lane::Write,
+                &["account", "ticket-update"],
+            );
             assert_eq!(body_json(&req), json!({"status": code}), "{s:?}");
-            let echo = serde_json::to_vec(&json!({"id": 4711, "status": code, "updated_at": "2024-04-18T09:00:00Z"})).unwrap();
-            let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &echo))));
+            let echo = serde_json::to_vec(
+                &json!({"id": 4711, "status": code, "updated_at": "2024-04-18T09:00:00Z"}),
+            )
+            .unwrap();
+            let w = receipt(finished(tresume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(200, &echo),
+            )));
             assert_eq!(w.applied, vec!["set-status".to_string()]);
             assert_eq!(w.ticket.map(|t| t.raw_status), Some(code.to_string()));
         }
         let op = apply(Action::SetStatus(TicketStatus::Solved));
         let (_, state) = sent(tstart(&conn(None), &op));
-        match tresume(&conn(None), &op, &state, &resp(403, &fixture("error_403_access_denied.json"))) {
+        match tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(403, &fixture("error_403_access_denied.json")),
+        ) {
             Err(Failure::Forbidden(d)) => assert_eq!(d.missing, "Edit ticket properties"),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(tresume(&conn(None), &op, &state, &resp(503, b"")), Err(Failure::Transient(_))));
+        assert!(matches!(
+            tresume(&conn(None), &op, &state, &resp(503, b"")),
+            Err(Failure::Transient(_))
+        ));
     }
 
     #[test]
     fn add_tags_reads_then_writes_merged() {
-        let op = apply(Action::AddTags(vec!["vip".into(), "hardware".into(), "vip".into(), "emea".into()]));
+        let op = apply(Action::AddTags(vec![
+            "vip".into(),
+            "hardware".into(),
+            "vip".into(),
+            "emea".into(),
+        ]));
         let (req, state) = sent(tstart(&conn(None), &op));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711", Lane::Write, &["account"]);
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json"))));
-        assert_req(&req, Method::Put, "/api/v2/tickets/4711", Lane::Write, &["account", "ticket-update"]);
-        assert_eq!(body_json(&req), json!({"tags": ["hardware", "urgent", "vip", "emea"]}));
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &ticket_with_tags(&["hardware", "urgent", "vip", "emea"])))));
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711",
+            Lane::Write,
+            &["account"],
+        );
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        ));
+        assert_req(
+            &req,
+            Method::Put,
+            "/api/v2/tickets/4711",
+            Lane::Write,
+            &["account", "ticket-update"],
+        );
+        assert_eq!(
+            body_json(&req),
+            json!({"tags": ["hardware", "urgent", "vip", "emea"]})
+        );
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(
+                200,
+                &ticket_with_tags(&["hardware", "urgent", "vip", "emea"]),
+            ),
+        )));
         assert_eq!(w.applied, vec!["add-tags".to_string()]);
         assert_eq!(w.ticket.unwrap().tags.len(), 4);
     }
@@ -289,11 +394,19 @@ mod tests {
     fn add_tags_already_present_needs_no_put() {
         let op = apply(Action::AddTags(vec!["urgent".into()]));
         let (_, state) = sent(tstart(&conn(None), &op));
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json")))));
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        )));
         assert_eq!(w.applied, vec!["add-tags".to_string()]);
         assert_eq!(w.ticket.unwrap().id, "4711");
         // Nothing to add at all: no request.
-        let w = receipt(finished(tstart(&conn(None), &apply(Action::AddTags(vec![])))));
+        let w = receipt(finished(tstart(
+            &conn(None),
+            &apply(Action::AddTags(vec![])),
+        )));
         assert_eq!(w.applied, vec!["add-tags".to_string()]);
     }
 
@@ -301,7 +414,10 @@ mod tests {
     fn add_tags_read_failure_is_the_actions() {
         let op = apply(Action::AddTags(vec!["x".into()]));
         let (_, state) = sent(tstart(&conn(None), &op));
-        assert!(matches!(tresume(&conn(None), &op, &state, &resp(404, b"{}")), Err(Failure::NotFound(_))));
+        assert!(matches!(
+            tresume(&conn(None), &op, &state, &resp(404, b"{}")),
+            Err(Failure::NotFound(_))
+        ));
     }
 
     #[test]
@@ -309,7 +425,11 @@ mod tests {
         let cases = [
             (Some("80002222"), None, json!({"responder_id": 80002222u64})),
             (None, Some("80000123"), json!({"group_id": 80000123u64})),
-            (Some("5"), Some("6"), json!({"responder_id": 5, "group_id": 6})),
+            (
+                Some("5"),
+                Some("6"),
+                json!({"responder_id": 5, "group_id": 6}),
+            ),
         ];
         for (agent, group, want) in cases {
             let op = apply(Action::Assign(Assignee {
@@ -317,17 +437,44 @@ mod tests {
                 group_id: group.map(str::to_string),
             }));
             let (req, state) = sent(tstart(&conn(None), &op));
-            assert_req(&req, Method::Put, "/api/v2/tickets/4711", Lane::Write, &["account", "ticket-update"]);
+            assert_req(
+                &req,
+                Method::Put,
+                "/api/v2/tickets/4711",
+                Lane::Write,
+                &["account", "ticket-update"],
+            );
             assert_eq!(body_json(&req), want);
-            let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json")))));
+            let w = receipt(finished(tresume(
+                &conn(None),
+                &op,
+                &state,
+                &resp(200, &fixture("ticket.json")),
+            )));
             assert_eq!(w.applied, vec!["assign".to_string()]);
         }
-        let none = apply(Action::Assign(Assignee { agent_id: None, group_id: None }));
-        assert!(matches!(tstart(&conn(None), &none), Err(Failure::Invalid(_))));
-        let bad = apply(Action::Assign(Assignee { agent_id: Some("sam".into()), group_id: None }));
-        assert!(matches!(tstart(&conn(None), &bad), Err(Failure::Invalid(m)) if m.contains("agent id")));
-        let bad_ticket = Operation::Apply(ApplyAction { ticket_id: "x1".into(), action: Action::SetStatus(TicketStatus::Open) });
-        assert!(matches!(tstart(&conn(None), &bad_ticket), Err(Failure::Invalid(m)) if m.contains("ticket id")));
+        let none = apply(Action::Assign(Assignee {
+            agent_id: None,
+            group_id: None,
+        }));
+        assert!(matches!(
+            tstart(&conn(None), &none),
+            Err(Failure::Invalid(_))
+        ));
+        let bad = apply(Action::Assign(Assignee {
+            agent_id: Some("sam".into()),
+            group_id: None,
+        }));
+        assert!(
+            matches!(tstart(&conn(None), &bad), Err(Failure::Invalid(m)) if m.contains("agent id"))
+        );
+        let bad_ticket = Operation::Apply(ApplyAction {
+            ticket_id: "x1".into(),
+            action: Action::SetStatus(TicketStatus::Open),
+        });
+        assert!(
+            matches!(tstart(&conn(None), &bad_ticket), Err(Failure::Invalid(m)) if m.contains("ticket id"))
+        );
     }
 
     fn resolution(tags: &[&str], assignee: Option<Assignee>) -> Operation {
@@ -341,19 +488,58 @@ mod tests {
 
     #[test]
     fn resolve_full() {
-        let op = resolution(&["fixed", "urgent"], Some(Assignee { agent_id: Some("80002222".into()), group_id: Some("9".into()) }));
+        let op = resolution(
+            &["fixed", "urgent"],
+            Some(Assignee {
+                agent_id: Some("80002222".into()),
+                group_id: Some("9".into()),
+            }),
+        );
         let (req, state) = sent(tstart(&conn(None), &op));
-        assert_req(&req, Method::Get, "/api/v2/tickets/4711", Lane::Write, &["account"]);
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json"))));
-        assert_req(&req, Method::Post, "/api/v2/tickets/4711/reply", Lane::Write, &["account"]);
+        assert_req(
+            &req,
+            Method::Get,
+            "/api/v2/tickets/4711",
+            Lane::Write,
+            &["account"],
+        );
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        ));
+        assert_req(
+            &req,
+            Method::Post,
+            "/api/v2/tickets/4711/reply",
+            Lane::Write,
+            &["account"],
+        );
         assert_eq!(body_json(&req), json!({"body": "<p>Thanks, fixed.</p>"}));
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(201, &fixture("reply_201.json"))));
-        assert_req(&req, Method::Put, "/api/v2/tickets/4711", Lane::Write, &["account", "ticket-update"]);
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(201, &fixture("reply_201.json")),
+        ));
+        assert_req(
+            &req,
+            Method::Put,
+            "/api/v2/tickets/4711",
+            Lane::Write,
+            &["account", "ticket-update"],
+        );
         assert_eq!(
             body_json(&req),
             json!({"status": 4, "tags": ["hardware", "urgent", "fixed"], "responder_id": 80002222u64, "group_id": 9})
         );
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &ticket_with_tags(&["hardware", "urgent", "fixed"])))));
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &ticket_with_tags(&["hardware", "urgent", "fixed"])),
+        )));
         assert_eq!(w.applied, vec!["reply", "set-status", "add-tags", "assign"]);
         assert_eq!(w.reference.as_deref(), Some("9004"));
         assert!(w.failed.is_none());
@@ -364,10 +550,26 @@ mod tests {
     fn resolve_without_tags_skips_the_read() {
         let op = resolution(&[], None);
         let (req, state) = sent(tstart(&conn(None), &op));
-        assert_req(&req, Method::Post, "/api/v2/tickets/4711/reply", Lane::Write, &["account"]);
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(201, &fixture("reply_201.json"))));
+        assert_req(
+            &req,
+            Method::Post,
+            "/api/v2/tickets/4711/reply",
+            Lane::Write,
+            &["account"],
+        );
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(201, &fixture("reply_201.json")),
+        ));
         assert_eq!(body_json(&req), json!({"status": 4}));
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json")))));
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        )));
         assert_eq!(w.applied, vec!["reply", "set-status"]);
     }
 
@@ -375,20 +577,56 @@ mod tests {
     fn resolve_with_tags_already_present_leaves_tags_out() {
         let op = resolution(&["urgent"], None);
         let (_, state) = sent(tstart(&conn(None), &op));
-        let (_, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json"))));
-        let (req, state) = sent(tresume(&conn(None), &op, &state, &resp(201, &fixture("reply_201.json"))));
+        let (_, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        ));
+        let (req, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(201, &fixture("reply_201.json")),
+        ));
         assert_eq!(body_json(&req), json!({"status": 4}));
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json")))));
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        )));
         assert_eq!(w.applied, vec!["reply", "set-status", "add-tags"]);
     }
 
     #[test]
     fn resolve_put_failure_after_reply_is_a_divergence() {
-        let op = resolution(&["fixed"], Some(Assignee { agent_id: None, group_id: Some("9".into()) }));
+        let op = resolution(
+            &["fixed"],
+            Some(Assignee {
+                agent_id: None,
+                group_id: Some("9".into()),
+            }),
+        );
         let (_, state) = sent(tstart(&conn(None), &op));
-        let (_, state) = sent(tresume(&conn(None), &op, &state, &resp(200, &fixture("ticket.json"))));
-        let (_, state) = sent(tresume(&conn(None), &op, &state, &resp(201, &fixture("reply_201.json"))));
-        let w = receipt(finished(tresume(&conn(None), &op, &state, &resp(403, &fixture("error_403_access_denied.json")))));
+        let (_, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(200, &fixture("ticket.json")),
+        ));
+        let (_, state) = sent(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(201, &fixture("reply_201.json")),
+        ));
+        let w = receipt(finished(tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(403, &fixture("error_403_access_denied.json")),
+        )));
         assert_eq!(w.applied, vec!["reply"]);
         assert_eq!(w.reference.as_deref(), Some("9004"));
         let f = w.failed.expect("part failure");
@@ -407,21 +645,43 @@ mod tests {
     fn resolve_reply_failure_is_the_actions() {
         let op = resolution(&[], None);
         let (_, state) = sent(tstart(&conn(None), &op));
-        match tresume(&conn(None), &op, &state, &resp(403, &fixture("error_403_access_denied.json"))) {
+        match tresume(
+            &conn(None),
+            &op,
+            &state,
+            &resp(403, &fixture("error_403_access_denied.json")),
+        ) {
             Err(Failure::Forbidden(d)) => assert_eq!(d.missing, "Reply to a ticket"),
             other => panic!("{other:?}"),
         }
         let op = resolution(&["a"], None);
         let (_, state) = sent(tstart(&conn(None), &op));
-        assert!(matches!(tresume(&conn(None), &op, &state, &resp(404, b"")), Err(Failure::NotFound(_))));
-        let bad = resolution(&[], Some(Assignee { agent_id: None, group_id: None }));
-        assert!(matches!(tstart(&conn(None), &bad), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            tresume(&conn(None), &op, &state, &resp(404, b"")),
+            Err(Failure::NotFound(_))
+        ));
+        let bad = resolution(
+            &[],
+            Some(Assignee {
+                agent_id: None,
+                group_id: None,
+            }),
+        );
+        assert!(matches!(
+            tstart(&conn(None), &bad),
+            Err(Failure::Invalid(_))
+        ));
     }
 
     #[test]
     fn state_of_another_action_is_corrupt() {
         let op = apply(Action::Reply("x".into()));
-        let (_, state) = sent(tstart(&conn(None), &apply(Action::SetStatus(TicketStatus::Open))));
-        assert!(matches!(tresume(&conn(None), &op, &state, &resp(200, b"{}")), Err(Failure::Permanent(m)) if m.contains("corrupt")));
+        let (_, state) = sent(tstart(
+            &conn(None),
+            &apply(Action::SetStatus(TicketStatus::Open)),
+        ));
+        assert!(
+            matches!(tresume(&conn(None), &op, &state, &resp(200, b"{}")), Err(Failure::Permanent(m)) if m.contains("corrupt"))
+        );
     }
 }
