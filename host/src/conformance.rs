@@ -410,6 +410,7 @@ fn check_classification(kit: &mut Kit<'_>, conn: &Connection, name: &str, op: &O
             )),
         }
     }
+    problems.dedup();
     kit.record(
         "error-classification",
         if problems.is_empty() {

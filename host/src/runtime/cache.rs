@@ -50,13 +50,15 @@ impl CompileCache {
     /// is compiled and the problem logged.
     pub fn load_or_compile(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
         let path = self.dir.join(format!("{}.cwasm", Self::key(engine, bytes)));
-        if path.exists() {
+        // Read the artifact into memory rather than mapping the file: an operator truncating or
+        // replacing a cache file under a running gateway must not be able to crash it.
+        if let Ok(artifact) = std::fs::read(&path) {
             // SAFETY: the file is named by the SHA-256 of the source component and the engine's
             // compatibility hash, and only this process family writes the cache directory, which
             // should be as private as the gateway's database. wasmtime also checks the artifact's
             // header against the engine and refuses a mismatch.
             #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match unsafe { Component::deserialize(engine, &artifact) } {
                 Ok(c) => return Ok(c),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "ignoring unusable cached component"),
             }
