@@ -10,8 +10,14 @@
 //! - [`bindings`]: the host side of `wit/adapter.wit` (the adapter contract).
 //! - [`runtime`]: wasmtime engine, pooling allocator, epoch deadlines, memory caps, compile cache,
 //!   adapter registry.
+//! - [`driver`]: runs an operation's plan / send / resume loop over HTTP, adding base URL, auth and idempotency key.
 //! - [`conformance`]: `deskgate adapter check`, the obligations every adapter must meet.
 //! - [`builtin`]: the Zendesk, Freshdesk and Intercom adapters compiled into the binary.
+//! - [`clock`]: time as a dependency (system or manual, for tests).
+//! - [`budget`]: rate budgets per connection: target share of each bucket, read and write lanes,
+//!   429 penalties, the write-retry queue, read backoff.
+//! - [`store`]: the durable store (SQLite by default, PostgreSQL for replicas): connections,
+//!   encrypted credentials, outbox and write log, inbox, alerts, timer leases.
 //! - [`cli`]: the `deskgate` command line.
 //!
 //! # Example
@@ -28,7 +34,11 @@
 #![deny(missing_docs)]
 
 pub mod bindings;
+pub mod budget;
 pub mod builtin;
 pub mod cli;
+pub mod clock;
 pub mod conformance;
+pub mod driver;
 pub mod runtime;
+pub mod store;

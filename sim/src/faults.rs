@@ -7,6 +7,7 @@
 //! zero, so unrelated traffic does not move it either.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,7 +36,8 @@ pub struct FaultConfig {
     pub webhook_drop: f64,
     /// Share of webhook deliveries sent twice.
     pub webhook_duplicate: f64,
-    /// Share of webhook deliveries held back and sent after the account's next one.
+    /// Share of webhook deliveries held back and sent right after the account's next one (or,
+    /// if none follows, once 2 s of sim time have passed).
     pub webhook_reorder: f64,
     /// Share of webhook deliveries delayed by `webhook_delay_ms` of sim time.
     pub webhook_delay: f64,
@@ -91,7 +93,9 @@ impl FaultConfig {
             ("error_rate", self.error_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
-                return Err(SimError::bad(format!("{name} is {v}; a share must be between 0.0 and 1.0")));
+                return Err(SimError::bad(format!(
+                    "{name} is {v}; a share must be between 0.0 and 1.0"
+                )));
             }
         }
         if !(500..=599).contains(&self.error_status) {
@@ -134,6 +138,8 @@ struct State {
 pub struct Faults {
     state: Mutex<State>,
     seed: u64,
+    /// Any request-level fault configured (lets the hot path skip the lock when none is).
+    request_faults: AtomicBool,
 }
 
 impl Faults {
@@ -146,6 +152,7 @@ impl Faults {
                 webhooks: StdRng::seed_from_u64(seed ^ 0x7765_6268_6f6f_6b73),
             }),
             seed,
+            request_faults: AtomicBool::new(false),
         }
     }
 
@@ -158,6 +165,12 @@ impl Faults {
     pub fn set(&self, cfg: FaultConfig) -> Result<(), SimError> {
         cfg.validate()?;
         let mut s = self.lock();
+        let on = cfg.latency_ms > 0
+            || cfg.error_next > 0
+            || cfg.error_rate > 0.0
+            || cfg.timeout_next > 0
+            || cfg.timeout_after_apply > 0.0;
+        self.request_faults.store(on, Ordering::Release);
         s.cfg = cfg;
         s.requests = StdRng::seed_from_u64(self.seed ^ 0x7265_7175_6573_7473);
         s.webhooks = StdRng::seed_from_u64(self.seed ^ 0x7765_6268_6f6f_6b73);
@@ -171,11 +184,17 @@ impl Faults {
 
     /// Added latency, ms.
     pub fn latency_ms(&self) -> u64 {
+        if !self.request_faults.load(Ordering::Acquire) {
+            return 0;
+        }
         self.lock().cfg.latency_ms
     }
 
     /// Whether this request gets an injected 5xx.
     pub fn request_fault(&self) -> Option<RequestFault> {
+        if !self.request_faults.load(Ordering::Acquire) {
+            return None;
+        }
         let mut s = self.lock();
         if s.cfg.error_next > 0 {
             s.cfg.error_next -= 1;
@@ -192,6 +211,9 @@ impl Faults {
 
     /// Whether this applied write times out, and how.
     pub fn timeout_after_apply(&self) -> Option<(TimeoutMode, u64)> {
+        if !self.request_faults.load(Ordering::Acquire) {
+            return None;
+        }
         let mut s = self.lock();
         let hit = if s.cfg.timeout_next > 0 {
             s.cfg.timeout_next -= 1;
@@ -214,7 +236,12 @@ impl Faults {
         let duplicate = roll(c.webhook_duplicate);
         let reorder = roll(c.webhook_reorder);
         let delay = roll(c.webhook_delay);
-        WebhookFate { drop, duplicate, reorder, delay_ms: if delay { c.webhook_delay_ms } else { 0 } }
+        WebhookFate {
+            drop,
+            duplicate,
+            reorder,
+            delay_ms: if delay { c.webhook_delay_ms } else { 0 },
+        }
     }
 }
 
@@ -226,7 +253,12 @@ mod tests {
     fn same_seed_same_fates() {
         let run = |seed| {
             let f = Faults::new(seed);
-            f.set(FaultConfig { webhook_drop: 0.5, webhook_duplicate: 0.3, ..Default::default() }).unwrap();
+            f.set(FaultConfig {
+                webhook_drop: 0.5,
+                webhook_duplicate: 0.3,
+                ..Default::default()
+            })
+            .unwrap();
             (0..64).map(|_| f.webhook_fate()).collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
@@ -236,10 +268,20 @@ mod tests {
     #[test]
     fn counters_then_shares() {
         let f = Faults::new(1);
-        f.set(FaultConfig { error_next: 2, ..Default::default() }).unwrap();
+        f.set(FaultConfig {
+            error_next: 2,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(f.request_fault(), Some(RequestFault::Error(503)));
         assert_eq!(f.request_fault(), Some(RequestFault::Error(503)));
         assert_eq!(f.request_fault(), None);
-        assert!(f.set(FaultConfig { error_rate: 2.0, ..Default::default() }).is_err());
+        assert!(
+            f.set(FaultConfig {
+                error_rate: 2.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
     }
 }

@@ -34,6 +34,11 @@
 //! # Ok(()) }
 //! ```
 
+#![recursion_limit = "512"]
+// Handlers answer early with `Err(Reply)` (the platform's error response); those paths are rare
+// and a `Reply` is what gets sent anyway, so boxing it would only add an allocation.
+#![allow(clippy::result_large_err)]
+
 pub mod cli;
 pub mod clock;
 mod control;
@@ -59,14 +64,15 @@ use tokio::sync::watch;
 
 pub use clock::SimClock;
 pub use control::{
-    AccountInfo, AccountSpec, AgentPatch, AgentSpec, AuthCodeInfo, AuthCodeSpec, CommentSpec, ContactSpec,
-    CredentialInfo, CredentialSpec, DemoSeed, FeaturePatch, GroupSpec, OAuthClientInfo, OAuthClientSpec, PlanSpec,
-    RequestFilter, ScopePatch, TicketSpec,
+    AccountInfo, AccountSpec, AgentPatch, AgentSpec, AuthCodeInfo, AuthCodeSpec, CommentSpec,
+    ContactSpec, CredentialInfo, CredentialSpec, DemoSeed, FeaturePatch, GroupSpec,
+    OAuthClientInfo, OAuthClientSpec, PlanSpec, RequestFilter, ScopePatch, TicketSpec,
 };
 pub use faults::{FaultConfig, TimeoutMode};
 pub use limits::{LimitOverrides, Limits};
 pub use model::{
-    AccountStats, Agent, Contact, CredKind, Group, Outcome, RequestRecord, WebhookTarget, WriteKind, WriteRecord,
+    AccountStats, Agent, Contact, CredKind, Group, Outcome, RequestRecord, WebhookTarget,
+    WriteKind, WriteRecord,
 };
 pub use webhooks::DeliveryRecord;
 
@@ -99,7 +105,9 @@ impl std::str::FromStr for Platform {
             "zendesk" => Ok(Platform::Zendesk),
             "freshdesk" => Ok(Platform::Freshdesk),
             "intercom" => Ok(Platform::Intercom),
-            _ => Err(format!("unknown platform {s:?}; use zendesk, freshdesk or intercom")),
+            _ => Err(format!(
+                "unknown platform {s:?}; use zendesk, freshdesk or intercom"
+            )),
         }
     }
 }
@@ -117,11 +125,17 @@ pub struct SimError {
 impl SimError {
     /// Bad input (400).
     pub fn bad(message: impl Into<String>) -> SimError {
-        SimError { status: 400, message: message.into() }
+        SimError {
+            status: 400,
+            message: message.into(),
+        }
     }
     /// Missing object (404).
     pub fn not_found(message: impl Into<String>) -> SimError {
-        SimError { status: 404, message: message.into() }
+        SimError {
+            status: 404,
+            message: message.into(),
+        }
     }
 }
 
@@ -161,7 +175,7 @@ impl SimConfig {
             start_time_ms: None,
             frozen_clock: false,
             webhook_timeout: Duration::from_secs(10),
-            request_log_capacity: 1_000_000,
+            request_log_capacity: 200_000,
         }
     }
     /// Sets the seed.
@@ -204,6 +218,7 @@ pub(crate) struct RequestLog {
 /// The shared state of one running sim.
 pub(crate) struct SimInner {
     pub platform: Platform,
+    pub seed: u64,
     pub clock: SimClock,
     pub accounts: RwLock<Vec<Arc<Mutex<model::Account>>>>,
     pub index: RwLock<Index>,
@@ -226,15 +241,25 @@ impl SimInner {
     }
     pub(crate) fn account(&self, id: u64) -> Option<Arc<Mutex<model::Account>>> {
         let accounts = self.accounts.read().unwrap_or_else(|p| p.into_inner());
-        accounts.get(usize::try_from(id).ok()?.checked_sub(1)?).cloned()
+        accounts
+            .get(usize::try_from(id).ok()?.checked_sub(1)?)
+            .cloned()
     }
     /// Account and credential id for an access secret.
     pub(crate) fn by_secret(&self, secret: &str) -> Option<(Arc<Mutex<model::Account>>, u64)> {
-        let (acc, cred) = *self.index.read().unwrap_or_else(|p| p.into_inner()).secrets.get(secret)?;
+        let (acc, cred) = *self
+            .index
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .secrets
+            .get(secret)?;
         Some((self.account(acc)?, cred))
     }
     pub(crate) fn base(&self) -> &str {
-        self.base_url.get().map(String::as_str).unwrap_or("http://127.0.0.1")
+        self.base_url
+            .get()
+            .map(String::as_str)
+            .unwrap_or("http://127.0.0.1")
     }
     pub(crate) fn log_request(&self, mut rec: RequestRecord) {
         let mut log = lock(&self.requests);
@@ -304,6 +329,7 @@ impl SimHandle {
 pub async fn start(cfg: SimConfig) -> anyhow::Result<SimHandle> {
     let inner = Arc::new(SimInner {
         platform: cfg.platform,
+        seed: cfg.seed,
         clock: SimClock::new(cfg.start_time_ms, cfg.frozen_clock),
         accounts: RwLock::new(Vec::new()),
         index: RwLock::new(Index::default()),
@@ -324,5 +350,10 @@ pub async fn start(cfg: SimConfig) -> anyhow::Result<SimHandle> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
     let _ = inner.base_url.set(format!("http://{addr}"));
     let worker = tokio::spawn(webhooks::run(inner.clone(), rx));
-    Ok(SimHandle { sim: Sim { inner }, addr, stop, tasks: vec![server, worker] })
+    Ok(SimHandle {
+        sim: Sim { inner },
+        addr,
+        stop,
+        tasks: vec![server, worker],
+    })
 }

@@ -111,7 +111,14 @@ pub fn plans(platform: Platform) -> &'static [&'static str] {
     match platform {
         // Suite and Support plans with the same numbers share a name; `suite_`/`support_`
         // prefixes are accepted and ignored.
-        Platform::Zendesk => &["professional", "essential", "team", "growth", "enterprise", "enterprise_plus"],
+        Platform::Zendesk => &[
+            "professional",
+            "essential",
+            "team",
+            "growth",
+            "enterprise",
+            "enterprise_plus",
+        ],
         Platform::Freshdesk => &["pro", "free", "growth", "enterprise", "trial"],
         // Intercom's REST limits do not depend on the plan (platforms.md 3.3).
         Platform::Intercom => &["advanced", "essential", "expert"],
@@ -121,12 +128,20 @@ pub fn plans(platform: Platform) -> &'static [&'static str] {
 /// Normalizes a plan name, or says which names are accepted.
 pub fn normalize_plan(platform: Platform, plan: &str) -> Result<&'static str, String> {
     let p = plan.trim().to_ascii_lowercase().replace(['-', ' '], "_");
-    let p = p.strip_prefix("suite_").or_else(|| p.strip_prefix("support_")).unwrap_or(&p);
+    let p = p
+        .strip_prefix("suite_")
+        .or_else(|| p.strip_prefix("support_"))
+        .unwrap_or(&p);
     plans(platform)
         .iter()
         .find(|n| **n == p)
         .copied()
-        .ok_or_else(|| format!("unknown {platform} plan {plan:?}; use one of {:?}", plans(platform)))
+        .ok_or_else(|| {
+            format!(
+                "unknown {platform} plan {plan:?}; use one of {:?}",
+                plans(platform)
+            )
+        })
 }
 
 /// Plan features (what a plan 403 checks). `api` gates the whole REST API.
@@ -169,9 +184,11 @@ pub fn resolve(platform: Platform, plan: &str, high_volume: bool, o: &LimitOverr
         ticket_update_per_minute: o.ticket_update_per_minute.unwrap_or(update),
         single_ticket_updates: o.single_ticket_updates.unwrap_or(30),
         single_ticket_window_secs: o.single_ticket_window_secs.unwrap_or(600),
-        incremental_export_per_minute: o
-            .incremental_export_per_minute
-            .unwrap_or(if high_volume { 30 } else { 10 }),
+        incremental_export_per_minute: o.incremental_export_per_minute.unwrap_or(if high_volume {
+            30
+        } else {
+            10
+        }),
         ticket_create_per_minute: o.ticket_create_per_minute.unwrap_or(create),
         tickets_list_per_minute: o.tickets_list_per_minute.unwrap_or(list),
         app_per_minute: o.app_per_minute.unwrap_or(10_000),
@@ -204,9 +221,23 @@ mod tests {
 
     #[test]
     fn plan_names() {
-        assert_eq!(normalize_plan(Platform::Zendesk, "Suite Enterprise"), Ok("enterprise"));
-        assert!(normalize_plan(Platform::Freshdesk, "gold").unwrap_err().contains("pro"));
+        assert_eq!(
+            normalize_plan(Platform::Zendesk, "Suite Enterprise"),
+            Ok("enterprise")
+        );
+        assert!(
+            normalize_plan(Platform::Freshdesk, "gold")
+                .unwrap_err()
+                .contains("pro")
+        );
         let l = resolve(Platform::Zendesk, "team", true, &LimitOverrides::default());
-        assert_eq!((l.per_minute, l.ticket_update_per_minute, l.incremental_export_per_minute), (2500, 300, 30));
+        assert_eq!(
+            (
+                l.per_minute,
+                l.ticket_update_per_minute,
+                l.incremental_export_per_minute
+            ),
+            (2500, 300, 30)
+        );
     }
 }

@@ -12,7 +12,6 @@ use std::collections::{BTreeSet, HashMap};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::Platform;
 use crate::limits::{LimitOverrides, Limits, Window};
 
 /// An agent / admin / teammate of an account.
@@ -131,6 +130,32 @@ pub struct Credential {
     pub client: Option<String>,
     /// Intercom rate bucket (one per app).
     pub app: u64,
+}
+
+/// The calling credential as a request handler needs it: copied out of the account (no
+/// allocation) so the account stays mutably borrowable while the request is served.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller {
+    /// Credential id.
+    pub id: u64,
+    /// Kind.
+    pub kind: CredKind,
+    /// Agent it acts as.
+    pub agent_id: u64,
+    /// Intercom rate bucket.
+    pub app: u64,
+}
+
+impl Credential {
+    /// The [`Caller`] view.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            id: self.id,
+            kind: self.kind,
+            agent_id: self.agent_id,
+            app: self.app,
+        }
+    }
 }
 
 /// A Zendesk OAuth client or an Intercom app.
@@ -474,6 +499,9 @@ pub struct WebhookTarget {
     /// Receiver URL (`http://…`).
     pub url: String,
     /// Signing secret (Zendesk), client secret (Intercom) or the custom-header token (Freshdesk).
+    /// Intercom signs with the app's client secret: left empty, the account's first app's
+    /// client secret is used.
+    #[serde(default)]
     pub secret: String,
 }
 
@@ -525,6 +553,10 @@ pub struct Account {
 }
 
 impl Account {
+    /// The credential behind a caller.
+    pub fn cred(&self, c: &Caller) -> &Credential {
+        &self.creds[c.id as usize - 1]
+    }
     /// Agent by id.
     pub fn agent(&self, id: u64) -> Option<&Agent> {
         self.agents.iter().find(|a| a.id == id)
@@ -544,15 +576,21 @@ impl Account {
     }
     /// Name of a person (agent or contact).
     pub fn person_name(&self, id: u64) -> Option<String> {
-        self.agent(id)
-            .map(|a| a.name.clone())
-            .or_else(|| self.contacts.iter().find(|c| c.id == id).and_then(|c| c.name.clone()))
+        self.agent(id).map(|a| a.name.clone()).or_else(|| {
+            self.contacts
+                .iter()
+                .find(|c| c.id == id)
+                .and_then(|c| c.name.clone())
+        })
     }
     /// Email of a person (agent or contact).
     pub fn person_email(&self, id: u64) -> Option<String> {
-        self.agent(id)
-            .map(|a| a.email.clone())
-            .or_else(|| self.contacts.iter().find(|c| c.id == id).and_then(|c| c.email.clone()))
+        self.agent(id).map(|a| a.email.clone()).or_else(|| {
+            self.contacts
+                .iter()
+                .find(|c| c.id == id)
+                .and_then(|c| c.email.clone())
+        })
     }
 
     /// Appends the write-log entries for `changes` on ticket `idx`.
@@ -562,7 +600,9 @@ impl Account {
         let kinds: Vec<WriteKind> = changes
             .iter()
             .map(|c| match c {
-                Change::Created => WriteKind::Created { subject: t.subject.clone() },
+                Change::Created => WriteKind::Created {
+                    subject: t.subject.clone(),
+                },
                 Change::Comment(i) => {
                     let cm = &t.comments[*i];
                     let body = cm.text.clone();
@@ -574,18 +614,34 @@ impl Account {
                         WriteKind::Note { body }
                     }
                 }
-                Change::Status { from, to } => WriteKind::Status { from: from.clone(), to: to.clone() },
-                Change::Priority { from, to } => WriteKind::Priority { from: from.clone(), to: to.clone() },
-                Change::Tags { added, removed } if removed.is_empty() => {
-                    WriteKind::TagsAdded { tags: added.clone() }
-                }
-                Change::Tags { added, removed } if added.is_empty() => {
-                    WriteKind::TagsRemoved { tags: removed.clone() }
-                }
-                Change::Tags { added, .. } => WriteKind::TagsAdded { tags: added.clone() },
-                Change::Assignee { from, to } => WriteKind::Assigned { from: *from, to: *to },
-                Change::Group { from, to } => WriteKind::GroupAssigned { from: *from, to: *to },
-                Change::Subject => WriteKind::Subject { to: t.subject.clone() },
+                Change::Status { from, to } => WriteKind::Status {
+                    from: from.clone(),
+                    to: to.clone(),
+                },
+                Change::Priority { from, to } => WriteKind::Priority {
+                    from: from.clone(),
+                    to: to.clone(),
+                },
+                Change::Tags { added, removed } if removed.is_empty() => WriteKind::TagsAdded {
+                    tags: added.clone(),
+                },
+                Change::Tags { added, removed } if added.is_empty() => WriteKind::TagsRemoved {
+                    tags: removed.clone(),
+                },
+                Change::Tags { added, .. } => WriteKind::TagsAdded {
+                    tags: added.clone(),
+                },
+                Change::Assignee { from, to } => WriteKind::Assigned {
+                    from: *from,
+                    to: *to,
+                },
+                Change::Group { from, to } => WriteKind::GroupAssigned {
+                    from: *from,
+                    to: *to,
+                },
+                Change::Subject => WriteKind::Subject {
+                    to: t.subject.clone(),
+                },
                 Change::Deleted => WriteKind::Deleted,
             })
             .collect();
@@ -594,14 +650,22 @@ impl Account {
             .iter()
             .filter_map(|c| match c {
                 Change::Tags { added, removed } if !added.is_empty() && !removed.is_empty() => {
-                    Some(WriteKind::TagsRemoved { tags: removed.clone() })
+                    Some(WriteKind::TagsRemoved {
+                        tags: removed.clone(),
+                    })
                 }
                 _ => None,
             })
             .collect();
         for kind in kinds.into_iter().chain(extra) {
             let seq = self.writes.len() as u64 + 1;
-            self.writes.push(WriteRecord { seq, at_ms: now, ticket_id, credential_id: cred, kind });
+            self.writes.push(WriteRecord {
+                seq,
+                at_ms: now,
+                ticket_id,
+                credential_id: cred,
+                kind,
+            });
         }
     }
 }

@@ -60,11 +60,15 @@ impl Req {
         if self.body.iter().all(|b| b.is_ascii_whitespace()) {
             return Ok(Value::Null);
         }
-        serde_json::from_slice(&self.body).map_err(|e| format!("request body is not valid JSON: {e}"))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| format!("request body is not valid JSON: {e}"))
     }
     /// Whether the method writes.
     pub fn is_write(&self) -> bool {
-        matches!(self.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+        matches!(
+            self.method,
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        )
     }
 }
 
@@ -93,6 +97,12 @@ static JSON_CT: HeaderValue = HeaderValue::from_static("application/json; charse
 impl Reply {
     /// A JSON reply; the outcome follows from the status.
     pub fn json(status: u16, body: &Value) -> Reply {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        Reply::raw(status, JSON_CT.clone(), Bytes::from(bytes))
+    }
+    /// A JSON reply serialized straight from a `Serialize` type (the hot paths use this to skip
+    /// building a `Value` tree).
+    pub fn json_ser<T: serde::Serialize>(status: u16, body: &T) -> Reply {
         let bytes = serde_json::to_vec(body).unwrap_or_default();
         Reply::raw(status, JSON_CT.clone(), Bytes::from(bytes))
     }
@@ -130,7 +140,8 @@ impl Reply {
     }
     /// Sets a numeric header in place.
     pub fn set_num(&mut self, name: &'static str, value: i64) {
-        self.headers.insert(HeaderName::from_static(name), HeaderValue::from(value));
+        self.headers
+            .insert(HeaderName::from_static(name), HeaderValue::from(value));
     }
 }
 
@@ -201,16 +212,35 @@ pub async fn serve(
     Ok((addr, task))
 }
 
-async fn handle(sim: Arc<SimInner>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, DropConnection> {
+async fn handle(
+    sim: Arc<SimInner>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, DropConnection> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large or unreadable")),
+        Err(_) => {
+            return Ok(plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large or unreadable",
+            ));
+        }
     };
     let path = parts.uri.path().to_owned();
-    let target = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| path.clone());
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| path.clone());
     let query = Query::parse(parts.uri.query().unwrap_or(""));
-    let req = Req { method: parts.method, path, query, target, headers: parts.headers, body };
+    let req = Req {
+        method: parts.method,
+        path,
+        query,
+        target,
+        headers: parts.headers,
+        body,
+    };
 
     if req.path == "/_sim" || req.path.starts_with("/_sim/") {
         return Ok(into_response(admin::handle(&sim, &req).await));
@@ -235,12 +265,22 @@ async fn handle(sim: Arc<SimInner>, req: Request<Incoming>) -> Result<Response<F
     if !reply.outbound.is_empty() {
         sim.hooks.enqueue(&sim, std::mem::take(&mut reply.outbound));
     }
-    let timeout = if reply.applied && req.is_write() { sim.faults.timeout_after_apply() } else { None };
-    let outcome = if timeout.is_some() { Outcome::TimedOutAfterApply } else { reply.outcome };
-    if matches!(outcome, Outcome::InjectedError | Outcome::TimedOutAfterApply) {
-        if let Some(acc) = reply.account.and_then(|a| sim.account(a)) {
-            crate::lock(&acc).stats.faults += 1;
-        }
+    let timeout = if reply.applied && req.is_write() {
+        sim.faults.timeout_after_apply()
+    } else {
+        None
+    };
+    let outcome = if timeout.is_some() {
+        Outcome::TimedOutAfterApply
+    } else {
+        reply.outcome
+    };
+    if matches!(
+        outcome,
+        Outcome::InjectedError | Outcome::TimedOutAfterApply
+    ) && let Some(acc) = reply.account.and_then(|a| sim.account(a))
+    {
+        crate::lock(&acc).stats.faults += 1;
     }
     sim.log_request(RequestRecord {
         seq: 0,
@@ -265,8 +305,12 @@ async fn handle(sim: Arc<SimInner>, req: Request<Incoming>) -> Result<Response<F
 /// platforms (platforms.md does not record any 5xx body); these follow each one's error envelope.
 fn injected_error(platform: Platform, status: u16) -> Reply {
     let body = match platform {
-        Platform::Zendesk => serde_json::json!({"error": "ServiceUnavailable", "description": "Simulated server error"}),
-        Platform::Freshdesk => serde_json::json!({"code": "internal_error", "message": "Simulated server error"}),
+        Platform::Zendesk => {
+            serde_json::json!({"error": "ServiceUnavailable", "description": "Simulated server error"})
+        }
+        Platform::Freshdesk => {
+            serde_json::json!({"code": "internal_error", "message": "Simulated server error"})
+        }
         Platform::Intercom => serde_json::json!({
             "type": "error.list", "request_id": crate::util::uuidish(status as u64),
             "errors": [{"code": "server_error", "message": "Simulated server error"}]
@@ -284,7 +328,8 @@ fn plain(status: StatusCode, msg: &'static str) -> Response<Full<Bytes>> {
 /// Turns a [`Reply`] into a hyper response.
 pub fn into_response(reply: Reply) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(reply.body));
-    *r.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     *r.headers_mut() = reply.headers;
     r
 }

@@ -54,7 +54,11 @@ pub fn parse_time(s: &str) -> Option<i64> {
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
@@ -64,7 +68,7 @@ pub fn parse_time(s: &str) -> Option<i64> {
     if b.len() == 10 {
         return Some(ms);
     }
-    if b[10] != b'T' && b[10] != b' ' && b[10] != 't' {
+    if b[10] != b'T' && b[10] != b' ' && b[10] != b't' {
         return None;
     }
     let h = num(11..13)?;
@@ -91,7 +95,11 @@ pub fn parse_time(s: &str) -> Option<i64> {
             let zh: i64 = zone[1..3].parse().ok()?;
             let zm: i64 = zone[4..6].parse().ok()?;
             let off = (zh * 3600 + zm * 60) * 1000;
-            Some(if zone.starts_with('+') { ms - off } else { ms + off })
+            Some(if zone.starts_with('+') {
+                ms - off
+            } else {
+                ms + off
+            })
         }
         _ => None,
     }
@@ -106,7 +114,9 @@ pub fn form_decode(s: &str) -> String {
     } else {
         s
     };
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Percent-encodes a query-string value.
@@ -138,7 +148,10 @@ impl Query {
     }
     /// First value for `key`.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -157,14 +170,22 @@ pub enum AuthHeader {
 
 /// Parses an `Authorization` header value.
 pub fn parse_auth(value: Option<&[u8]>) -> AuthHeader {
-    let Some(v) = value else { return AuthHeader::Missing };
-    let Ok(v) = std::str::from_utf8(v) else { return AuthHeader::Malformed };
+    let Some(v) = value else {
+        return AuthHeader::Missing;
+    };
+    let Ok(v) = std::str::from_utf8(v) else {
+        return AuthHeader::Malformed;
+    };
     let v = v.trim();
     let (scheme, rest) = v.split_once(' ').unwrap_or((v, ""));
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("basic") {
-        let Ok(raw) = B64.decode(rest) else { return AuthHeader::Malformed };
-        let Ok(text) = String::from_utf8(raw) else { return AuthHeader::Malformed };
+        let Ok(raw) = B64.decode(rest) else {
+            return AuthHeader::Malformed;
+        };
+        let Ok(text) = String::from_utf8(raw) else {
+            return AuthHeader::Malformed;
+        };
         match text.split_once(':') {
             Some((u, p)) => AuthHeader::Basic(u.to_owned(), p.to_owned()),
             None => AuthHeader::Malformed,
@@ -183,7 +204,7 @@ pub fn basic(user: &str, pass: &str) -> String {
 
 /// A uuid-looking string derived from a number (deterministic, so seeded runs replay exactly).
 pub fn uuidish(n: u64) -> String {
-    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED_0F_DE5C_6A7E;
+    let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x005E_ED0F_DE5C_6A7E;
     let l = h.rotate_left(29).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     format!(
         "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
@@ -241,7 +262,10 @@ mod tests {
         assert_eq!(rfc3339(1_704_067_200_000), "2024-01-01T00:00:00Z");
         assert_eq!(parse_time("2024-01-01T00:00:00Z"), Some(1_704_067_200_000));
         assert_eq!(parse_time("2024-01-01"), Some(1_704_067_200_000));
-        assert_eq!(parse_time("2024-01-01T01:00:00+01:00"), Some(1_704_067_200_000));
+        assert_eq!(
+            parse_time("2024-01-01T01:00:00+01:00"),
+            Some(1_704_067_200_000)
+        );
         assert_eq!(parse_time("2024-02-30x"), None);
         let t = 1_717_171_717_000;
         assert_eq!(parse_time(&rfc3339(t)), Some(t));
@@ -250,10 +274,13 @@ mod tests {
     #[test]
     fn auth_and_query() {
         assert_eq!(
-            parse_auth(Some(basic("a@b.c/token:xyz", "").as_bytes())),
+            parse_auth(Some(basic("a@b.c/token", "xyz").as_bytes())),
             AuthHeader::Basic("a@b.c/token".into(), "xyz".into())
         );
-        assert_eq!(parse_auth(Some(b"Bearer t1")), AuthHeader::Bearer("t1".into()));
+        assert_eq!(
+            parse_auth(Some(b"Bearer t1")),
+            AuthHeader::Bearer("t1".into())
+        );
         let q = Query::parse("query=type%3Aticket+status%3Copen&page=2");
         assert_eq!(q.get("query"), Some("type:ticket status<open"));
         assert_eq!(q.get("page"), Some("2"));

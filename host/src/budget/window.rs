@@ -1,0 +1,278 @@
+//! One fixed-window counter, the unit of state of the budget algorithm.
+//!
+//! This file is the part a Redis script mirrors for budgets shared across replicas (issue #9):
+//! seven integers per counter and four operations ([`Window::roll`], [`Window::room`],
+//! [`Window::take`], [`Window::observe`]), all integer arithmetic, no allocation, no clock of its
+//! own. The module doc of [`crate::budget`] states the algorithm in prose.
+
+use crate::bindings::Lane;
+use crate::clock::Millis;
+
+/// "No time": a window that never opened, a penalty never set.
+pub(crate) const NEVER: Millis = Millis::MIN;
+
+/// A fixed-window counter for one bucket (or one key of a per-object bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// When the current window opened.
+    pub(crate) start: Millis,
+    /// When it closes (`start + len`); at or after it the counts are stale.
+    pub(crate) end: Millis,
+    /// Units our read lane spent in this window.
+    pub(crate) read: u64,
+    /// Units our write lane spent in this window.
+    pub(crate) write: u64,
+    /// Units the platform counted in this window beyond ours: the account's other clients.
+    pub(crate) others: u64,
+    /// Whether the window's phase came from the platform (a reset reading) rather than from our
+    /// first draw; anchored windows roll on the platform's boundaries.
+    pub(crate) anchored: bool,
+    /// Blocked until then after a 429 on this key ([`NEVER`]: not blocked).
+    pub(crate) penalty: Millis,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self { start: NEVER, end: NEVER, read: 0, write: 0, others: 0, anchored: false, penalty: NEVER }
+    }
+}
+
+impl Window {
+    /// Whether a window is open at `now`.
+    pub(crate) fn is_open(&self, now: Millis) -> bool {
+        now < self.end
+    }
+
+    /// Our own spend in the window.
+    pub(crate) fn ours(&self) -> u64 {
+        self.read.saturating_add(self.write)
+    }
+
+    /// Ours plus the others' spend: what the platform's counter should read.
+    pub(crate) fn spent(&self) -> u64 {
+        self.ours().saturating_add(self.others)
+    }
+
+    /// Whether the counter carries nothing a fresh one would not: window over and no penalty.
+    pub(crate) fn idle(&self, now: Millis) -> bool {
+        !self.is_open(now) && now >= self.penalty
+    }
+
+    /// Open the window that contains `now` if the current one is over. An anchored window keeps
+    /// the platform's phase (the next boundary is a whole number of windows after the last); an
+    /// unanchored one opens at `now`, on the first draw, as a counter with a TTL does.
+    pub(crate) fn roll(&mut self, now: Millis, len: Millis) {
+        if self.is_open(now) {
+            return;
+        }
+        self.start = if self.anchored && self.end != NEVER {
+            let skipped = now.saturating_sub(self.end) / len;
+            self.end.saturating_add(skipped.saturating_mul(len))
+        } else {
+            now
+        };
+        self.end = self.start.saturating_add(len);
+        self.read = 0;
+        self.write = 0;
+        self.others = 0;
+    }
+
+    /// Units `lane` may still draw in the window (roll first), with `target` per window and
+    /// `reserve` of it kept for writes. Writes may spend up to the target. Reads may spend what is
+    /// left once the reserve is set aside, less what writes already took from it:
+    /// `target - (read + others + max(write, reserve))`. So writes spend their reserve before they
+    /// narrow the reads' share, and others' spend (which we cannot steer) narrows the reads' share
+    /// first, never the writes' reserve.
+    pub(crate) fn room(&self, lane: Lane, target: u64, reserve: u64) -> u64 {
+        let held = match lane {
+            Lane::Write => self.spent(),
+            Lane::Read => self.read.saturating_add(self.others).saturating_add(self.write.max(reserve)),
+        };
+        target.saturating_sub(held)
+    }
+
+    /// Whether `cost` more fits for `lane` (see [`Window::room`]).
+    pub(crate) fn fits(&self, lane: Lane, cost: u64, target: u64, reserve: u64) -> bool {
+        cost <= self.room(lane, target, reserve)
+    }
+
+    /// Count `cost` units for `lane` (roll first).
+    pub(crate) fn take(&mut self, lane: Lane, cost: u64) {
+        match lane {
+            Lane::Read => self.read = self.read.saturating_add(cost),
+            Lane::Write => self.write = self.write.saturating_add(cost),
+        }
+    }
+
+    /// Give back units that were never sent, if the window they were drawn in is still current.
+    pub(crate) fn give_back(&mut self, lane: Lane, cost: u64, drawn_in: Millis, now: Millis) {
+        if self.start != drawn_in || !self.is_open(now) {
+            return;
+        }
+        match lane {
+            Lane::Read => self.read = self.read.saturating_sub(cost),
+            Lane::Write => self.write = self.write.saturating_sub(cost),
+        }
+    }
+
+    /// Apply a reading from the platform: `remaining` of `limit` left in its window, which resets
+    /// at `reset` (absolute). `sent_in` is the start of the window the request whose response
+    /// carried the reading was counted in, when known.
+    ///
+    /// - A reset at or before `now` describes a window the platform has closed: nothing to learn.
+    /// - A reset in the future re-anchors the window to `[reset - len, reset)` (a reset more than
+    ///   one window away is clamped to one window: clock skew or a header in other units). If the
+    ///   reading describes a later window than ours (ours is over, or the reset is at least half a
+    ///   window past our end), our counts belong to a window the platform has closed: they start
+    ///   again from zero. Otherwise the reading corrects the phase of the same window and our
+    ///   counts stay (the conservative choice).
+    /// - Without a reset the window only rolls (opening one at `now` if none is open), and if the
+    ///   request was counted in an earlier window than the current one (its response crossed our
+    ///   boundary), `remaining` may describe the closed window and is not applied.
+    /// - `remaining` then sets the others' spend to what the platform counted beyond ours:
+    ///   `others = max(0, (limit - remaining) - ours)`, so `spent = limit - remaining` whenever the
+    ///   platform has counted at least our own draws. Our allowance left is then
+    ///   `target - spent = remaining - (limit - target)`: what remains minus the share left to
+    ///   other clients.
+    pub(crate) fn observe(
+        &mut self,
+        now: Millis,
+        len: Millis,
+        limit: u64,
+        remaining: Option<u64>,
+        reset: Option<Millis>,
+        sent_in: Option<Millis>,
+    ) {
+        let current = match reset.map(|t| t.min(now.saturating_add(len))) {
+            Some(t) if t <= now => return,
+            Some(t) => {
+                let later_window = !self.is_open(now) || t >= self.end.saturating_add(len / 2);
+                self.start = t.saturating_sub(len);
+                self.end = t;
+                self.anchored = true;
+                if later_window {
+                    self.read = 0;
+                    self.write = 0;
+                    self.others = 0;
+                }
+                true
+            }
+            None => {
+                self.roll(now, len);
+                sent_in.is_none_or(|s| s == self.start)
+            }
+        };
+        if let (true, Some(remaining)) = (current, remaining) {
+            let counted = limit.saturating_sub(remaining.min(limit));
+            self.others = counted.saturating_sub(self.ours());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanchored_window_opens_on_first_draw() {
+        let mut w = Window::default();
+        assert!(!w.is_open(5_000));
+        w.roll(5_000, 60_000);
+        assert_eq!((w.start, w.end, w.anchored), (5_000, 65_000, false));
+        w.take(Lane::Read, 3);
+        w.roll(64_999, 60_000);
+        assert_eq!(w.read, 3);
+        w.roll(90_000, 60_000);
+        assert_eq!((w.start, w.end, w.read), (90_000, 150_000, 0));
+    }
+
+    #[test]
+    fn anchored_window_keeps_the_platform_phase() {
+        let mut w = Window::default();
+        w.observe(1_000, 10_000, 100, Some(100), Some(4_000), None);
+        assert_eq!((w.start, w.end, w.anchored), (-6_000, 4_000, true));
+        w.take(Lane::Write, 1);
+        // 3.5 windows later: the boundary is still on the platform's 4_000 + k * 10_000 grid.
+        w.roll(39_000, 10_000);
+        assert_eq!((w.start, w.end, w.write), (34_000, 44_000, 0));
+    }
+
+    #[test]
+    fn remaining_sets_the_others_spend() {
+        let mut w = Window::default();
+        w.roll(0, 60_000);
+        w.take(Lane::Read, 10);
+        w.observe(1_000, 60_000, 200, Some(150), None, None);
+        assert_eq!(w.others, 40);
+        assert_eq!(w.spent(), 50);
+        // The platform counted fewer than ours (draws still in flight): no negative others.
+        w.observe(2_000, 60_000, 200, Some(195), None, None);
+        assert_eq!(w.others, 0);
+        assert_eq!(w.spent(), 10);
+    }
+
+    #[test]
+    fn a_reset_in_a_later_window_drops_our_stale_counts() {
+        let mut w = Window::default();
+        w.roll(0, 60_000);
+        w.take(Lane::Write, 30);
+        // Same window, phase corrected by 5 s: counts kept.
+        w.observe(10_000, 60_000, 200, None, Some(55_000), None);
+        assert_eq!((w.end, w.write), (55_000, 30));
+        // A reset a whole window past ours: the platform has moved on.
+        w.observe(50_000, 60_000, 200, Some(195), Some(110_000), None);
+        assert_eq!((w.start, w.end, w.write, w.others), (50_000, 110_000, 0, 5));
+    }
+
+    #[test]
+    fn readings_about_a_closed_window_are_ignored() {
+        let mut w = Window::default();
+        w.roll(0, 60_000);
+        w.take(Lane::Read, 5);
+        // Its reset has passed: it counted a window the platform already closed.
+        w.observe(10_000, 60_000, 200, Some(0), Some(9_000), None);
+        assert_eq!((w.start, w.others, w.anchored), (0, 0, false));
+        // No reset, but the request went out in the window before ours.
+        w.roll(60_000, 60_000);
+        w.observe(60_500, 60_000, 200, Some(10), None, Some(0));
+        assert_eq!((w.start, w.others), (60_000, 0));
+        // The same reading for a request of this window applies.
+        w.observe(60_500, 60_000, 200, Some(10), None, Some(60_000));
+        assert_eq!(w.others, 190);
+    }
+
+    #[test]
+    fn a_reset_too_far_away_is_clamped_to_one_window() {
+        let mut w = Window::default();
+        w.observe(10_000, 60_000, 200, Some(200), Some(10_000_000), None);
+        assert_eq!((w.end, w.anchored), (70_000, true));
+    }
+
+    #[test]
+    fn writes_spend_their_reserve_before_narrowing_the_reads_share() {
+        let mut w = Window::default();
+        w.roll(0, 60_000);
+        // target 150, reserve 45: reads may have 105.
+        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (105, 150));
+        w.take(Lane::Write, 30);
+        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (105, 120));
+        w.take(Lane::Write, 30);
+        assert_eq!(w.room(Lane::Read, 150, 45), 90);
+        // Others' spend narrows the reads' share; the writes' room is what is left of the target.
+        w.others = 50;
+        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (40, 40));
+        w.take(Lane::Read, 40);
+        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (0, 0));
+    }
+
+    #[test]
+    fn give_back_only_in_the_same_window() {
+        let mut w = Window::default();
+        w.roll(0, 1_000);
+        w.take(Lane::Read, 2);
+        w.give_back(Lane::Read, 1, 0, 10);
+        assert_eq!(w.read, 1);
+        w.give_back(Lane::Read, 1, -5, 10);
+        assert_eq!(w.read, 1);
+    }
+}
