@@ -1229,21 +1229,21 @@ mod cases {
                 })
             })
             .collect();
+        // An app following the cursor while events arrive: once the writers are done and a pull
+        // comes back empty, it has seen everything it ever will.
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reader = {
-            let s = s.clone();
+            let (s, done) = (s.clone(), done.clone());
             tokio::spawn(async move {
                 let mut cursor = 0;
                 let mut seen = Vec::new();
-                while seen.len() < 200 {
-                    let got = s
-                        .pull_events(&Pull {
-                            after: cursor,
-                            limit: 17,
-                            connection_id: None,
-                            now: T0,
-                        })
-                        .await
-                        .unwrap();
+                loop {
+                    let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                    let pull = Pull { after: cursor, limit: 17, connection_id: None, now: T0 };
+                    let got = s.pull_events(&pull).await.unwrap();
+                    if got.is_empty() && finished {
+                        break seen;
+                    }
                     for e in got {
                         assert!(e.id > cursor);
                         cursor = e.id;
@@ -1251,16 +1251,15 @@ mod cases {
                     }
                     tokio::task::yield_now().await;
                 }
-                seen
             })
         };
         for w in writers {
             w.await.unwrap();
         }
-        let seen = tokio::time::timeout(Duration::from_secs(60), reader)
-            .await
-            .expect("the cursor reader skipped events (it never reached 200)")
-            .unwrap();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let seen: Vec<String> = reader.await.unwrap();
+        assert_eq!(s.inbox_pending("zd").await.unwrap(), 200);
+        assert_eq!(seen.len(), 200, "the cursor skipped {} committed events", 200 - seen.len());
         let unique: BTreeSet<_> = seen.iter().collect();
         assert_eq!((seen.len(), unique.len()), (200, 200));
         // Per-ticket (per-writer) order is preserved.

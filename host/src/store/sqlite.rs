@@ -13,7 +13,6 @@
 //! 5-second busy timeout in case another process (an operator's `sqlite3` shell) holds the lock.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -56,8 +55,7 @@ impl SqliteStore {
                 .map_err(|e| fail(format!("cannot create directory {}: {e}", dir.display())))?;
         }
         create_private(path).map_err(|e| fail(format!("cannot create the database file: {e}")))?;
-        let opts = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|e| fail(e.to_string()))?
+        let opts = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
