@@ -4,6 +4,7 @@
 //! - [`components`]: every built component has a test named after it, and loads.
 //! - [`sandbox`]: a component that loops, traps or hogs memory fails that one call with an error
 //!   naming the adapter and the limit, and every other call carries on.
+//! - [`platforms`]: each built-in adapter against its simulator, every operation, over HTTP.
 //! - [`loading`]: bad files, wrong contracts, duplicate ids, directories, the compile cache.
 //! - [`conformance`]: the adapter check passes our adapters and the guide's example, and fails a wrong one.
 //! - [`docs`]: the guide shows the example adapter verbatim, and the example works.
@@ -22,4 +23,5 @@ mod components;
 mod conformance;
 mod docs;
 mod loading;
+mod platforms;
 mod sandbox;
