@@ -165,6 +165,14 @@ fn adapter_check(component: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    anyhow::bail!("the simulators are not wired into this build yet")
+    let platform: deskgate_sim::Platform = args
+        .platform
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--platform: {e}"))?;
+    let listen: std::net::SocketAddr = args.listen.parse().map_err(|e| {
+        anyhow::anyhow!("--listen {:?} is not an address like 127.0.0.1:0: {e}", args.listen)
+    })?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(deskgate_sim::cli::run(platform, listen, args.seed))?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -66,3 +66,35 @@ fn adapters_list_reports_a_bad_file_in_the_directory_but_lists_the_rest() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("broken.wasm"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn sim_prints_one_json_line_with_a_working_base_url_and_credentials() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deskgate"))
+        .args(["sim", "--platform", "zendesk", "--seed", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deskgate sim");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).expect("one JSON line");
+    let base = info["base_url"].as_str().unwrap().trim_start_matches("http://").to_string();
+    let auth = info["credentials"][0]["authorization"].as_str().unwrap().to_string();
+    // A plain HTTP request, as any client of the platform would make it.
+    let mut stream = std::net::TcpStream::connect(&base).unwrap();
+    write!(stream, "GET /api/v2/users/me.json HTTP/1.1\r\nHost: {base}\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    child.kill().ok();
+    child.wait().ok();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"role\":\"admin\""), "{response}");
+}
+
+#[test]
+fn sim_with_an_unknown_platform_says_which_exist() {
+    let out = deskgate(&["sim", "--platform", "zenddesk"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--platform") && err.contains("zendesk"), "{err}");
+}
