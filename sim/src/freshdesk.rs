@@ -1364,7 +1364,13 @@ fn search(sim: &SimInner, req: &Req, a: &Account) -> Reply {
         .take(30)
         .map(|t| ticket_view(t))
         .collect();
-    Reply::json_ser(200, &Found { results, total: hits.len() })
+    Reply::json_ser(
+        200,
+        &Found {
+            results,
+            total: hits.len(),
+        },
+    )
 }
 
 // ------------------------------------------------------------------------------------------

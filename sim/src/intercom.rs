@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use base64::Engine as _;
 use hyper::Method;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use crate::control::{TicketSpec, intercom_tag};
@@ -114,85 +115,323 @@ fn admin_json(a: &Agent) -> Value {
     })
 }
 
-fn author_json(a: &Account, id: u64, by_agent: bool) -> Value {
+#[derive(Serialize)]
+struct Ref {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: String,
+}
+
+#[derive(Serialize)]
+struct Author {
+    #[serde(rename = "type")]
+    ty: String,
+    id: String,
+    name: Option<String>,
+    email: String,
+}
+
+fn author(a: &Account, id: u64, by_agent: bool) -> Author {
     if by_agent {
-        json!({"type": "admin", "id": id.to_string(), "name": a.person_name(id), "email": a.person_email(id).unwrap_or_default()})
+        Author {
+            ty: "admin".into(),
+            id: id.to_string(),
+            name: a.person_name(id),
+            email: a.person_email(id).unwrap_or_default(),
+        }
     } else {
         let role = a
             .contacts
             .iter()
             .find(|c| c.id == id)
-            .map(|c| c.role.as_str())
-            .unwrap_or("user");
-        json!({"type": role, "id": contact_id(id), "name": a.person_name(id), "email": a.person_email(id).unwrap_or_default()})
+            .map(|c| c.role.clone())
+            .unwrap_or_else(|| "user".into());
+        Author {
+            ty: role,
+            id: contact_id(id),
+            name: a.person_name(id),
+            email: a.person_email(id).unwrap_or_default(),
+        }
     }
 }
 
-fn part_json(a: &Account, c: &Comment) -> Value {
+#[derive(Serialize)]
+struct PartView<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: String,
+    part_type: &'a str,
+    body: Option<&'a str>,
+    created_at: i64,
+    updated_at: i64,
+    notified_at: i64,
+    assigned_to: Option<Ref>,
+    author: Author,
+    attachments: [u8; 0],
+    external_id: Option<()>,
+    redacted: bool,
+    email_message_metadata: Option<()>,
+    state: &'static str,
+    tags: [u8; 0],
+    event_details: Option<()>,
+    app_package_code: Option<()>,
+}
+
+fn part_view<'a>(a: &Account, c: &'a Comment) -> PartView<'a> {
     let state = match c.part_type {
         "close" => "closed",
         "snoozed" => "snoozed",
         _ => "open",
     };
-    let body = if c.html.is_empty() {
-        Value::Null
-    } else {
-        json!(c.html)
-    };
-    json!({
-        "type": "conversation_part", "id": c.id.to_string(), "part_type": c.part_type, "body": body,
-        "created_at": secs(c.created_at), "updated_at": secs(c.created_at), "notified_at": secs(c.created_at),
-        "assigned_to": c.assigned_to.map(|(team, id)| json!({"type": if team { "team" } else { "admin" }, "id": id.to_string()})),
-        "author": author_json(a, c.author_id, c.by_agent), "attachments": [], "external_id": null, "redacted": false,
-        "email_message_metadata": null, "state": state, "tags": [], "event_details": null, "app_package_code": null
-    })
+    PartView {
+        ty: "conversation_part",
+        id: c.id.to_string(),
+        part_type: c.part_type,
+        body: (!c.html.is_empty()).then_some(c.html.as_str()),
+        created_at: secs(c.created_at),
+        updated_at: secs(c.created_at),
+        notified_at: secs(c.created_at),
+        assigned_to: c.assigned_to.map(|(team, id)| Ref {
+            ty: if team { "team" } else { "admin" },
+            id: id.to_string(),
+        }),
+        author: author(a, c.author_id, c.by_agent),
+        attachments: [],
+        external_id: None,
+        redacted: false,
+        email_message_metadata: None,
+        state,
+        tags: [],
+        event_details: None,
+        app_package_code: None,
+    }
 }
 
-/// The conversation object (`with_parts = false` gives the list-item form search returns).
-pub(crate) fn conversation_json(a: &Account, t: &Ticket, with_parts: bool) -> Value {
-    let tags: Vec<Value> = t
+#[derive(Serialize)]
+struct TagView<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: String,
+    name: &'a str,
+    applied_at: i64,
+    applied_by: Ref,
+}
+
+#[derive(Serialize)]
+struct TagList<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    tags: Vec<TagView<'a>>,
+}
+
+#[derive(Serialize)]
+struct SourceView<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: String,
+    delivered_as: &'static str,
+    subject: &'static str,
+    body: &'a str,
+    author: Author,
+    attachments: [u8; 0],
+    url: Option<()>,
+    redacted: bool,
+}
+
+#[derive(Serialize)]
+struct ContactRef {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: String,
+    external_id: Option<()>,
+}
+
+#[derive(Serialize)]
+struct ListOf<T> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(flatten)]
+    items: T,
+}
+
+#[derive(Serialize)]
+struct ContactsField {
+    contacts: Vec<ContactRef>,
+}
+
+#[derive(Serialize)]
+struct TeammatesField {
+    teammates: Vec<Ref>,
+}
+
+#[derive(Serialize)]
+struct FirstReply {
+    created_at: i64,
+    #[serde(rename = "type")]
+    ty: &'static str,
+    url: Option<()>,
+}
+
+#[derive(Serialize)]
+struct Linked {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    total_count: u64,
+    has_more: bool,
+    data: [u8; 0],
+}
+
+#[derive(Serialize)]
+struct PartList<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    total_count: usize,
+    conversation_parts: Vec<PartView<'a>>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+/// The conversation object, serialized directly.
+#[derive(Serialize)]
+pub(crate) struct ConversationView<'a> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    id: String,
+    title: &'a str,
+    created_at: i64,
+    updated_at: i64,
+    waiting_since: Option<i64>,
+    snoozed_until: Option<i64>,
+    open: bool,
+    state: &'a str,
+    read: bool,
+    priority: &'a str,
+    // The spec types these as integers; unassigned conversations carry null (see the conformance test).
+    admin_assignee_id: Option<u64>,
+    team_assignee_id: Option<u64>,
+    company: Option<()>,
+    tags: TagList<'a>,
+    conversation_rating: Option<()>,
+    source: SourceView<'a>,
+    contacts: ListOf<ContactsField>,
+    teammates: ListOf<TeammatesField>,
+    custom_attributes: Empty,
+    first_contact_reply: FirstReply,
+    sla_applied: Option<()>,
+    statistics: Option<()>,
+    linked_objects: Linked,
+    ai_agent_participated: bool,
+    ai_agent: Option<()>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_parts: Option<PartList<'a>>,
+}
+
+/// The conversation view (`with_parts = false` gives the list-item form search returns).
+pub(crate) fn conversation_view<'a>(
+    a: &'a Account,
+    t: &'a Ticket,
+    with_parts: bool,
+) -> ConversationView<'a> {
+    let tags = t
         .applied_tags
         .iter()
         .filter_map(|at| {
             let tag = a.tags.iter().find(|x| x.id == at.tag_id)?;
-            Some(json!({"type": "tag", "id": tag.id.to_string(), "name": tag.name, "applied_at": secs(at.applied_at),
-                        "applied_by": {"type": "admin", "id": at.by.to_string()}}))
+            Some(TagView {
+                ty: "tag",
+                id: tag.id.to_string(),
+                name: &tag.name,
+                applied_at: secs(at.applied_at),
+                applied_by: Ref {
+                    ty: "admin",
+                    id: at.by.to_string(),
+                },
+            })
         })
         .collect();
-    let role = a
-        .contacts
-        .iter()
-        .find(|c| c.id == t.requester_id)
-        .map(|c| c.role.clone())
-        .unwrap_or_else(|| "user".into());
-    let mut v = json!({
-        "type": "conversation", "id": t.id.to_string(), "title": t.subject, "created_at": secs(t.created_at),
-        "updated_at": secs(t.updated_at),
-        "waiting_since": if t.status == "open" { json!(secs(t.updated_at)) } else { Value::Null },
-        "snoozed_until": t.snoozed_until.map(secs), "open": t.status != "closed", "state": t.status, "read": false,
-        "priority": t.priority.as_deref().unwrap_or("none"),
-        // The spec types these as integers; unassigned conversations carry null (see the conformance test).
-        "admin_assignee_id": t.assignee_id, "team_assignee_id": t.group_id,
-        "company": null,
-        "tags": {"type": "tag.list", "tags": tags},
-        "conversation_rating": null,
-        "source": {"type": "conversation", "id": (400_000_000 + t.id).to_string(), "delivered_as": "customer_initiated",
-                   "subject": "", "body": t.description_html,
-                   "author": {"type": role, "id": contact_id(t.requester_id), "name": a.person_name(t.requester_id),
-                              "email": a.person_email(t.requester_id).unwrap_or_default()},
-                   "attachments": [], "url": null, "redacted": false},
-        "contacts": {"type": "contact.list", "contacts": [{"type": "contact", "id": contact_id(t.requester_id), "external_id": null}]},
-        "teammates": {"type": "admin.list", "teammates": t.assignee_id.map(|x| vec![json!({"type": "admin", "id": x.to_string()})]).unwrap_or_default()},
-        "custom_attributes": {}, "first_contact_reply": {"created_at": secs(t.created_at), "type": "conversation", "url": null},
-        "sla_applied": null, "statistics": null,
-        "linked_objects": {"type": "list", "total_count": 0, "has_more": false, "data": []},
-        "ai_agent_participated": false, "ai_agent": null
-    });
-    if with_parts {
-        let parts: Vec<Value> = t.comments.iter().map(|c| part_json(a, c)).collect();
-        v["conversation_parts"] = json!({"type": "conversation_part.list", "total_count": parts.len(), "conversation_parts": parts});
+    ConversationView {
+        ty: "conversation",
+        id: t.id.to_string(),
+        title: &t.subject,
+        created_at: secs(t.created_at),
+        updated_at: secs(t.updated_at),
+        waiting_since: (t.status == "open").then(|| secs(t.updated_at)),
+        snoozed_until: t.snoozed_until.map(secs),
+        open: t.status != "closed",
+        state: &t.status,
+        read: false,
+        priority: t.priority.as_deref().unwrap_or("none"),
+        admin_assignee_id: t.assignee_id,
+        team_assignee_id: t.group_id,
+        company: None,
+        tags: TagList {
+            ty: "tag.list",
+            tags,
+        },
+        conversation_rating: None,
+        source: SourceView {
+            ty: "conversation",
+            id: (400_000_000 + t.id).to_string(),
+            delivered_as: "customer_initiated",
+            subject: "",
+            body: &t.description_html,
+            author: author(a, t.requester_id, false),
+            attachments: [],
+            url: None,
+            redacted: false,
+        },
+        contacts: ListOf {
+            ty: "contact.list",
+            items: ContactsField {
+                contacts: vec![ContactRef {
+                    ty: "contact",
+                    id: contact_id(t.requester_id),
+                    external_id: None,
+                }],
+            },
+        },
+        teammates: ListOf {
+            ty: "admin.list",
+            items: TeammatesField {
+                teammates: t
+                    .assignee_id
+                    .map(|x| {
+                        vec![Ref {
+                            ty: "admin",
+                            id: x.to_string(),
+                        }]
+                    })
+                    .unwrap_or_default(),
+            },
+        },
+        custom_attributes: Empty {},
+        first_contact_reply: FirstReply {
+            created_at: secs(t.created_at),
+            ty: "conversation",
+            url: None,
+        },
+        sla_applied: None,
+        statistics: None,
+        linked_objects: Linked {
+            ty: "list",
+            total_count: 0,
+            has_more: false,
+            data: [],
+        },
+        ai_agent_participated: false,
+        ai_agent: None,
+        conversation_parts: with_parts.then(|| PartList {
+            ty: "conversation_part.list",
+            total_count: t.comments.len(),
+            conversation_parts: t.comments.iter().map(|c| part_view(a, c)).collect(),
+        }),
     }
-    v
+}
+
+/// The conversation object as JSON.
+pub(crate) fn conversation_json(a: &Account, t: &Ticket, with_parts: bool) -> Value {
+    serde_json::to_value(conversation_view(a, t, with_parts)).unwrap_or(Value::Null)
 }
 
 fn contact_json(a: &Account, c: &Contact) -> Value {
@@ -396,7 +635,7 @@ fn authorized(
             Reply::json(200, &json!({"type": "admin.list", "admins": admins}))
         }
         Op::ShowConversation(id) => match a.ticket_idx(id) {
-            Some(i) => Reply::json(200, &conversation_json(a, &a.tickets[i], true)),
+            Some(i) => Reply::json_ser(200, &conversation_view(a, &a.tickets[i], true)),
             None => not_found(sim),
         },
         Op::DeleteConversation(id) => match a.ticket_idx(id) {
@@ -687,19 +926,32 @@ fn list(
         .collect();
     let total = hits.len();
     let rest: Vec<&&Ticket> = hits.iter().filter(|t| t.id > last).collect();
-    let items: Vec<Value> = rest
+    let items: Vec<ConversationView> = rest
         .iter()
         .take(per_page)
-        .map(|t| conversation_json(a, t, false))
+        .map(|t| conversation_view(a, t, false))
         .collect();
     let mut pages = json!({"type": "pages", "page": page, "per_page": per_page, "total_pages": total.div_ceil(per_page)});
     if rest.len() > per_page {
         let last_id = rest[per_page - 1].id;
         pages["next"] = json!({"page": page + 1, "starting_after": encode_cursor(page, last_id)});
     }
-    Reply::json(
+    #[derive(Serialize)]
+    struct ListView<'a> {
+        #[serde(rename = "type")]
+        ty: &'static str,
+        conversations: Vec<ConversationView<'a>>,
+        total_count: usize,
+        pages: Value,
+    }
+    Reply::json_ser(
         200,
-        &json!({"type": "conversation.list", "conversations": items, "total_count": total, "pages": pages}),
+        &ListView {
+            ty: "conversation.list",
+            conversations: items,
+            total_count: total,
+            pages,
+        },
     )
 }
 
@@ -820,7 +1072,7 @@ fn reply(sim: &SimInner, a: &mut Account, cred: &Caller, id: u64, body: &Value, 
         }
         ch
     };
-    let mut r = Reply::json(200, &conversation_json(a, &a.tickets[i], true));
+    let mut r = Reply::json_ser(200, &conversation_view(a, &a.tickets[i], true));
     r.outbound = sim.commit(a, i, &changes, Some(cred.id), Some(author), now);
     r.applied = true;
     r
@@ -945,7 +1197,7 @@ fn parts(sim: &SimInner, a: &mut Account, cred: &Caller, id: u64, body: &Value, 
         // A part that carries a body is a visible message: the write log records it as a reply.
         changes.push(Change::Comment(t.comments.len() - 1));
     }
-    let mut r = Reply::json(200, &conversation_json(a, &a.tickets[i], true));
+    let mut r = Reply::json_ser(200, &conversation_view(a, &a.tickets[i], true));
     r.outbound = sim.commit(a, i, &changes, Some(cred.id), Some(admin), now);
     r.applied = true;
     r
