@@ -18,6 +18,10 @@
 //!   429 penalties, the write-retry queue, read backoff.
 //! - [`store`]: the durable store (SQLite by default, PostgreSQL for replicas): connections,
 //!   encrypted credentials, outbox and write log, inbox, alerts, timer leases.
+//! - [`ingest`]: tickets in: verified webhooks, jittered reconciliation sweeps, the deduplicating
+//!   inbox writer, long-poll and push to the app.
+//! - [`outbox`]: the app's actions, durable and idempotent: content keys, the per-connection write
+//!   worker (budget, mark-sent-before-send, read-back of ambiguous writes, divergence alerts).
 //! - [`cli`]: the `deskgate` command line.
 //!
 //! # Example
@@ -40,5 +44,7 @@ pub mod cli;
 pub mod clock;
 pub mod conformance;
 pub mod driver;
+pub mod outbox;
+pub mod ingest;
 pub mod runtime;
 pub mod store;
