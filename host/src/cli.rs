@@ -32,6 +32,19 @@ pub enum Command {
     },
     /// Run a local simulator of a helpdesk platform (for tests, demos and your own integration tests).
     Sim(SimArgs),
+    /// Run the gateway: HTTP API, webhooks and the outbox workers, configured by deskgate.toml.
+    Serve(ServeArgs),
+}
+
+/// `deskgate serve ...`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The configuration file (see `deskgate::config` for the format).
+    #[arg(long, default_value = "deskgate.toml")]
+    pub config: PathBuf,
+    /// Only validate the configuration (and the environment it names), then exit.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// `deskgate adapters ...`
@@ -90,6 +103,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Adapters { command: AdaptersCommand::List { dir, json } } => adapters_list(dir, json),
         Command::Adapter { command: AdapterCommand::Check { component, json } } => adapter_check(component, json),
         Command::Sim(args) => sim(args),
+        Command::Serve(args) => crate::serve::serve(args),
     }
 }
 

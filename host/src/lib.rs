@@ -22,7 +22,17 @@
 //!   inbox writer, long-poll and push to the app.
 //! - [`outbox`]: the app's actions, durable and idempotent: content keys, the per-connection write
 //!   worker (budget, mark-sent-before-send, read-back of ambiguous writes, divergence alerts).
+//! - [`auth`]: credentials as monitored state: OAuth refresh at 80% of lifetime (single-flight,
+//!   marker before sending, rotated pair stored before use), crash recovery, health checks, the
+//!   401/403 policy, clean suspension and resumption.
+//! - [`probe`]: the connect-time scope probe; a connection goes live only when every capability passes.
+//! - [`alerts`]: alerts raised, stored, logged and delivered to admin contacts until delivered.
+//! - [`config`]: `deskgate.toml`: typed, `deny_unknown_fields`, validated with errors that name
+//!   the key, the problem and the fix; secrets redacted.
+//! - [`api`]: the HTTP API (`app()` factory, bearer auth, one `ApiError`, OpenAPI document,
+//!   metrics, health).
 //! - [`cli`]: the `deskgate` command line.
+//! - [`serve`]: `deskgate serve`: config, store, adapters, workers, the API, graceful shutdown.
 //!
 //! # Example
 //!
@@ -37,14 +47,20 @@
 
 #![deny(missing_docs)]
 
+pub mod alerts;
+pub mod auth;
+pub mod api;
 pub mod bindings;
 pub mod budget;
 pub mod builtin;
 pub mod cli;
 pub mod clock;
 pub mod conformance;
+pub mod config;
 pub mod driver;
 pub mod outbox;
+pub mod probe;
 pub mod ingest;
 pub mod runtime;
+pub mod serve;
 pub mod store;

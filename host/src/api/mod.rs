@@ -1,0 +1,907 @@
+//! The HTTP API: what the app (and the operator's tools) talk to.
+//!
+//! [`app`] builds the whole `axum::Router` from an [`AppState`]; `deskgate serve` binds it, and
+//! `host/tests/api.rs` serves it on `127.0.0.1:0`. The API is described by `openapi.json` (in this
+//! directory, served at `GET /openapi.json`); [`ROUTES`] is the one list of routes, and the API
+//! test checks that the document and the router agree on it, in both directions.
+//!
+//! # Authentication
+//!
+//! Everything except `/healthz`, `/readyz`, `/openapi.json` and `/webhooks/{connection}` needs
+//! `Authorization: Bearer <token>`. The token is compared in constant time (`subtle`), so timing
+//! does not reveal how much of a guess was right. Webhooks authenticate by their signature
+//! instead ([`crate::ingest::webhook`]). `/metrics` needs the token too: its labels name
+//! connections.
+//!
+//! # Errors
+//!
+//! One type, [`ApiError`]: `{"error": {"code", "message"}}`. Bad JSON, bad query strings and bad
+//! path parameters are 400s with codes of their own, unknown routes are 404 `route_not_found`.
+//!
+//! # The scope probe on create
+//!
+//! A connection is created `pending_probe`: nothing is sent for it until the scope probe passes.
+//! [`AppState::with_connect_hook`] installs a [`ConnectHook`] that runs right after the
+//! connection and its (encrypted) credentials are stored; `deskgate serve` installs
+//! [`ProbeOnConnect`] ([`crate::probe::probe_connection`]), so the create answer carries the
+//! probe's report in `probe_report` and a passing probe makes the connection `live`. Without a
+//! hook (tests, or no credentials) the connection simply stays `pending_probe`.
+//!
+//! # Not yet here (issue #7)
+//!
+//! - Update credentials, probe on demand, suspend and resume routes: they need a
+//!   `crate::auth::CredentialManager` per connection held in [`AppState`] (its
+//!   `update_credentials`, `probe`, `suspend`, `resume`).
+
+mod error;
+
+pub use error::ApiError;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use crate::bindings::{Action, Assignee, Resolution, TicketStatus};
+use crate::clock::SharedClock;
+use crate::config::Secret;
+use crate::ingest::webhook::{StoreRoutes, WebhookIngestor, webhook_routes};
+use crate::ingest::{IngestMetrics, Inbox};
+use crate::outbox::{ActionRecord, Outbox, OutboxConfig};
+use crate::runtime::Adapter;
+use crate::store::{
+    Connection, ConnectionState, CredentialSecret, Expect, NewConnection, Pull, SharedStore,
+};
+
+/// The OpenAPI 3.1 description of this API, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route the API serves, as (method, path). The router is built from the handlers below and
+/// `host/tests/api.rs` checks it against both this list and [`OPENAPI`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("GET", "/v1/connections"),
+    ("POST", "/v1/connections"),
+    ("GET", "/v1/connections/{id}"),
+    ("DELETE", "/v1/connections/{id}"),
+    ("POST", "/v1/connections/{id}/actions"),
+    ("GET", "/v1/actions/{id}"),
+    ("GET", "/v1/events"),
+    ("POST", "/v1/events/ack"),
+    ("GET", "/v1/alerts"),
+    ("POST", "/v1/alerts/{id}/ack"),
+    ("POST", "/webhooks/{connection}"),
+];
+
+/// The longest long-poll a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// Runs when a connection is created (the scope probe's integration point): gets the new
+/// connection, returns the report to store and answer with, and may move the connection's state.
+#[async_trait]
+pub trait ConnectHook: Send + Sync {
+    /// Probe `connection` (its credentials are stored already).
+    ///
+    /// # Errors
+    /// An [`ApiError`] for the create request; the connection stays created (`pending_probe`).
+    async fn connected(
+        &self,
+        store: &SharedStore,
+        connection: &Connection,
+        now: crate::clock::Millis,
+    ) -> Result<Option<Value>, ApiError>;
+}
+
+/// Everything the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: SharedStore,
+    clock: SharedClock,
+    api_token: Secret,
+    outbox: Outbox,
+    inbox: Arc<Inbox>,
+    routes: Arc<StoreRoutes>,
+    ingestor: Arc<WebhookIngestor>,
+    ingest_metrics: Arc<IngestMetrics>,
+    adapters: BTreeMap<String, Arc<Adapter>>,
+    connect_hook: Option<Arc<dyn ConnectHook>>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.inner.store)
+            .field("adapters", &self.inner.adapters.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over `store` with these adapters, answering to `api_token`.
+    pub fn new(
+        store: SharedStore,
+        clock: SharedClock,
+        api_token: Secret,
+        adapters: impl IntoIterator<Item = Arc<Adapter>>,
+    ) -> Self {
+        let adapters: BTreeMap<String, Arc<Adapter>> =
+            adapters.into_iter().map(|a| (a.id().to_owned(), a)).collect();
+        let inbox = Arc::new(Inbox::new(store.clone()));
+        let routes = Arc::new(StoreRoutes::new(store.clone(), adapters.values().cloned()));
+        let ingest_metrics = Arc::new(IngestMetrics::default());
+        let ingestor = Arc::new(
+            WebhookIngestor::new(routes.clone(), inbox.clone(), clock.clone()).with_metrics(ingest_metrics.clone()),
+        );
+        let outbox = Outbox::new(store.clone(), clock.clone(), OutboxConfig::default());
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                api_token,
+                outbox,
+                inbox,
+                routes,
+                ingestor,
+                ingest_metrics,
+                adapters,
+                connect_hook: None,
+            }),
+        }
+    }
+
+    /// Run `hook` (the scope probe) on every connection created through the API.
+    ///
+    /// # Panics
+    /// If called after the state was cloned.
+    pub fn with_connect_hook(mut self, hook: Arc<dyn ConnectHook>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("set the hook before sharing the state").connect_hook = Some(hook);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &SharedStore {
+        &self.inner.store
+    }
+
+    /// The inbox writer (webhooks and sweeps must write through it, so long-polls wake).
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inner.inbox
+    }
+
+    /// The webhook routes (set each connection's webhook secret here).
+    pub fn webhook_routes(&self) -> &Arc<StoreRoutes> {
+        &self.inner.routes
+    }
+
+    /// Ingestion counters.
+    pub fn ingest_metrics(&self) -> &Arc<IngestMetrics> {
+        &self.inner.ingest_metrics
+    }
+}
+
+/// The whole API as one router: see the module docs.
+pub fn app(state: AppState) -> Router {
+    let open = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi));
+    let authed = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v1/connections", get(list_connections).post(create_connection))
+        .route("/v1/connections/{id}", get(get_connection).delete(delete_connection))
+        .route("/v1/connections/{id}/actions", post(submit_action))
+        .route("/v1/actions/{id}", get(get_action))
+        .route("/v1/events", get(pull_events))
+        .route("/v1/events/ack", post(ack_events))
+        .route("/v1/alerts", get(list_alerts))
+        .route("/v1/alerts/{id}/ack", post(ack_alert))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    open.merge(authed)
+        .with_state(state.clone())
+        .merge(webhook_routes(state.inner.ingestor.clone()))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "route_not_found",
+        "no such route: GET /openapi.json lists the API's routes",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method: GET /openapi.json lists each route's methods",
+    )
+}
+
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+        return ApiError::unauthorized("missing `Authorization: Bearer <token>` header: send the gateway's API token")
+            .into_response();
+    };
+    let given = value.as_bytes().strip_prefix(b"Bearer ").unwrap_or(b"");
+    let expected = state.inner.api_token.expose().as_bytes();
+    // Constant time in the token's content; only its length can leak, and that is public.
+    if given.is_empty() || !bool::from(given.ct_eq(expected)) {
+        return ApiError::unauthorized(
+            "the bearer token is not the gateway's API token: check DESKGATE_API_TOKEN (or api_token) in its config",
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(|r| {
+        let code = if r.status() == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid_json" };
+        ApiError::new(
+            if code == "invalid_json" { StatusCode::BAD_REQUEST } else { r.status() },
+            code,
+            format!("{}; see the request schema in /openapi.json", r.body_text()),
+        )
+    })
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(v)| v).map_err(|r| ApiError::bad_request("invalid_query", r.body_text()))
+}
+
+fn path_id(p: Result<Path<i64>, PathRejection>, what: &str) -> Result<i64, ApiError> {
+    p.map(|Path(v)| v).map_err(|_| ApiError::bad_request("invalid_path", format!("the {what} id must be an integer")))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Health, readiness, metrics, the document
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.inner.store.schema_version().await {
+        Ok(v) => Json(json!({ "status": "ready", "schema_version": v })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: store unreachable");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unreachable")
+                .into_response()
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let s = &state.inner;
+    let mut out = String::new();
+    let conns = s.store.list_connections(false).await?;
+    let mut by_state: BTreeMap<&str, u64> =
+        ["pending_probe", "live", "suspended"].into_iter().map(|k| (k, 0)).collect();
+    for c in &conns {
+        *by_state.entry(c.state.name()).or_default() += 1;
+    }
+    out.push_str("# HELP deskgate_connections Connections by state (deleted excluded).\n# TYPE deskgate_connections gauge\n");
+    for (k, n) in &by_state {
+        let _ = writeln!(out, "deskgate_connections{{state=\"{k}\"}} {n}");
+    }
+    // In-flight outbox entries by state (paged; a store-side count is a requested store change).
+    let mut in_flight: BTreeMap<&'static str, u64> =
+        ["pending", "sent", "ambiguous"].into_iter().map(|k| (k, 0)).collect();
+    let mut after_id = 0;
+    for _ in 0..100 {
+        let page = s
+            .store
+            .list_actions(&crate::store::ActionQuery { in_flight_only: true, after_id, limit: 100, ..Default::default() })
+            .await?;
+        for e in &page {
+            *in_flight.entry(e.state.name()).or_default() += 1;
+        }
+        match page.last() {
+            Some(e) if page.len() == 100 => after_id = e.id,
+            _ => break,
+        }
+    }
+    out.push_str("# HELP deskgate_outbox_in_flight Outbox entries still owed an outcome, by state.\n# TYPE deskgate_outbox_in_flight gauge\n");
+    for (k, n) in &in_flight {
+        let _ = writeln!(out, "deskgate_outbox_in_flight{{state=\"{k}\"}} {n}");
+    }
+    out.push_str("# HELP deskgate_inbox_pending Inbox events not yet acknowledged by the app.\n# TYPE deskgate_inbox_pending gauge\n");
+    for c in &conns {
+        let n = s.store.inbox_pending(&c.id).await?;
+        let _ = writeln!(out, "deskgate_inbox_pending{{connection=\"{}\"}} {n}", label(&c.id));
+    }
+    let alerts = s.store.list_alerts(None, false, 10_000).await?;
+    out.push_str("# HELP deskgate_alerts_open Alerts not yet acknowledged.\n# TYPE deskgate_alerts_open gauge\n");
+    let _ = writeln!(out, "deskgate_alerts_open {}", alerts.len());
+    out.push_str("# HELP deskgate_adapter_calls_total Calls into each adapter component.\n# TYPE deskgate_adapter_calls_total counter\n");
+    use std::sync::atomic::Ordering::Relaxed;
+    for (id, a) in &s.adapters {
+        let _ = writeln!(out, "deskgate_adapter_calls_total{{adapter=\"{}\"}} {}", label(id), a.stats().calls.load(Relaxed));
+    }
+    out.push_str("# HELP deskgate_adapter_call_errors_total Adapter calls that trapped or overran a limit.\n# TYPE deskgate_adapter_call_errors_total counter\n");
+    for (id, a) in &s.adapters {
+        let _ = writeln!(out, "deskgate_adapter_call_errors_total{{adapter=\"{}\"}} {}", label(id), a.stats().call_errors.load(Relaxed));
+    }
+    for (name, n) in s.ingest_metrics.snapshot() {
+        match name.split_once('.') {
+            Some((base, code)) => {
+                let _ = writeln!(out, "deskgate_ingest_{base}_total{{code=\"{}\"}} {n}", label(code));
+            }
+            None => {
+                let _ = writeln!(out, "deskgate_ingest_{name}_total {n}");
+            }
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connections
+
+/// `POST /v1/connections` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConnection {
+    id: String,
+    platform: String,
+    base_url: String,
+    display_name: Option<String>,
+    plan: Option<String>,
+    #[serde(default)]
+    settings: BTreeMap<String, String>,
+    admin_contact_url: Option<String>,
+    credentials: Option<CredentialSecret>,
+}
+
+fn connection_json(c: &Connection, has_credentials: Option<bool>) -> Value {
+    let mut v = json!({
+        "id": c.id,
+        "platform": c.platform,
+        "display_name": c.display_name,
+        "plan": c.plan,
+        "settings": c.settings,
+        "state": c.state.name(),
+        "admin_contact_url": c.admin_contact_url,
+        "probe_report": c.probe_report,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+    });
+    if let ConnectionState::Suspended { reason, kind } = &c.state {
+        v["suspended"] = json!({ "reason": reason, "kind": kind });
+    }
+    if let Some(h) = has_credentials {
+        v["has_credentials"] = json!(h);
+    }
+    v
+}
+
+async fn create_connection(
+    State(state): State<AppState>,
+    body: Result<Json<CreateConnection>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let s = &state.inner;
+    if !crate::config::valid_connection_id(&body.id) {
+        return Err(ApiError::bad_request(
+            "invalid_connection",
+            "`id` may hold only lowercase letters, digits, `-` and `_` (1-64 characters)",
+        ));
+    }
+    if !s.adapters.contains_key(&body.platform) {
+        let known: Vec<&str> = s.adapters.keys().map(String::as_str).collect();
+        return Err(ApiError::bad_request(
+            "unknown_platform",
+            format!("no adapter is loaded for platform `{}`: use one of {}", body.platform, known.join(", ")),
+        ));
+    }
+    let base_url = crate::config::check_http_url(&body.base_url)
+        .map_err(|e| ApiError::bad_request("invalid_connection", format!("`base_url`: {e}")))?;
+    if let Some(u) = &body.admin_contact_url {
+        crate::config::check_http_url(u)
+            .map_err(|e| ApiError::bad_request("invalid_connection", format!("`admin_contact_url`: {e}")))?;
+    }
+    let mut settings: serde_json::Map<String, Value> =
+        body.settings.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+    settings.insert("base_url".into(), Value::String(base_url));
+    let new = NewConnection {
+        id: body.id.clone(),
+        platform: body.platform,
+        display_name: body.display_name.unwrap_or_else(|| body.id.clone()),
+        plan: body.plan,
+        settings: Value::Object(settings),
+        admin_contact_url: body.admin_contact_url,
+    };
+    let now = s.clock.now_ms();
+    let mut conn = s.store.create_connection(&new, now).await?;
+    let has_credentials = body.credentials.is_some();
+    if let Some(secret) = &body.credentials {
+        s.store.put_credential(&conn.id, secret, None, Expect::Absent, now).await?;
+    }
+    tracing::info!(connection = %conn.id, platform = %conn.platform, "connection created");
+    if let Some(hook) = &s.connect_hook {
+        // The hook stores its report (and may move the connection live); store a report it
+        // only returned (a probe that could not run) so GET shows it too.
+        if let Some(report) = hook.connected(&s.store, &conn, s.clock.now_ms()).await? {
+            let stored = s.store.get_connection(&conn.id).await?.unwrap_or(conn);
+            conn = if stored.probe_report.is_none() {
+                s.store.set_probe_report(&stored.id, &report, s.clock.now_ms()).await?
+            } else {
+                stored
+            };
+        }
+    }
+    Ok((StatusCode::CREATED, Json(connection_json(&conn, Some(has_credentials)))).into_response())
+}
+
+async fn list_connections(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let conns = state.inner.store.list_connections(false).await?;
+    Ok(Json(json!({ "connections": conns.iter().map(|c| connection_json(c, None)).collect::<Vec<_>>() })))
+}
+
+async fn get_connection(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let s = &state.inner;
+    let conn = s.store.get_connection(&id).await?.ok_or_else(|| ApiError::connection_not_found(&id))?;
+    let cred = s.store.get_credential(&id).await?;
+    let mut v = connection_json(&conn, Some(cred.is_some()));
+    if let Some(c) = cred {
+        v["credentials"] = json!({
+            "scheme": c.secret.scheme(),
+            "version": c.version,
+            "expires_at": c.expires_at,
+            "updated_at": c.updated_at,
+        });
+    }
+    v["inbox_pending"] = json!(s.store.inbox_pending(&id).await?);
+    Ok(Json(v))
+}
+
+async fn delete_connection(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let s = &state.inner;
+    match s.store.get_connection(&id).await? {
+        None => return Err(ApiError::connection_not_found(&id)),
+        Some(c) if c.state == ConnectionState::Deleted => return Err(ApiError::connection_not_found(&id)),
+        Some(_) => {}
+    }
+    let conn = s.store.set_connection_state(&id, &ConnectionState::Deleted, s.clock.now_ms()).await?;
+    tracing::info!(connection = %id, "connection deleted; credentials erased");
+    Ok(Json(connection_json(&conn, Some(false))))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions
+
+/// A ticket status as the API spells it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ApiStatus {
+    New,
+    Open,
+    Pending,
+    OnHold,
+    Solved,
+    Closed,
+}
+
+impl From<ApiStatus> for TicketStatus {
+    fn from(s: ApiStatus) -> Self {
+        match s {
+            ApiStatus::New => TicketStatus::New,
+            ApiStatus::Open => TicketStatus::Open,
+            ApiStatus::Pending => TicketStatus::Pending,
+            ApiStatus::OnHold => TicketStatus::OnHold,
+            ApiStatus::Solved => TicketStatus::Solved,
+            ApiStatus::Closed => TicketStatus::Closed,
+        }
+    }
+}
+
+impl From<TicketStatus> for ApiStatus {
+    fn from(s: TicketStatus) -> Self {
+        match s {
+            TicketStatus::New => ApiStatus::New,
+            TicketStatus::Open => ApiStatus::Open,
+            TicketStatus::Pending => ApiStatus::Pending,
+            TicketStatus::OnHold => ApiStatus::OnHold,
+            TicketStatus::Solved => ApiStatus::Solved,
+            TicketStatus::Closed => ApiStatus::Closed,
+        }
+    }
+}
+
+/// An assignee as the API spells it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiAssignee {
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    group_id: Option<String>,
+}
+
+/// An action as the API spells it: `{"type": "reply", "body": "..."}` and so on (openapi.json,
+/// schema `Action`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ApiAction {
+    Reply {
+        body: String,
+    },
+    SetStatus {
+        status: ApiStatus,
+    },
+    AddTags {
+        tags: Vec<String>,
+    },
+    Assign {
+        #[serde(default)]
+        agent_id: Option<String>,
+        #[serde(default)]
+        group_id: Option<String>,
+    },
+    Resolve {
+        reply: String,
+        status: ApiStatus,
+        #[serde(default)]
+        tags: Vec<String>,
+        #[serde(default)]
+        assignee: Option<ApiAssignee>,
+    },
+}
+
+impl ApiAction {
+    fn into_action(self) -> Result<Action, ApiError> {
+        let invalid = |m: &str| ApiError::bad_request("invalid_action", m.to_string());
+        Ok(match self {
+            ApiAction::Reply { body } if body.trim().is_empty() => return Err(invalid("a reply's `body` is empty")),
+            ApiAction::Reply { body } => Action::Reply(body),
+            ApiAction::SetStatus { status } => Action::SetStatus(status.into()),
+            ApiAction::AddTags { tags } if tags.is_empty() => return Err(invalid("`tags` is empty: give at least one tag")),
+            ApiAction::AddTags { tags } => Action::AddTags(tags),
+            ApiAction::Assign { agent_id: None, group_id: None } => {
+                return Err(invalid("an assign action needs `agent_id`, `group_id` or both"));
+            }
+            ApiAction::Assign { agent_id, group_id } => Action::Assign(Assignee { agent_id, group_id }),
+            ApiAction::Resolve { reply, .. } if reply.trim().is_empty() => {
+                return Err(invalid("a resolution's `reply` is empty"));
+            }
+            ApiAction::Resolve { reply, status, tags, assignee } => Action::Resolve(Resolution {
+                reply,
+                status: status.into(),
+                tags,
+                assignee: assignee.map(|a| Assignee { agent_id: a.agent_id, group_id: a.group_id }),
+            }),
+        })
+    }
+
+    fn from_action(a: &Action) -> Self {
+        match a.clone() {
+            Action::Reply(body) => ApiAction::Reply { body },
+            Action::SetStatus(s) => ApiAction::SetStatus { status: s.into() },
+            Action::AddTags(tags) => ApiAction::AddTags { tags },
+            Action::Assign(a) => ApiAction::Assign { agent_id: a.agent_id, group_id: a.group_id },
+            Action::Resolve(r) => ApiAction::Resolve {
+                reply: r.reply,
+                status: r.status.into(),
+                tags: r.tags,
+                assignee: r.assignee.map(|a| ApiAssignee { agent_id: a.agent_id, group_id: a.group_id }),
+            },
+        }
+    }
+}
+
+/// `POST /v1/connections/{id}/actions` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmitAction {
+    ticket_id: String,
+    action: ApiAction,
+}
+
+fn action_json(r: &ActionRecord) -> Value {
+    json!({
+        "id": r.id,
+        "connection_id": r.connection_id,
+        "ticket_id": r.ticket_id,
+        "action": ApiAction::from_action(&r.action),
+        "idempotency_key": r.idempotency_key,
+        "app_key": r.app_key,
+        "state": r.state,
+        "detail": r.detail,
+        "attempts": r.attempts,
+        "result": r.result,
+        "duplicate": r.duplicate,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    })
+}
+
+async fn submit_action(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<SubmitAction>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let s = &state.inner;
+    if body.ticket_id.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_action", "`ticket_id` is empty"));
+    }
+    let app_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255);
+            Some(k.ok_or_else(|| {
+                ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")
+            })?)
+        }
+    };
+    let action = body.action.into_action()?;
+    match s.store.get_connection(&id).await? {
+        Some(c) if c.state != ConnectionState::Deleted => {}
+        _ => return Err(ApiError::connection_not_found(&id)),
+    }
+    let rec = s.outbox.submit(&id, &body.ticket_id, &action, app_key).await?;
+    tracing::info!(connection = %id, ticket = %body.ticket_id, action = rec.id, duplicate = rec.duplicate, "action accepted");
+    Ok((StatusCode::ACCEPTED, Json(action_json(&rec))).into_response())
+}
+
+async fn get_action(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id, "action")?;
+    let s = &state.inner;
+    let rec = s.outbox.get(id).await?.ok_or(crate::store::StoreError::ActionNotFound(id))?;
+    let log = s.outbox.write_log(id).await?;
+    let mut v = action_json(&rec);
+    v["write_log"] = log
+        .iter()
+        .map(|l| {
+            json!({
+                "attempt": l.attempt,
+                "sent_at": l.sent_at,
+                "outcome": l.outcome.name(),
+                "detail": l.detail,
+                "recorded_at": l.recorded_at,
+            })
+        })
+        .collect();
+    Ok(Json(v))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default)]
+    limit: Option<u32>,
+    #[serde(default)]
+    wait_ms: u64,
+    connection_id: Option<String>,
+}
+
+async fn pull_events(
+    State(state): State<AppState>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let s = &state.inner;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad_request("invalid_query", "`limit` must be between 1 and 1000"));
+    }
+    let wait = Duration::from_millis(q.wait_ms).min(MAX_WAIT);
+    let pull = Pull { after: q.after, limit, connection_id: q.connection_id, now: s.clock.now_ms() };
+    let events = s.inbox.pull_wait(&pull, wait).await?;
+    let next = events.last().map_or(q.after, |e| e.id);
+    let events: Vec<Value> = events.iter().map(crate::ingest::push::event_json).collect();
+    Ok(Json(json!({ "events": events, "next_cursor": next })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckEvents {
+    through: i64,
+    connection_id: Option<String>,
+}
+
+async fn ack_events(
+    State(state): State<AppState>,
+    body: Result<Json<AckEvents>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body)?;
+    let s = &state.inner;
+    let n = s.store.ack_events_through(body.connection_id.as_deref(), body.through, s.clock.now_ms()).await?;
+    Ok(Json(json!({ "acknowledged": n })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alerts
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsQuery {
+    connection_id: Option<String>,
+    #[serde(default)]
+    include_acked: bool,
+    limit: Option<u32>,
+}
+
+async fn list_alerts(
+    State(state): State<AppState>,
+    q: Result<Query<AlertsQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let alerts = state.inner.store.list_alerts(q.connection_id.as_deref(), q.include_acked, limit).await?;
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .map(|a| {
+            json!({
+                "id": a.id,
+                "connection_id": a.connection_id,
+                "kind": a.kind,
+                "text": a.text,
+                "detail": a.detail,
+                "created_at": a.created_at,
+                "delivered_at": a.delivered_at,
+                "acked_at": a.acked_at,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
+async fn ack_alert(
+    State(state): State<AppState>,
+    id: Result<Path<i64>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let id = path_id(id, "alert")?;
+    let s = &state.inner;
+    let newly = s.store.ack_alert(id, s.clock.now_ms()).await?;
+    if !newly {
+        // Either unknown or acknowledged already; only the first is an error.
+        let known = s.store.list_alerts(None, true, 10_000).await?.iter().any(|a| a.id == id);
+        if !known {
+            return Err(crate::store::StoreError::AlertNotFound(id).into());
+        }
+    }
+    Ok(Json(json!({ "id": id, "acknowledged": true, "already_acknowledged": !newly })))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scope probe on create
+
+/// The [`ConnectHook`] `deskgate serve` installs: runs [`crate::probe::probe_connection`] with the
+/// stored credentials, which stores the report and moves a passing connection `live`. A probe
+/// that cannot run (network, adapter fault) is reported as a failed probe; the connection stays
+/// `pending_probe`.
+#[derive(Debug)]
+pub struct ProbeOnConnect {
+    driver: crate::driver::Driver,
+    adapters: BTreeMap<String, Arc<Adapter>>,
+}
+
+impl ProbeOnConnect {
+    /// A hook probing through `driver` with these adapters.
+    pub fn new(driver: crate::driver::Driver, adapters: impl IntoIterator<Item = Arc<Adapter>>) -> Self {
+        Self { driver, adapters: adapters.into_iter().map(|a| (a.id().to_owned(), a)).collect() }
+    }
+}
+
+/// The driver's credential for a stored secret under `adapter`'s auth schemes.
+pub fn driver_credential(adapter: &Adapter, secret: &CredentialSecret) -> crate::driver::Credential {
+    use crate::bindings::AuthScheme;
+    use crate::driver::Credential;
+    match secret {
+        CredentialSecret::OAuth { access_token, .. } => Credential::Bearer(access_token.clone()),
+        CredentialSecret::ApiKey { fields } => {
+            if adapter.descriptor().auth.iter().any(|s| matches!(s, AuthScheme::Basic(_))) {
+                Credential::Basic(fields.clone())
+            } else {
+                let tok = ["access_token", "token", "api_key"]
+                    .iter()
+                    .find_map(|k| fields.get(*k))
+                    .or_else(|| fields.values().next())
+                    .cloned()
+                    .unwrap_or_default();
+                Credential::Bearer(tok)
+            }
+        }
+    }
+}
+
+/// Where and as whom requests for `conn` go, from its stored settings (`base_url`) and secret.
+///
+/// # Errors
+/// A message naming what is missing.
+pub fn target_for(adapter: &Adapter, conn: &Connection, secret: &CredentialSecret) -> Result<crate::driver::Target, String> {
+    let base_url = conn
+        .settings
+        .get("base_url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("connection `{}` has no base_url setting", conn.id))?
+        .trim_end_matches('/')
+        .to_string();
+    let authorization = crate::driver::authorization(&adapter.descriptor().auth, &driver_credential(adapter, secret))
+        .map_err(|e| e.to_string())?;
+    let settings = match &conn.settings {
+        Value::Object(m) => m
+            .iter()
+            .filter(|(k, _)| k.as_str() != "base_url")
+            .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(crate::driver::Target {
+        base_url,
+        authorization,
+        connection: crate::bindings::Connection {
+            id: conn.id.clone(),
+            plan: conn.plan.clone().unwrap_or_default(),
+            agent_id: None,
+            settings,
+        },
+    })
+}
+
+#[async_trait]
+impl ConnectHook for ProbeOnConnect {
+    async fn connected(
+        &self,
+        store: &SharedStore,
+        conn: &Connection,
+        now: crate::clock::Millis,
+    ) -> Result<Option<Value>, ApiError> {
+        let Some(adapter) = self.adapters.get(&conn.platform) else { return Ok(None) };
+        let Some(cred) = store.get_credential(&conn.id).await? else {
+            return Ok(Some(json!({ "passed": false, "error": "no credentials: add them, then probe" })));
+        };
+        let target = match target_for(adapter, conn, &cred.secret) {
+            Ok(t) => t,
+            Err(e) => return Ok(Some(json!({ "passed": false, "error": e }))),
+        };
+        match crate::probe::probe_connection(store, &self.driver, adapter, &target, now).await {
+            Ok(report) => Ok(Some(serde_json::to_value(report).unwrap_or(Value::Null))),
+            Err(crate::probe::ProbeError::Store(e)) => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(connection = %conn.id, error = %e, "scope probe could not run");
+                Ok(Some(json!({ "passed": false, "error": e.to_string() })))
+            }
+        }
+    }
+}

@@ -1,0 +1,816 @@
+//! `deskgate.toml`: the gateway's configuration, read once at start and checked before anything
+//! else happens.
+//!
+//! # Why every error names a key
+//!
+//! An operator who gets "invalid configuration" at 2 am has to bisect the file. Every
+//! [`ConfigError`] instead names the key path (`connections.acme.base_url`), says what is wrong
+//! with it and what to write instead, and [`Config::validate`] reports *all* problems at once, not
+//! the first. Unknown keys are refused (`#[serde(deny_unknown_fields)]`, as extism's manifest
+//! does): a misspelt `budget_targte` silently ignored is a budget silently not applied.
+//!
+//! # Secrets
+//!
+//! Secrets (the API token, credentials, webhook secrets) may be written in the file or, better,
+//! named by an environment variable (`token_env = "ZENDESK_TOKEN"`). Either way they are held in
+//! [`Secret`], whose `Debug` and `Display` print `<redacted>`, so no log line, error or API answer
+//! can carry one. The key that encrypts credentials at rest comes only from the environment
+//! (`DESKGATE_SECRET_KEY`): a key written next to what it protects protects nothing.
+//!
+//! # Environment as a parameter
+//!
+//! [`Config::validate`] takes the environment as a lookup function, never reading
+//! `std::env` itself, so tests control it exactly ([`Config::validate_with_process_env`] is the
+//! one place the process environment is read).
+//!
+//! # Format
+//!
+//! ```toml
+//! listen = "127.0.0.1:8080"          # default
+//! store = "deskgate.sqlite"          # default; a file path, sqlite://PATH or postgres://...
+//! api_token_env = "DESKGATE_API_TOKEN" # default; or api_token = "..." (at least 16 characters)
+//! adapters_dir = "/etc/deskgate/adapters" # optional: extra *.wasm adapters
+//!
+//! [runtime]                          # optional: adapter sandbox limits
+//! call_deadline_ms = 250
+//! memory_cap_mb = 64
+//! max_instances = 256
+//!
+//! [connections.acme]
+//! platform = "zendesk"
+//! base_url = "https://acme.zendesk.com"
+//! plan = "team"                      # optional: the adapter's default plan otherwise
+//! display_name = "Acme Support"      # optional
+//! budget_target = 0.75               # optional: share of each rate limit to use, 0 < x <= 1
+//! admin_contact_url = "https://hooks.example.com/deskgate" # optional: where alerts go
+//! webhook_secret_env = "ACME_WEBHOOK_SECRET" # or webhook_secret = "..."
+//! allow_unsigned_webhooks = false
+//! settings = { object = "ticket" }   # optional: non-secret adapter settings
+//!
+//! [connections.acme.credentials]     # scheme = "api_key" (default) or "oauth"
+//! email = "bot@acme.com"
+//! token_env = "ZENDESK_TOKEN"        # any field `X_env` reads field `X` from the environment
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::budget::Share;
+use crate::runtime::RuntimeConfig;
+use crate::store::{CredentialSecret, SecretKey};
+
+/// The environment variable holding the key that encrypts credentials at rest.
+pub const SECRET_KEY_ENV: &str = "DESKGATE_SECRET_KEY";
+/// The environment variable read for the API token unless the config names another.
+pub const API_TOKEN_ENV: &str = "DESKGATE_API_TOKEN";
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default store location: one SQLite file in the working directory.
+pub const DEFAULT_STORE: &str = "deskgate.sqlite";
+/// Platforms of the built-in adapters.
+pub const BUILTIN_PLATFORMS: [&str; 3] = ["freshdesk", "intercom", "zendesk"];
+
+/// A secret string. `Debug` and `Display` print `<redacted>`; read it with [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself; do not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The file as written: see the module docs for the format.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to serve the API on (`127.0.0.1:8080` by default).
+    pub listen: Option<String>,
+    /// Store location (`deskgate.sqlite` by default).
+    pub store: Option<String>,
+    /// The API bearer token, literally (prefer `api_token_env`).
+    pub api_token: Option<Secret>,
+    /// The environment variable holding the API token (`DESKGATE_API_TOKEN` by default).
+    pub api_token_env: Option<String>,
+    /// A directory of extra adapter components (`*.wasm`).
+    pub adapters_dir: Option<PathBuf>,
+    /// Adapter sandbox limits.
+    #[serde(default)]
+    pub runtime: RuntimeSection,
+    /// Connections by id.
+    #[serde(default)]
+    pub connections: BTreeMap<String, ConnectionConfig>,
+}
+
+/// `[runtime]`: adapter sandbox limits.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Wall-clock budget of one adapter call, in milliseconds.
+    pub call_deadline_ms: Option<u64>,
+    /// Memory cap of one adapter instance, in MiB.
+    pub memory_cap_mb: Option<u64>,
+    /// Live adapter instances at most.
+    pub max_instances: Option<u32>,
+    /// Where compiled adapters are cached.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[connections.<id>]`: one helpdesk account.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Adapter platform id (`zendesk`, `freshdesk`, `intercom`, or a loaded adapter's id).
+    pub platform: String,
+    /// The account's API base URL (`https://acme.zendesk.com`).
+    pub base_url: String,
+    /// The plan as the adapter's descriptor names it.
+    pub plan: Option<String>,
+    /// Human-readable name (the id by default).
+    pub display_name: Option<String>,
+    /// Share of each rate limit this gateway may use, `0 < x <= 1` (0.75 by default).
+    pub budget_target: Option<f64>,
+    /// Where alerts for this connection are delivered.
+    pub admin_contact_url: Option<String>,
+    /// The webhook signing secret, literally (prefer `webhook_secret_env`).
+    pub webhook_secret: Option<Secret>,
+    /// The environment variable holding the webhook signing secret.
+    pub webhook_secret_env: Option<String>,
+    /// Accept webhook deliveries that carry no signature at all.
+    #[serde(default)]
+    pub allow_unsigned_webhooks: bool,
+    /// Non-secret adapter settings.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Credential fields: `scheme` (`api_key` or `oauth`), then fields, each either `X = "value"`
+    /// or `X_env = "VARIABLE"`.
+    pub credentials: Option<BTreeMap<String, Secret>>,
+}
+
+/// One problem with the configuration: where, what, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key path (`connections.acme.base_url`), or the environment variable.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to write instead.
+    pub fix: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { key: key.into(), problem: problem.into(), fix: fix.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}; fix: {}", self.key, self.problem, self.fix)
+    }
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The error for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&ConfigError> {
+        self.0.iter().find(|e| e.key == key)
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The configuration after [`Config::validate`]: typed, secrets resolved.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// The store URL.
+    pub store: String,
+    /// The API bearer token.
+    pub api_token: Secret,
+    /// The credential encryption key.
+    pub secret_key: SecretKey,
+    /// Extra adapters.
+    pub adapters_dir: Option<PathBuf>,
+    /// Adapter sandbox limits.
+    pub runtime: RuntimeConfig,
+    /// Connections, by id order.
+    pub connections: Vec<ConnectionSettings>,
+}
+
+/// One connection after validation.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// The id.
+    pub id: String,
+    /// The platform.
+    pub platform: String,
+    /// The base URL, without a trailing slash.
+    pub base_url: String,
+    /// The plan.
+    pub plan: Option<String>,
+    /// Display name.
+    pub display_name: String,
+    /// Budget target share.
+    pub budget_target: Share,
+    /// Admin contact.
+    pub admin_contact_url: Option<String>,
+    /// Webhook secret.
+    pub webhook_secret: Option<Secret>,
+    /// Accept unsigned webhooks.
+    pub allow_unsigned_webhooks: bool,
+    /// Non-secret settings.
+    pub settings: BTreeMap<String, String>,
+    /// The credentials, resolved (never printed: see [`CredentialSecret`]'s `Debug`).
+    pub credentials: Option<CredentialSecret>,
+}
+
+impl Config {
+    /// Read and parse `path`. Only the shape is checked here (types, unknown keys); call
+    /// [`Config::validate`] for the rest.
+    ///
+    /// # Errors
+    /// A [`ConfigErrors`] naming the file (unreadable) or the key (the toml crate's message,
+    /// with its line and column, plus what to do).
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError::new(
+                path.display().to_string(),
+                format!("cannot read the configuration file: {e}"),
+                "pass --config with the path of an existing, readable deskgate.toml",
+            )])
+        })?;
+        Self::parse(&text)
+    }
+
+    /// Parse configuration text (see [`Config::load`]).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str) -> Result<Self, ConfigErrors> {
+        toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let fix = if msg.contains("unknown field") {
+                "remove or correct the key; the accepted keys are listed above and in the \
+                 `deskgate::config` documentation"
+            } else {
+                "correct the value's type or syntax (see the `deskgate::config` documentation)"
+            };
+            let key = e
+                .span()
+                .map(|s| {
+                    let before = &text[..s.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    // Name the key path when the message names a field: the table header above
+                    // the span, then the field.
+                    let field = msg.strip_prefix("unknown field `").and_then(|m| m.split('`').next());
+                    let table = before
+                        .lines()
+                        .rev()
+                        .map(str::trim)
+                        .find(|l| l.starts_with('['))
+                        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+                    match (field, table) {
+                        (Some(f), Some(t)) => format!("{t}.{f} (line {line})"),
+                        (Some(f), None) => format!("{f} (line {line})"),
+                        _ => format!("line {line}"),
+                    }
+                })
+                .unwrap_or_else(|| "deskgate.toml".into());
+            ConfigErrors(vec![ConfigError::new(key, e.to_string().trim_end().to_string(), fix)])
+        })
+    }
+
+    /// The adapter sandbox limits of `[runtime]` (the runtime must exist before the platforms
+    /// that [`Config::validate`] checks against are known).
+    ///
+    /// # Errors
+    /// [`ConfigErrors`] naming each out-of-range key.
+    pub fn runtime_config(&self) -> Result<RuntimeConfig, ConfigErrors> {
+        let mut errs = Vec::new();
+        let mut runtime = RuntimeConfig::default();
+        let r = &self.runtime;
+        if let Some(ms) = r.call_deadline_ms {
+            if ms == 0 || ms > 60_000 {
+                errs.push(ConfigError::new(
+                    "runtime.call_deadline_ms",
+                    format!("{ms} ms is outside 1..=60000"),
+                    "use a deadline between 1 and 60000 ms (250 is the default)",
+                ));
+            }
+            runtime.call_deadline = Duration::from_millis(ms);
+        }
+        if let Some(mb) = r.memory_cap_mb {
+            if mb == 0 || mb > 4096 {
+                errs.push(ConfigError::new(
+                    "runtime.memory_cap_mb",
+                    format!("{mb} MiB is outside 1..=4096"),
+                    "use a cap between 1 and 4096 MiB (64 is the default)",
+                ));
+            }
+            runtime.memory_cap = (mb as usize) << 20;
+        }
+        if let Some(n) = r.max_instances {
+            if n == 0 {
+                errs.push(ConfigError::new(
+                    "runtime.max_instances",
+                    "0 instances means no adapter can ever run",
+                    "use at least 1 (256 is the default)",
+                ));
+            }
+            runtime.max_instances = n;
+        }
+        runtime.cache_dir = r.cache_dir.clone();
+        if errs.is_empty() { Ok(runtime) } else { Err(ConfigErrors(errs)) }
+    }
+
+    /// [`Config::validate`] against the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::validate`].
+    pub fn validate_with_process_env(&self, platforms: &[&str]) -> Result<Validated, ConfigErrors> {
+        self.validate(&|k| std::env::var(k).ok(), platforms)
+    }
+
+    /// Check everything the types cannot: addresses and URLs, that secrets are present (in the
+    /// file or in the environment `env` describes), budget shares, that each platform is one of
+    /// `platforms`, and that the credential key is set and well-formed. Returns every problem.
+    ///
+    /// # Errors
+    /// [`ConfigErrors`] with one [`ConfigError`] per problem.
+    pub fn validate(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        platforms: &[&str],
+    ) -> Result<Validated, ConfigErrors> {
+        let mut errs = Vec::new();
+        let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errs.push(ConfigError::new(
+                    "listen",
+                    format!("`{listen_text}` is not an address: {e}"),
+                    "write an IP address and port, like \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+                ));
+                None
+            }
+        };
+        let store = self.store.clone().unwrap_or_else(|| DEFAULT_STORE.into());
+        if store.trim().is_empty() {
+            errs.push(ConfigError::new(
+                "store",
+                "the store location is empty",
+                "remove the key to use \"deskgate.sqlite\", or give a file path or postgres://...",
+            ));
+        }
+        let api_token = match (&self.api_token, &self.api_token_env) {
+            (Some(_), Some(_)) => {
+                errs.push(ConfigError::new(
+                    "api_token",
+                    "both api_token and api_token_env are set",
+                    "keep one of them (api_token_env is preferred: secrets stay out of the file)",
+                ));
+                None
+            }
+            (Some(t), None) => Some((t.clone(), "api_token".to_string())),
+            (None, var) => {
+                let var = var.clone().unwrap_or_else(|| API_TOKEN_ENV.into());
+                match env(&var).filter(|v| !v.is_empty()) {
+                    Some(v) => Some((Secret(v), var)),
+                    None => {
+                        errs.push(ConfigError::new(
+                            var.clone(),
+                            "no API token: the environment variable is not set",
+                            format!(
+                                "set {var} to a random token (for example `openssl rand -hex 32`); \
+                                 apps send it as `Authorization: Bearer <token>`"
+                            ),
+                        ));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some((t, key)) = &api_token
+            && t.expose().len() < 16
+        {
+            errs.push(ConfigError::new(
+                key.clone(),
+                format!("the API token is {} characters long, too short to resist guessing", t.expose().len()),
+                "use at least 16 random characters (for example `openssl rand -hex 32`)",
+            ));
+        }
+        let secret_key = match env(SECRET_KEY_ENV).filter(|v| !v.trim().is_empty()) {
+            None => {
+                let why = if self.connections.values().any(|c| c.credentials.is_some()) {
+                    "not set, but credentials are configured and must be encrypted at rest"
+                } else {
+                    "not set: the store encrypts every connection's credentials with it"
+                };
+                errs.push(ConfigError::new(
+                    SECRET_KEY_ENV,
+                    why,
+                    format!(
+                        "set {SECRET_KEY_ENV} to 32 random bytes as hex or base64 (`openssl rand -hex 32`) \
+                         and keep it: credentials stored with a lost key must be entered again"
+                    ),
+                ));
+                None
+            }
+            Some(text) => match SecretKey::parse(&text) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    errs.push(ConfigError::new(
+                        SECRET_KEY_ENV,
+                        format!("not a valid key: {e}"),
+                        "generate one with `openssl rand -hex 32`",
+                    ));
+                    None
+                }
+            },
+        };
+        let runtime = self.runtime_config().unwrap_or_else(|e| {
+            errs.extend(e.0);
+            RuntimeConfig::default()
+        });
+
+        let mut connections = Vec::new();
+        for (id, c) in &self.connections {
+            if let Some(s) = validate_connection(id, c, env, platforms, &mut errs) {
+                connections.push(s);
+            }
+        }
+        if !errs.is_empty() {
+            return Err(ConfigErrors(errs));
+        }
+        let (api_token, _) = api_token.expect("checked");
+        Ok(Validated {
+            listen: listen.expect("checked"),
+            store,
+            api_token,
+            secret_key: secret_key.expect("checked"),
+            adapters_dir: self.adapters_dir.clone(),
+            runtime,
+            connections,
+        })
+    }
+}
+
+/// Whether `id` can name a connection (it appears in URLs).
+pub fn valid_connection_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Check a URL is absolute http(s) with a host; `Err` says what is wrong.
+pub fn check_http_url(text: &str) -> Result<String, String> {
+    let u = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    if u.scheme() != "https" && u.scheme() != "http" {
+        return Err(format!("`{text}` uses scheme `{}`, not http or https", u.scheme()));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{text}` has no host"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+fn validate_connection(
+    id: &str,
+    c: &ConnectionConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    platforms: &[&str],
+    errs: &mut Vec<ConfigError>,
+) -> Option<ConnectionSettings> {
+    let at = |k: &str| format!("connections.{id}.{k}");
+    let before = errs.len();
+    if !valid_connection_id(id) {
+        errs.push(ConfigError::new(
+            format!("connections.{id}"),
+            "the connection id may hold only lowercase letters, digits, `-` and `_` (1-64 characters)",
+            "rename the table, for example [connections.acme-zendesk]",
+        ));
+    }
+    if !platforms.contains(&c.platform.as_str()) {
+        errs.push(ConfigError::new(
+            at("platform"),
+            format!("unknown platform `{}`", c.platform),
+            format!("use one of {} (or load an adapter for it with adapters_dir)", platforms.join(", ")),
+        ));
+    }
+    let base_url = match check_http_url(&c.base_url) {
+        Ok(u) => u,
+        Err(e) => {
+            errs.push(ConfigError::new(
+                at("base_url"),
+                e,
+                "write the account's API base URL, like \"https://acme.zendesk.com\"",
+            ));
+            String::new()
+        }
+    };
+    if let Some(u) = &c.admin_contact_url
+        && let Err(e) = check_http_url(u)
+    {
+        errs.push(ConfigError::new(
+            at("admin_contact_url"),
+            e,
+            "write the https URL alerts for this connection are POSTed to",
+        ));
+    }
+    let target = c.budget_target.unwrap_or(0.75);
+    let budget_target = if !(target > 0.0 && target <= 1.0) {
+        errs.push(ConfigError::new(
+            at("budget_target"),
+            format!("{target} is not a share: it must be more than 0 and at most 1"),
+            "use a value like 0.75 (75% of each stated rate limit; 1 means all of it)",
+        ));
+        Share::ALL
+    } else {
+        // Round to permille; a positive share never rounds to nothing.
+        Share::permille(((target * 1000.0).round() as u16).max(1))
+    };
+    let webhook_secret = match (&c.webhook_secret, &c.webhook_secret_env) {
+        (Some(_), Some(_)) => {
+            errs.push(ConfigError::new(
+                at("webhook_secret"),
+                "both webhook_secret and webhook_secret_env are set",
+                "keep one of them",
+            ));
+            None
+        }
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
+            Some(v) => Some(Secret(v)),
+            None => {
+                errs.push(ConfigError::new(
+                    at("webhook_secret_env"),
+                    format!("the environment variable {var} is not set"),
+                    format!("set {var} to the webhook signing secret shown in the platform's admin UI"),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let credentials = c.credentials.as_ref().and_then(|fields| resolve_credentials(id, fields, env, errs));
+    if errs.len() > before {
+        return None;
+    }
+    Some(ConnectionSettings {
+        id: id.to_string(),
+        platform: c.platform.clone(),
+        base_url,
+        plan: c.plan.clone(),
+        display_name: c.display_name.clone().unwrap_or_else(|| id.to_string()),
+        budget_target,
+        admin_contact_url: c.admin_contact_url.clone(),
+        webhook_secret,
+        allow_unsigned_webhooks: c.allow_unsigned_webhooks,
+        settings: c.settings.clone(),
+        credentials,
+    })
+}
+
+fn resolve_credentials(
+    id: &str,
+    raw: &BTreeMap<String, Secret>,
+    env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Vec<ConfigError>,
+) -> Option<CredentialSecret> {
+    let at = |k: &str| format!("connections.{id}.credentials.{k}");
+    let before = errs.len();
+    let mut fields = BTreeMap::new();
+    let mut scheme = "api_key".to_string();
+    for (k, v) in raw {
+        if k == "scheme" {
+            scheme = v.expose().to_string();
+        } else if let Some(name) = k.strip_suffix("_env") {
+            let var = v.expose();
+            match env(var).filter(|s| !s.is_empty()) {
+                Some(value) => {
+                    fields.insert(name.to_string(), value);
+                }
+                None => errs.push(ConfigError::new(
+                    at(k),
+                    format!("the environment variable {var} is not set"),
+                    format!("set {var} to the connection's `{name}`"),
+                )),
+            }
+        } else if v.expose().is_empty() {
+            errs.push(ConfigError::new(at(k), "the value is empty", "give the value, or use `{k}_env` to read it from the environment"));
+        } else {
+            fields.insert(k.clone(), v.expose().to_string());
+        }
+    }
+    if errs.len() > before {
+        return None;
+    }
+    match scheme.as_str() {
+        "api_key" => {
+            if fields.is_empty() {
+                errs.push(ConfigError::new(
+                    format!("connections.{id}.credentials"),
+                    "no credential fields",
+                    "add the platform's fields, like `email` and `token_env = \"ZENDESK_TOKEN\"`",
+                ));
+                return None;
+            }
+            Some(CredentialSecret::ApiKey { fields })
+        }
+        "oauth" => {
+            let Some(access_token) = fields.remove("access_token") else {
+                errs.push(ConfigError::new(
+                    at("access_token"),
+                    "an oauth credential needs an access token",
+                    "add access_token_env = \"VARIABLE\" (and refresh_token_env if the grant issued one)",
+                ));
+                return None;
+            };
+            Some(CredentialSecret::OAuth { access_token, refresh_token: fields.remove("refresh_token") })
+        }
+        other => {
+            errs.push(ConfigError::new(
+                at("scheme"),
+                format!("unknown credential scheme `{other}`"),
+                "use \"api_key\" (the default) or \"oauth\"",
+            ));
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+    }
+
+    fn base_env() -> impl Fn(&str) -> Option<String> {
+        env(&[
+            (SECRET_KEY_ENV, KEY),
+            (API_TOKEN_ENV, "a-long-enough-api-token"),
+            ("ZENDESK_TOKEN", "zd-secret-token"),
+        ])
+    }
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:9999"
+[connections.acme]
+platform = "zendesk"
+base_url = "https://acme.zendesk.com/"
+plan = "team"
+budget_target = 0.6
+webhook_secret = "whsec-123"
+[connections.acme.credentials]
+email = "bot@acme.com"
+token_env = "ZENDESK_TOKEN"
+"#;
+
+    fn errors(text: &str, env: &dyn Fn(&str) -> Option<String>) -> ConfigErrors {
+        Config::parse(text).unwrap().validate(env, &BUILTIN_PLATFORMS).unwrap_err()
+    }
+
+    fn with(line: &str) -> String {
+        GOOD.replace("plan = \"team\"\n", &format!("plan = \"team\"\n{line}\n"))
+    }
+
+    #[test]
+    fn a_good_config_validates_and_resolves_secrets() {
+        let v = Config::parse(GOOD).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!(v.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(v.store, "deskgate.sqlite");
+        let c = &v.connections[0];
+        assert_eq!(c.base_url, "https://acme.zendesk.com");
+        assert_eq!(c.budget_target, Share::percent(60));
+        match c.credentials.as_ref().unwrap() {
+            CredentialSecret::ApiKey { fields } => assert_eq!(fields["token"], "zd-secret-token"),
+            other => panic!("{other:?}"),
+        }
+        // Nothing secret in Debug.
+        let dump = format!("{v:?}");
+        for s in ["zd-secret-token", "whsec-123", "a-long-enough-api-token", KEY] {
+            assert!(!dump.contains(s), "{s} leaked: {dump}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_toml_message_and_a_hint() {
+        let e = Config::parse(&with("budget_targte = 0.5")).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("unknown field `budget_targte`"), "{text}");
+        assert!(text.contains("remove or correct the key"), "{text}");
+        assert_eq!(e.0[0].key, "connections.acme.budget_targte (line 7)", "{text}");
+        let top = Config::parse("listen = \"127.0.0.1:1\"\nlisten_addr = \"x\"\n").unwrap_err();
+        assert!(top.to_string().contains("unknown field `listen_addr`"), "{top}");
+    }
+
+    #[test]
+    fn bad_urls_name_the_key() {
+        let e = errors(&GOOD.replace("https://acme.zendesk.com/", "acme.zendesk.com"), &base_env());
+        let b = e.get("connections.acme.base_url").expect("base_url error");
+        assert!(b.problem.contains("not a URL"), "{b}");
+        assert!(b.fix.contains("https://"), "{b}");
+        let e = errors(&with("admin_contact_url = \"ftp://x\""), &base_env());
+        assert!(e.get("connections.acme.admin_contact_url").is_some(), "{e}");
+        let e = errors(&format!("listen = \"nowhere\"\n{}", GOOD.replace("listen = \"127.0.0.1:9999\"\n", "")), &base_env());
+        assert!(e.get("listen").is_some(), "{e}");
+    }
+
+    #[test]
+    fn missing_secrets_name_the_variable() {
+        let e = errors(GOOD, &env(&[(SECRET_KEY_ENV, KEY), (API_TOKEN_ENV, "a-long-enough-api-token")]));
+        let m = e.get("connections.acme.credentials.token_env").expect("token_env error");
+        assert!(m.problem.contains("ZENDESK_TOKEN"), "{m}");
+        let e = errors(GOOD, &env(&[(SECRET_KEY_ENV, KEY), ("ZENDESK_TOKEN", "t")]));
+        assert!(e.get(API_TOKEN_ENV).is_some(), "{e}");
+        let e = errors(&with("webhook_secret_env = \"NOPE\"").replace("webhook_secret = \"whsec-123\"\n", ""), &base_env());
+        assert!(e.get("connections.acme.webhook_secret_env").is_some(), "{e}");
+        let e = errors(&format!("api_token = \"short\"\n{GOOD}"), &base_env());
+        assert!(e.get("api_token").unwrap().problem.contains("too short"), "{e}");
+    }
+
+    #[test]
+    fn budget_targets_must_be_a_share() {
+        for bad in ["0", "0.0", "1.5", "-0.2"] {
+            let e = errors(&GOOD.replace("budget_target = 0.6", &format!("budget_target = {bad}")), &base_env());
+            let b = e.get("connections.acme.budget_target").unwrap_or_else(|| panic!("{bad}: {e}"));
+            assert!(b.problem.contains("more than 0 and at most 1"), "{b}");
+        }
+        let ok = Config::parse(&GOOD.replace("budget_target = 0.6", "budget_target = 1"))
+            .unwrap()
+            .validate(&base_env(), &BUILTIN_PLATFORMS);
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn unknown_platforms_are_refused() {
+        let e = errors(&GOOD.replace("\"zendesk\"", "\"zendeks\""), &base_env());
+        let p = e.get("connections.acme.platform").unwrap();
+        assert!(p.problem.contains("zendeks") && p.fix.contains("zendesk"), "{p}");
+    }
+
+    #[test]
+    fn credentials_without_a_secret_key_are_refused() {
+        let e = errors(GOOD, &env(&[(API_TOKEN_ENV, "a-long-enough-api-token"), ("ZENDESK_TOKEN", "t")]));
+        let k = e.get(SECRET_KEY_ENV).unwrap();
+        assert!(k.problem.contains("credentials are configured"), "{k}");
+        assert!(k.fix.contains("openssl rand -hex 32"), "{k}");
+        let e = errors(GOOD, &env(&[(SECRET_KEY_ENV, "nope"), (API_TOKEN_ENV, "a-long-enough-api-token"), ("ZENDESK_TOKEN", "t")]));
+        let k = e.get(SECRET_KEY_ENV).unwrap();
+        assert!(k.problem.contains("not a valid key") && !k.to_string().contains("nope"), "{k}");
+    }
+
+    #[test]
+    fn all_problems_are_reported_at_once() {
+        let text = GOOD.replace("\"zendesk\"", "\"x\"").replace("budget_target = 0.6", "budget_target = 2.0");
+        let e = errors(&text, &env(&[]));
+        for key in ["connections.acme.platform", "connections.acme.budget_target", SECRET_KEY_ENV, API_TOKEN_ENV] {
+            assert!(e.get(key).is_some(), "{key} missing from {e}");
+        }
+    }
+}

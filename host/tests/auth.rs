@@ -1,0 +1,664 @@
+//! Credentials as monitored state (issue #5) against the real simulators over HTTP: OAuth refresh
+//! at 80% across several lifetimes with rotating refresh tokens, a revoked refresh token, a key
+//! rotated on the platform, a scope removed mid-operation, go-live refused for a missing write
+//! permission on each platform, crash recovery around a refresh, and alert delivery with retries.
+//!
+//! Time is a [`ManualClock`] moved together with the sim's frozen clock; nothing sleeps for
+//! policy. Run with `--nocapture` to see the figures.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use deskgate::alerts::{AlertConfig, AlertDeliverer};
+use deskgate::auth::{
+    AuthConfig, CredentialManager, ManagerParts, OAuthClient, RefreshError, RefreshOutcome, StartReport, TickOutcome,
+};
+use deskgate::bindings::{Action, ApplyAction, Connection, Failure, Operation, Outcome, TicketStatus};
+use deskgate::budget::{BudgetConfig, BudgetLayer};
+use deskgate::clock::{Clock, ManualClock};
+use deskgate::driver::{Driver, DriverConfig};
+use deskgate::outbox::{Outbox, OutboxConfig, OutboxWorker, PassReport, WorkerParts};
+use deskgate::runtime::{Adapter, AdapterRuntime, RuntimeConfig};
+use deskgate::store::{
+    self, ConnectionPatch, ConnectionState, CredentialSecret, Expect, NewConnection, Pull, RefreshClaim, SecretKey,
+    SharedStore,
+};
+use deskgate_sim::{
+    AccountSpec, AgentPatch, AgentSpec, CredKind, CredentialInfo, CredentialSpec, Platform, ScopePatch, SimConfig,
+    SimHandle, TicketSpec, WriteKind,
+};
+
+/// 2027-01-15 00:00 UTC-ish: the sim and the gateway start here, frozen. "02:00" below is T0 + 2 h.
+const T0: i64 = 1_800_000_000_000;
+const H: i64 = 3_600_000;
+
+fn runtime() -> &'static AdapterRuntime {
+    static RT: OnceLock<AdapterRuntime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let config = RuntimeConfig {
+            max_instances: 64,
+            warm_per_adapter: 4,
+            cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("auth-compile-cache")),
+            ..RuntimeConfig::default()
+        };
+        let mut rt = AdapterRuntime::new(config).expect("engine");
+        rt.load_builtin().expect("built-in adapters");
+        rt
+    })
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("auth-{}-{}-{name}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("deskgate.db")
+}
+
+fn secret_of(platform: Platform, cred: &CredentialInfo) -> CredentialSecret {
+    let f = |pairs: &[(&str, &str)]| CredentialSecret::ApiKey {
+        fields: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    match platform {
+        _ if cred.kind == CredKind::Oauth => {
+            CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone() }
+        }
+        Platform::Zendesk => f(&[("email", &cred.email), ("token", &cred.token)]),
+        Platform::Freshdesk => f(&[("api_key", &cred.token)]),
+        Platform::Intercom => f(&[("access_token", &cred.token)]),
+    }
+}
+
+struct Rig {
+    platform: Platform,
+    sim: SimHandle,
+    account: u64,
+    agent: u64,
+    adapter: Arc<Adapter>,
+    store: SharedStore,
+    clock: ManualClock,
+    conn: String,
+    cred: CredentialInfo,
+    mgr: CredentialManager,
+}
+
+impl Rig {
+    async fn new(platform: Platform, spec: CredentialSpec, remove_privilege: Option<&str>) -> Rig {
+        let id = platform.to_string();
+        let adapter = runtime().get(&id).expect("adapter");
+        let sim = deskgate_sim::start(SimConfig::new(platform).seed(5).frozen_at(T0)).await.unwrap();
+        let account = sim.create_account(AccountSpec::default()).unwrap().id;
+        let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+        let agent = match remove_privilege {
+            None => admin.id,
+            Some(p) => {
+                let a = sim
+                    .create_agent(account, AgentSpec { name: Some("Alan Agent".into()), role: Some("agent".into()), ..Default::default() })
+                    .unwrap();
+                sim.update_agent(account, a.id, AgentPatch { remove_privileges: vec![p.into()], ..Default::default() }).unwrap();
+                a.id
+            }
+        };
+        let cred = sim.create_credential(account, CredentialSpec { agent_id: Some(agent), ..spec }).unwrap();
+        let store = store::open(temp_db(&id).to_str().unwrap(), SecretKey::from_bytes([9; 32])).await.unwrap();
+        let conn = format!("{id}-auth");
+        let mut nc = NewConnection::new(&conn, &id, "auth test");
+        nc.admin_contact_url = None;
+        store.create_connection(&nc, T0).await.unwrap();
+        let clock = ManualClock::new(T0);
+        let secret = secret_of(platform, &cred);
+        store.put_credential(&conn, &secret, cred.expires_at_ms, Expect::Absent, T0).await.unwrap();
+        let mut rig = Rig { platform, sim, account, agent, adapter, store, clock, conn, cred, mgr: dummy() };
+        rig.mgr = rig.manager();
+        rig
+    }
+
+    fn manager(&self) -> CredentialManager {
+        let d = self.adapter.descriptor();
+        CredentialManager::new(ManagerParts {
+            store: self.store.clone(),
+            clock: Arc::new(self.clock.clone()),
+            driver: Driver::new(DriverConfig::default()).unwrap(),
+            adapter: self.adapter.clone(),
+            base_url: self.sim.base_url(),
+            connection: Connection { id: self.conn.clone(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
+            oauth_client: match (&self.cred.client_id, &self.cred.client_secret) {
+                (Some(id), Some(s)) => Some(OAuthClient { client_id: id.clone(), client_secret: s.clone() }),
+                _ => None,
+            },
+            config: AuthConfig { owner: "replica-1".into(), ..AuthConfig::default() },
+        })
+        .unwrap()
+    }
+
+    fn advance_to(&self, at: i64) {
+        let now = self.clock.now_ms();
+        if at > now {
+            self.clock.set(at);
+            self.sim.clock().advance(Duration::from_millis((at - now) as u64));
+        }
+    }
+
+    async fn state(&self) -> ConnectionState {
+        self.store.get_connection(&self.conn).await.unwrap().unwrap().state
+    }
+
+    async fn alerts(&self) -> Vec<(String, String)> {
+        self.store.list_alerts(Some(&self.conn), true, 100).await.unwrap().into_iter().map(|a| (a.kind, a.text)).collect()
+    }
+
+    async fn events(&self) -> Vec<String> {
+        let pull = Pull { after: 0, limit: 100, connection_id: Some(self.conn.clone()), now: self.clock.now_ms() };
+        self.store.pull_events(&pull).await.unwrap().into_iter().map(|e| e.kind).collect()
+    }
+
+    fn ticket(&self, subject: &str) -> String {
+        let t = self.sim.create_ticket(self.account, TicketSpec { subject: Some(subject.into()), ..Default::default() }).unwrap();
+        t["id"].as_u64().map(|n| n.to_string()).or_else(|| t["id"].as_str().map(str::to_string)).expect("ticket id")
+    }
+}
+
+/// A placeholder replaced right after construction (a manager needs the rig's parts).
+fn dummy() -> CredentialManager {
+    let adapter = runtime().get("zendesk").unwrap();
+    let d = adapter.descriptor().clone();
+    // Built synchronously over a store that is never touched.
+    static STORE: OnceLock<SharedStore> = OnceLock::new();
+    let store = STORE
+        .get_or_init(|| {
+            std::thread::spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(store::open(temp_db("dummy").to_str().unwrap(), SecretKey::from_bytes([1; 32])))
+                    .unwrap()
+            })
+            .join()
+            .unwrap()
+        })
+        .clone();
+    CredentialManager::new(ManagerParts {
+        store,
+        clock: Arc::new(ManualClock::new(T0)),
+        driver: Driver::new(DriverConfig::default()).unwrap(),
+        adapter,
+        base_url: String::new(),
+        connection: Connection { id: String::new(), plan: d.default_plan, agent_id: None, settings: vec![] },
+        oauth_client: None,
+        config: AuthConfig::default(),
+    })
+    .unwrap()
+}
+
+fn oauth(access_ttl: u64, scopes: Option<Vec<&str>>) -> CredentialSpec {
+    CredentialSpec {
+        kind: Some(CredKind::Oauth),
+        access_ttl_secs: Some(access_ttl),
+        refresh_ttl_secs: Some(30 * 86_400),
+        scopes: scopes.map(|s| s.into_iter().map(str::to_string).collect()),
+        ..Default::default()
+    }
+}
+
+/// Issue #5: a Zendesk OAuth token expiring at 02:00, refresh working: checked every 5 minutes
+/// over 8 hours (four lifetimes), no request fails; each refresh rotates the pair and the sim
+/// refuses the spent refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zendesk_oauth_refreshes_before_expiry_with_rotation() {
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    assert_eq!(rig.mgr.start().await.unwrap(), StartReport::Clean);
+    assert_eq!(rig.cred.expires_at_ms, Some(T0 + 2 * H), "expires at 02:00");
+    assert_eq!(rig.mgr.refresh_due_at(), Some(T0 + 2 * H * 8 / 10), "due at 80%: 01:36");
+    let client = OAuthClient { client_id: rig.cred.client_id.clone().unwrap(), client_secret: rig.cred.client_secret.clone().unwrap() };
+    let http = reqwest::Client::new();
+    let (mut ok, mut failed, mut refreshes) = (0, 0, 0);
+    let mut spent: Vec<String> = Vec::new();
+    let mut t = T0;
+    while t <= T0 + 8 * H {
+        rig.advance_to(t);
+        let before = rig.mgr.credential().unwrap();
+        if let TickOutcome::Refresh(r) = rig.mgr.tick().await.unwrap() {
+            assert!(matches!(r, RefreshOutcome::Refreshed(_)), "{r:?}");
+            refreshes += 1;
+            if let CredentialSecret::OAuth { refresh_token: Some(old), .. } = before.secret {
+                spent.push(old);
+            }
+        }
+        match rig.mgr.execute(&Operation::WhoAmI, None).await.unwrap() {
+            Ok(Outcome::Identity(_)) => ok += 1,
+            other => {
+                failed += 1;
+                eprintln!("failed at +{} min: {other:?}", (t - T0) / 60_000);
+            }
+        }
+        t += 5 * 60_000;
+    }
+    println!("8 h of 2 h tokens: {ok} requests ok, {failed} failed, {refreshes} refreshes");
+    assert_eq!(failed, 0);
+    assert!(refreshes >= 4, "{refreshes}");
+    assert_eq!(rig.state().await, ConnectionState::PendingProbe, "never suspended");
+    assert!(rig.alerts().await.is_empty());
+    // Rotation: every spent refresh token is refused by the platform.
+    for old in &spent {
+        let e = deskgate::auth::refresh::refresh(&http, &rig.sim.base_url(), "/oauth/tokens", &client, old).await.unwrap_err();
+        assert!(matches!(&e, RefreshError::Definitive { code, .. } if code == "invalid_grant"), "{e:?}");
+    }
+    // Single flight: concurrent callers share one refresh.
+    let v = rig.mgr.credential().unwrap().version;
+    let (a, b) = tokio::join!(rig.mgr.refresh(Some(v)), rig.mgr.refresh(Some(v)));
+    let outcomes = [a.unwrap(), b.unwrap()];
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, RefreshOutcome::Refreshed(_))).count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| matches!(o, RefreshOutcome::AlreadyRefreshed(_))).count(), 1, "{outcomes:?}");
+}
+
+async fn drain(rig: &Rig, worker: &OutboxWorker, gate: &deskgate::budget::BudgetGate) -> PassReport {
+    let mut total = PassReport::default();
+    for _ in 0..200 {
+        let w = worker.clone();
+        let mut task = tokio::spawn(async move { w.run_once().await });
+        let rep = loop {
+            tokio::select! {
+                r = &mut task => break r.unwrap().unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(3)) => {
+                    let snap = gate.snapshot();
+                    if snap.waiting.write + snap.waiting.write_retry + snap.waiting.read > 0 {
+                        if let Some(at) = snap.next_wake { rig.advance_to(at); }
+                        gate.tick();
+                    }
+                }
+            }
+        };
+        total.merge(&rep);
+        if rep.claimed == 0 {
+            match worker.next_due_at().await.unwrap() {
+                Some(at) if at <= rig.clock.now_ms() + 60_000 => rig.advance_to(at.max(rig.clock.now_ms() + 1)),
+                _ => return total,
+            }
+        }
+    }
+    total
+}
+
+/// Issue #5: the refresh token is revoked at 01:30; the refresh due at 01:36 is refused
+/// (`invalid_grant`): one attempt, a `refresh-failed` alert, suspension, nothing dropped. At
+/// 08:00 an operator re-authenticates: validated, resumed, the queued replies land exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_refresh_token_alerts_suspends_and_resumes_on_reauth() {
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    rig.mgr.start().await.unwrap();
+    assert!(rig.mgr.probe().await.unwrap().passed);
+    assert_eq!(rig.state().await, ConnectionState::Live);
+    let d = rig.adapter.descriptor();
+    let gate = BudgetLayer::new(Arc::new(rig.clock.clone()), BudgetConfig::default())
+        .connect(&rig.mgr.target().unwrap().connection, d, None)
+        .unwrap();
+    let config = OutboxConfig { lease_for: Duration::from_secs(900), ..OutboxConfig::default() };
+    let worker = OutboxWorker::new(WorkerParts {
+        store: rig.store.clone(),
+        clock: Arc::new(rig.clock.clone()),
+        driver: Driver::new(DriverConfig::default()).unwrap(),
+        adapter: rig.adapter.clone(),
+        target: rig.mgr.target().unwrap(),
+        gate: gate.clone(),
+        owner: "replica-1".into(),
+        config: config.clone(),
+        events: None,
+        auth_hook: Some(rig.mgr.auth_hook()),
+    });
+    rig.mgr.attach_worker(worker.clone());
+    let outbox = Outbox::new(rig.store.clone(), Arc::new(rig.clock.clone()), config);
+
+    rig.advance_to(T0 + 90 * 60_000);
+    rig.sim.revoke_credential(rig.account, rig.cred.id).unwrap();
+    let tickets: Vec<String> = (0..3).map(|i| rig.ticket(&format!("Order {i}"))).collect();
+    let mut ids = Vec::new();
+    for (i, t) in tickets.iter().enumerate() {
+        ids.push(outbox.submit(&rig.conn, t, &Action::Reply(format!("Order {i} ships today.")), None).await.unwrap().id);
+    }
+    rig.advance_to(T0 + 96 * 60_000);
+    let before = rig.sim.requests(deskgate_sim::RequestFilter { account_id: None, since_seq: None }).len();
+    let out = rig.mgr.tick().await.unwrap();
+    let sent = rig.sim.requests(deskgate_sim::RequestFilter { account_id: None, since_seq: None }).len() - before;
+    assert_eq!(out, TickOutcome::Refresh(RefreshOutcome::Suspended));
+    assert!(sent <= 1, "one refresh attempt, {sent} requests");
+    let alerts = rig.alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].0, "refresh-failed");
+    assert!(matches!(rig.state().await, ConnectionState::Suspended { ref kind, .. } if kind == "reauth"));
+    assert!(rig.events().await.contains(&"connection.suspended".to_string()));
+
+    // Suspended: the worker claims nothing; every reply stays pending.
+    rig.advance_to(T0 + 2 * H);
+    assert_eq!(drain(&rig, &worker, &gate).await.claimed, 0);
+    for id in &ids {
+        assert_eq!(outbox.get(*id).await.unwrap().unwrap().state, "pending");
+    }
+
+    // 08:00: re-authenticate.
+    rig.advance_to(T0 + 8 * H);
+    let fresh = rig.sim.create_credential(rig.account, CredentialSpec { agent_id: Some(rig.agent), ..oauth(2 * 3600, None) }).unwrap();
+    let report = rig.mgr.update_credentials(secret_of(Platform::Zendesk, &fresh), fresh.expires_at_ms).await.unwrap();
+    assert!(report.passed, "{report:?}");
+    assert_eq!(rig.state().await, ConnectionState::Live);
+    assert!(rig.events().await.contains(&"connection.resumed".to_string()));
+    let rep = drain(&rig, &worker, &gate).await;
+    println!("re-auth at 08:00: drained {rep:?}");
+    for (id, t) in ids.iter().zip(&tickets) {
+        let rec = outbox.get(*id).await.unwrap().unwrap();
+        assert_eq!(rec.state, "confirmed", "{rec:?}");
+        let replies = rig
+            .sim
+            .writes(rig.account, Some(t.parse().unwrap()))
+            .unwrap()
+            .into_iter()
+            .filter(|w| matches!(w.kind, WriteKind::Reply { .. }))
+            .count();
+        assert_eq!(replies, 1, "ticket {t}");
+    }
+}
+
+/// Issue #5: an API key rotated on the platform is found by the next 4-hourly health check:
+/// `credential-invalid` alert, suspension, then recovery with the new key. Zendesk and Freshdesk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_key_is_detected_by_the_health_check() {
+    for platform in [Platform::Zendesk, Platform::Freshdesk] {
+        let rig = Rig::new(platform, CredentialSpec::default(), None).await;
+        rig.mgr.start().await.unwrap();
+        assert!(rig.mgr.probe().await.unwrap().passed);
+        rig.advance_to(T0 + H);
+        assert_eq!(rig.mgr.tick().await.unwrap(), TickOutcome::Idle);
+        rig.advance_to(T0 + 4 * H);
+        assert_eq!(rig.mgr.tick().await.unwrap(), TickOutcome::HealthCheck(true));
+        rig.advance_to(T0 + 5 * H);
+        let rotated = rig.sim.rotate_credential(rig.account, rig.cred.id).unwrap();
+        rig.advance_to(T0 + 7 * H);
+        assert_eq!(rig.mgr.tick().await.unwrap(), TickOutcome::Idle, "not due before 08:00");
+        rig.advance_to(T0 + 8 * H);
+        assert_eq!(rig.mgr.tick().await.unwrap(), TickOutcome::HealthCheck(false));
+        let alerts = rig.alerts().await;
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].0, "credential-invalid");
+        assert!(matches!(rig.state().await, ConnectionState::Suspended { .. }));
+        // The old key is refused when offered again; the new one resumes.
+        let bad = rig.mgr.update_credentials(secret_of(platform, &rig.cred), None).await;
+        assert!(bad.is_err(), "the rotated-away key is rejected");
+        let report = rig.mgr.update_credentials(secret_of(platform, &rotated), None).await.unwrap();
+        assert!(report.passed);
+        assert_eq!(rig.state().await, ConnectionState::Live);
+        assert_eq!(rig.events().await, vec!["connection.suspended", "connection.resumed"]);
+        println!("{platform}: rotation at 05:00 detected by the 08:00 health check; resumed");
+    }
+}
+
+/// Issue #5: a scope removed mid-operation: the write gets a 403 classified re-scope, one
+/// `scope-missing` alert names the scope, no refresh, no suspension, and reads carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_scope_is_rescope_not_reauth() {
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, Some(vec!["read", "write"])), None).await;
+    rig.mgr.start().await.unwrap();
+    assert!(rig.mgr.probe().await.unwrap().passed);
+    let t = rig.ticket("Refund");
+    let set = Operation::Apply(ApplyAction { ticket_id: t.clone(), action: Action::SetStatus(TicketStatus::Pending) });
+    assert!(matches!(rig.mgr.execute(&set, None).await.unwrap(), Ok(_)));
+    rig.sim.update_scopes(rig.account, rig.cred.id, ScopePatch { remove: vec!["write".into()], ..Default::default() }).unwrap();
+    let v = rig.mgr.credential().unwrap().version;
+    let r = rig.mgr.execute(&set, None).await.unwrap();
+    let Err(Failure::Forbidden(d)) = r else { panic!("{r:?}") };
+    assert_eq!(rig.mgr.credential().unwrap().version, v, "no refresh on a 403");
+    let alerts = rig.alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].0, "scope-missing");
+    assert!(alerts[0].1.contains(&d.missing), "{} names {}", alerts[0].1, d.missing);
+    assert_eq!(rig.state().await, ConnectionState::Live);
+    let read = rig.mgr.execute(&Operation::GetTicket(t.clone()), None).await.unwrap();
+    assert!(matches!(read, Ok(Outcome::Ticket(_))), "{read:?}");
+    // A second 403 on the same permission does not alert again.
+    let _ = rig.mgr.execute(&set, None).await.unwrap();
+    assert_eq!(rig.alerts().await.len(), 1);
+    let report = rig.store.get_connection(&rig.conn).await.unwrap().unwrap().probe_report.unwrap();
+    assert_eq!(report["runtime_forbidden"][0]["missing"], d.missing.as_str());
+    println!("403 → re-scope: missing {:?}, remediation: {}", d.missing, d.remediation);
+}
+
+/// Issue #5: connecting with a credential that cannot set status is refused go-live on each
+/// platform, with the platform's remediation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_live_refused_without_write_status_permission() {
+    let cases: [(Platform, CredentialSpec, Option<&str>); 3] = [
+        (Platform::Zendesk, CredentialSpec::default(), Some("edit_tickets")),
+        (Platform::Freshdesk, CredentialSpec::default(), Some("edit_ticket_properties")),
+        (
+            Platform::Intercom,
+            CredentialSpec {
+                scopes: Some(["read_conversations", "read_tags", "write_tags", "read_admins", "read_users", "write_users"].map(String::from).to_vec()),
+                ..Default::default()
+            },
+            None,
+        ),
+    ];
+    for (platform, spec, privilege) in cases {
+        let rig = Rig::new(platform, spec, privilege).await;
+        rig.mgr.start().await.unwrap();
+        let report = rig.mgr.probe().await.unwrap();
+        assert!(!report.passed, "{platform}: {report:?}");
+        let status = report.capabilities.iter().find(|e| e.capability == "set-status").unwrap();
+        assert!(!status.granted, "{platform}: {status:?}");
+        assert!(status.missing.is_some() && status.remediation.is_some(), "{platform}: {status:?}");
+        assert_eq!(rig.state().await, ConnectionState::PendingProbe, "{platform}");
+        let stored = rig.store.get_connection(&rig.conn).await.unwrap().unwrap().probe_report.unwrap();
+        assert_eq!(stored["passed"], false);
+        println!("{platform}: go-live refused:\n{}", report.explain());
+    }
+}
+
+/// Issue #5: crash between the platform's answer and the write of the rotated pair: at
+/// "restart" (a new manager over the same store) the marker is found, the stored token is dead
+/// on the first check, an alert is raised and the connection suspended. With the marker but the
+/// pair persisted (or the refresh never sent), the connection just works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_during_refresh_is_detected_at_startup() {
+    // Lost answer.
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    rig.store.set_connection_state(&rig.conn, &ConnectionState::Live, T0).await.unwrap();
+    rig.advance_to(T0 + 96 * 60_000);
+    let now = rig.clock.now_ms();
+    let c = rig.store.get_credential(&rig.conn).await.unwrap().unwrap();
+    rig.store
+        .begin_refresh(&rig.conn, &RefreshClaim { owner: "replica-1".into(), expected_version: c.version, now, stale_before: now - 60_000 })
+        .await
+        .unwrap();
+    let client = OAuthClient { client_id: rig.cred.client_id.clone().unwrap(), client_secret: rig.cred.client_secret.clone().unwrap() };
+    let pair = deskgate::auth::refresh::refresh(&reqwest::Client::new(), &rig.sim.base_url(), "/oauth/tokens", &client, rig.cred.refresh_token.as_ref().unwrap())
+        .await
+        .unwrap();
+    drop(pair); // the process "dies" here
+    let restarted = rig.manager();
+    assert_eq!(restarted.start().await.unwrap(), StartReport::SuspendedDeadToken);
+    let alerts = rig.alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].0, "credential-invalid");
+    assert!(matches!(rig.state().await, ConnectionState::Suspended { .. }));
+
+    // Marker written, request never answered: the stored token still works; marker cleared.
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    let c = rig.store.get_credential(&rig.conn).await.unwrap().unwrap();
+    rig.store
+        .begin_refresh(&rig.conn, &RefreshClaim { owner: "replica-1".into(), expected_version: c.version, now: T0, stale_before: T0 - 60_000 })
+        .await
+        .unwrap();
+    let restarted = rig.manager();
+    assert_eq!(restarted.start().await.unwrap(), StartReport::RecoveredMarker);
+    assert!(rig.store.get_credential(&rig.conn).await.unwrap().unwrap().refresh_in_flight.is_none());
+    assert!(matches!(restarted.execute(&Operation::WhoAmI, None).await.unwrap(), Ok(Outcome::Identity(_))));
+
+    // Marker written and the new pair persisted: works after restart, and refreshes again later.
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    rig.advance_to(T0 + 96 * 60_000);
+    let now = rig.clock.now_ms();
+    let c = rig.store.get_credential(&rig.conn).await.unwrap().unwrap();
+    let marked = rig
+        .store
+        .begin_refresh(&rig.conn, &RefreshClaim { owner: "replica-1".into(), expected_version: c.version, now, stale_before: now - 60_000 })
+        .await
+        .unwrap();
+    let client = OAuthClient { client_id: rig.cred.client_id.clone().unwrap(), client_secret: rig.cred.client_secret.clone().unwrap() };
+    let pair = deskgate::auth::refresh::refresh(&reqwest::Client::new(), &rig.sim.base_url(), "/oauth/tokens", &client, rig.cred.refresh_token.as_ref().unwrap())
+        .await
+        .unwrap();
+    let secret = CredentialSecret::OAuth { access_token: pair.access_token.clone(), refresh_token: pair.refresh_token.clone() };
+    rig.store
+        .put_credential(&rig.conn, &secret, pair.expires_in.map(|s| now + s as i64 * 1000), Expect::Version(marked.version), now)
+        .await
+        .unwrap();
+    let restarted = rig.manager();
+    assert_eq!(restarted.start().await.unwrap(), StartReport::Clean);
+    assert!(matches!(restarted.execute(&Operation::WhoAmI, None).await.unwrap(), Ok(Outcome::Identity(_))));
+    assert!(rig.alerts().await.is_empty());
+}
+
+/// Issue #5: alerts reach the admin contact's webhook with a `text` field, retried after a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_are_delivered_with_text_and_retried() {
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::new(Mutex::new(Vec::new()));
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = {
+        let got = got.clone();
+        let calls = calls.clone();
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                let got = got.clone();
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    got.lock().unwrap().push(body);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let rig = Rig::new(Platform::Freshdesk, CredentialSpec::default(), None).await;
+    rig.store
+        .update_connection(&rig.conn, &ConnectionPatch { admin_contact_url: Some(Some(format!("http://{addr}/hook"))), ..Default::default() }, T0)
+        .await
+        .unwrap();
+    rig.mgr.start().await.unwrap();
+    rig.sim.revoke_credential(rig.account, rig.cred.id).unwrap();
+    assert!(!rig.mgr.health_check().await.unwrap());
+    let deliverer = AlertDeliverer::new(rig.store.clone(), Arc::new(rig.clock.clone()), AlertConfig::default()).unwrap();
+    let first = deliverer.deliver_due().await.unwrap();
+    assert_eq!((first.delivered, first.failed), (0, 1));
+    assert_eq!(deliverer.deliver_due().await.unwrap().delivered, 0, "not due before the backoff");
+    rig.advance_to(T0 + 10_000);
+    let second = deliverer.deliver_due().await.unwrap();
+    assert_eq!((second.delivered, second.failed), (1, 0));
+    let body = got.lock().unwrap()[0].clone();
+    assert_eq!(body["kind"], "credential-invalid");
+    assert_eq!(body["connection"], rig.conn.as_str());
+    assert!(body["text"].as_str().unwrap().contains("Re-authenticate"), "{body}");
+    let stored = rig.store.list_alerts(Some(&rig.conn), true, 10).await.unwrap();
+    assert!(stored[0].delivered_at.is_some() && stored[0].attempts == 2, "{stored:?}");
+    println!("alert delivered on attempt {}: {}", stored[0].attempts, body["text"]);
+    let _ = rig.platform;
+}
+
+/// Issue #5: at use time a 401 triggers one refresh and a replay; when the refresh is refused
+/// too, the connection is suspended with one alert. A 401 on an API key suspends at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_refreshes_once_then_suspends() {
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    rig.mgr.start().await.unwrap();
+    rig.advance_to(T0 + 10 * 60_000);
+    rig.sim.expire_credential(rig.account, rig.cred.id).unwrap(); // expired early, refresh token alive
+    let v = rig.mgr.credential().unwrap().version;
+    let r = rig.mgr.execute(&Operation::WhoAmI, None).await.unwrap();
+    assert!(matches!(r, Ok(Outcome::Identity(_))), "replayed after one refresh: {r:?}");
+    assert_eq!(rig.mgr.credential().unwrap().version, v + 1, "exactly one refresh");
+    assert!(rig.alerts().await.is_empty());
+
+    // Both tokens dead: one refresh attempt, refused, suspended, one alert.
+    let now_cred = rig.mgr.credential().unwrap();
+    // Someone else spends the stored refresh token: the platform rotates and kills our pair.
+    let CredentialSecret::OAuth { refresh_token: Some(rt), .. } = &now_cred.secret else { panic!() };
+    let client = OAuthClient { client_id: rig.cred.client_id.clone().unwrap(), client_secret: rig.cred.client_secret.clone().unwrap() };
+    deskgate::auth::refresh::refresh(&reqwest::Client::new(), &rig.sim.base_url(), "/oauth/tokens", &client, rt).await.unwrap();
+    let r = rig.mgr.execute(&Operation::WhoAmI, None).await.unwrap();
+    assert!(matches!(r, Err(Failure::Unauthenticated(_))), "{r:?}");
+    assert_eq!(rig.mgr.credential().unwrap().version, now_cred.version, "nothing new stored");
+    let alerts = rig.alerts().await;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert!(matches!(rig.state().await, ConnectionState::Suspended { .. }));
+
+    // An API key: a 401 suspends without any refresh.
+    let rig = Rig::new(Platform::Freshdesk, CredentialSpec::default(), None).await;
+    rig.mgr.start().await.unwrap();
+    rig.sim.revoke_credential(rig.account, rig.cred.id).unwrap();
+    let r = rig.mgr.execute(&Operation::WhoAmI, None).await.unwrap();
+    assert!(matches!(r, Err(Failure::Unauthenticated(_))), "{r:?}");
+    assert_eq!(rig.alerts().await.iter().map(|a| a.0.as_str()).collect::<Vec<_>>(), vec!["credential-invalid"]);
+    assert!(matches!(rig.state().await, ConnectionState::Suspended { .. }));
+}
+
+/// Issue #5: a 401 on an outbox write keeps the action waiting durably while the hook refreshes
+/// the token once in the background; the replay lands the reply exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_401_waits_refreshes_and_replays() {
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    rig.mgr.start().await.unwrap();
+    assert!(rig.mgr.probe().await.unwrap().passed);
+    let gate = BudgetLayer::new(Arc::new(rig.clock.clone()), BudgetConfig::default())
+        .connect(&rig.mgr.target().unwrap().connection, rig.adapter.descriptor(), None)
+        .unwrap();
+    let config = OutboxConfig { lease_for: Duration::from_secs(900), ..OutboxConfig::default() };
+    let worker = OutboxWorker::new(WorkerParts {
+        store: rig.store.clone(),
+        clock: Arc::new(rig.clock.clone()),
+        driver: Driver::new(DriverConfig::default()).unwrap(),
+        adapter: rig.adapter.clone(),
+        target: rig.mgr.target().unwrap(),
+        gate: gate.clone(),
+        owner: "replica-1".into(),
+        config: config.clone(),
+        events: None,
+        auth_hook: Some(rig.mgr.auth_hook()),
+    });
+    rig.mgr.attach_worker(worker.clone());
+    let outbox = Outbox::new(rig.store.clone(), Arc::new(rig.clock.clone()), config);
+    let t = rig.ticket("Late parcel");
+    rig.sim.expire_credential(rig.account, rig.cred.id).unwrap();
+    let v = rig.mgr.credential().unwrap().version;
+    let id = outbox.submit(&rig.conn, &t, &Action::Reply("It ships today.".into()), None).await.unwrap().id;
+    let first = drain(&rig, &worker, &gate).await;
+    assert_eq!(first.failed, 0, "{first:?}");
+    // The background refresh is IO, not policy: wait for it to be stored.
+    for _ in 0..500 {
+        if rig.mgr.credential().unwrap().version > v {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rig.mgr.credential().unwrap().version, v + 1, "one refresh");
+    assert_eq!(outbox.get(id).await.unwrap().unwrap().state, "pending");
+    rig.advance_to(rig.clock.now_ms() + 300_001);
+    let second = drain(&rig, &worker, &gate).await;
+    let rec = outbox.get(id).await.unwrap().unwrap();
+    assert_eq!(rec.state, "confirmed", "{rec:?} {second:?}");
+    let replies = rig
+        .sim
+        .writes(rig.account, Some(t.parse().unwrap()))
+        .unwrap()
+        .into_iter()
+        .filter(|w| matches!(w.kind, WriteKind::Reply { .. }))
+        .count();
+    assert_eq!(replies, 1);
+    assert_eq!(rig.state().await, ConnectionState::Live);
+    assert!(rig.alerts().await.is_empty());
+}
