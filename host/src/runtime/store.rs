@@ -13,7 +13,11 @@ const STDERR_CAPACITY: usize = 8 << 10;
 
 /// State of one adapter store.
 pub struct StoreData {
-    wasi: WasiCtx,
+    /// Built on the first WASI call. `WasiCtxBuilder` seeds its default RNGs from the thread RNG
+    /// and allocates (twice: `build` leaves a fresh default builder behind), which was most of an
+    /// instantiation's host-side cost, while the adapters make no WASI call on a normal path
+    /// (only a panic writes to stderr). The context is the same whenever it is built.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     limiter: MemoryCap,
     stderr: MemoryOutputPipe,
@@ -23,7 +27,16 @@ impl StoreData {
     /// A store with no preopens, no sockets, no env, no args, frozen clocks, deterministic
     /// randomness, stderr captured into a small buffer, and memory capped at `memory_cap` bytes.
     pub fn new(memory_cap: usize) -> Self {
-        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        Self {
+            wasi: None,
+            table: ResourceTable::new(),
+            limiter: MemoryCap { cap: memory_cap, hit: false },
+            stderr: MemoryOutputPipe::new(STDERR_CAPACITY),
+        }
+    }
+
+    /// The sandboxed WASI context: see [`StoreData::new`].
+    fn build_wasi(stderr: &MemoryOutputPipe) -> WasiCtx {
         let mut b = WasiCtxBuilder::new();
         b.stderr(stderr.clone())
             .wall_clock(FrozenClock)
@@ -34,12 +47,7 @@ impl StoreData {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
-        Self {
-            wasi: b.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryCap { cap: memory_cap, hit: false },
-            stderr,
-        }
+        b.build()
     }
 
     pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
@@ -57,7 +65,8 @@ impl StoreData {
 
 impl WasiView for StoreData {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        let ctx = self.wasi.get_or_insert_with(|| Self::build_wasi(&self.stderr));
+        WasiCtxView { ctx, table: &mut self.table }
     }
 }
 
