@@ -24,7 +24,7 @@ pub use cache::CompileCache;
 pub use store::StoreData;
 
 use crate::bindings::{
-    AdapterComponent, AdapterComponentPre, Connection, Descriptor, Failure, HttpResponse, Operation,
+    AdapterComponentPre, Connection, Descriptor, Failure, HttpResponse, Operation,
     RateObservation, Step, Webhook,
 };
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Func, Linker, TypedFunc};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 
 /// Bytes of linear memory (and of table) kept resident per pool slot after an instance is freed.
@@ -290,12 +290,16 @@ impl AdapterRuntime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Contract { source_name: source_name.into(), reason: format!("{e:#}") })?;
+        // Type-checks every export against the contract: `Exports` relies on it.
         let pre = AdapterComponentPre::new(pre)
+            .map_err(|e| LoadError::Contract { source_name: source_name.into(), reason: format!("{e:#}") })?;
+        let exports = ExportIndices::new(&component)
             .map_err(|e| LoadError::Contract { source_name: source_name.into(), reason: format!("{e:#}") })?;
         let mut adapter = Adapter {
             id: source_name.to_string(),
             source: source_name.to_string(),
             pre,
+            exports,
             descriptor: None,
             engine: self.engine.clone(),
             limits: Limits::from(&self.config),
@@ -413,7 +417,123 @@ pub struct AdapterStats {
 
 struct Warm {
     store: Store<StoreData>,
-    bindings: AdapterComponent,
+    exports: Exports,
+}
+
+/// The name of the contract's exported interface.
+const ADAPTER_INTERFACE: &str = "deskgate:adapter/adapter@0.1.0";
+
+/// Where the contract's functions are among a component's exports, looked up once per component.
+#[derive(Debug, Clone, Copy)]
+struct ExportIndices {
+    describe: ComponentExportIndex,
+    start: ComponentExportIndex,
+    resume: ComponentExportIndex,
+    observe: ComponentExportIndex,
+    parse_webhook: ComponentExportIndex,
+}
+
+impl ExportIndices {
+    fn new(component: &Component) -> anyhow::Result<Self> {
+        let iface = component
+            .get_export_index(None, ADAPTER_INTERFACE)
+            .ok_or_else(|| anyhow::anyhow!("no export `{ADAPTER_INTERFACE}`"))?;
+        let func = |name: &str| {
+            component
+                .get_export_index(Some(&iface), name)
+                .ok_or_else(|| anyhow::anyhow!("no export `{name}` in `{ADAPTER_INTERFACE}`"))
+        };
+        Ok(Self {
+            describe: func("describe")?,
+            start: func("start")?,
+            resume: func("resume")?,
+            observe: func("observe")?,
+            parse_webhook: func("parse-webhook")?,
+        })
+    }
+}
+
+/// One instance's contract functions.
+///
+/// The generated bindings (`AdapterComponentPre::instantiate`) type-check every export again on
+/// each instantiation (`get_typed_func`: a walk over the contract's records, variants and enums with
+/// a string comparison per field and case), about a quarter of an instantiation's cost. The
+/// component was already checked against exactly these signatures once, when it was loaded
+/// (`AdapterComponentPre::new` in [`AdapterRuntime::prepare`]), and an instance's export types are
+/// its component's, so the functions are looked up by index and called as the generated code calls
+/// them after its check, through `TypedFunc::new_unchecked`.
+struct Exports {
+    describe: Func,
+    start: Func,
+    resume: Func,
+    observe: Func,
+    parse_webhook: Func,
+}
+
+// SAFETY (every `new_unchecked` below): the signature is the one `AdapterComponentPre::new`
+// type-checked for this export of this component at load time (the generated `GuestIndices::new`
+// checks `describe`, `start`, `resume`, `observe` and `parse-webhook` with these parameter and
+// result types), and the `Func` comes from an instance of that same component.
+#[allow(unsafe_code)]
+impl Exports {
+    fn load(store: &mut Store<StoreData>, instance: &wasmtime::component::Instance, idx: &ExportIndices) -> wasmtime::Result<Self> {
+        let mut func = |i: &ComponentExportIndex| {
+            instance.get_func(&mut *store, i).ok_or_else(|| wasmtime::format_err!("export missing from instance"))
+        };
+        Ok(Self {
+            describe: func(&idx.describe)?,
+            start: func(&idx.start)?,
+            resume: func(&idx.resume)?,
+            observe: func(&idx.observe)?,
+            parse_webhook: func(&idx.parse_webhook)?,
+        })
+    }
+
+    fn describe(&self, store: &mut Store<StoreData>) -> wasmtime::Result<Descriptor> {
+        let f = unsafe { TypedFunc::<(), (Descriptor,)>::new_unchecked(self.describe) };
+        Ok(f.call(store, ())?.0)
+    }
+
+    fn start(&self, store: &mut Store<StoreData>, conn: &Connection, op: &Operation) -> wasmtime::Result<Result<Step, Failure>> {
+        let f = unsafe { TypedFunc::<(&Connection, &Operation), (Result<Step, Failure>,)>::new_unchecked(self.start) };
+        Ok(f.call(store, (conn, op))?.0)
+    }
+
+    fn resume(
+        &self,
+        store: &mut Store<StoreData>,
+        conn: &Connection,
+        op: &Operation,
+        state: &str,
+        response: &HttpResponse,
+    ) -> wasmtime::Result<Result<Step, Failure>> {
+        let f = unsafe {
+            TypedFunc::<(&Connection, &Operation, &str, &HttpResponse), (Result<Step, Failure>,)>::new_unchecked(
+                self.resume,
+            )
+        };
+        Ok(f.call(store, (conn, op, state, response))?.0)
+    }
+
+    fn observe(&self, store: &mut Store<StoreData>, conn: &Connection, response: &HttpResponse) -> wasmtime::Result<Vec<RateObservation>> {
+        let f = unsafe { TypedFunc::<(&Connection, &HttpResponse), (Vec<RateObservation>,)>::new_unchecked(self.observe) };
+        Ok(f.call(store, (conn, response))?.0)
+    }
+
+    fn parse_webhook(
+        &self,
+        store: &mut Store<StoreData>,
+        conn: &Connection,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> wasmtime::Result<Result<Webhook, Failure>> {
+        let f = unsafe {
+            TypedFunc::<(&Connection, &[(String, String)], &[u8]), (Result<Webhook, Failure>,)>::new_unchecked(
+                self.parse_webhook,
+            )
+        };
+        Ok(f.call(store, (conn, headers, body))?.0)
+    }
 }
 
 /// One loaded adapter: its descriptor and a pool of warm instances.
@@ -421,6 +541,7 @@ pub struct Adapter {
     id: String,
     source: String,
     pre: AdapterComponentPre<StoreData>,
+    exports: ExportIndices,
     descriptor: Option<Descriptor>,
     engine: Engine,
     limits: Limits,
@@ -469,22 +590,24 @@ impl Adapter {
         store.limiter(|d| d.limiter());
         store.set_epoch_deadline(self.limits.deadline_ticks);
         store.epoch_deadline_trap();
-        let bindings = self.pre.instantiate(&mut store).map_err(|e| CallError::Instantiate {
-            adapter: self.id.clone(),
-            message: format!("{e:#}"),
-        })?;
-        Ok(Warm { store, bindings })
+        let exports = self
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| Exports::load(&mut store, &instance, &self.exports))
+            .map_err(|e| CallError::Instantiate { adapter: self.id.clone(), message: format!("{e:#}") })?;
+        Ok(Warm { store, exports })
     }
 
     fn describe_fresh(&self) -> Result<Descriptor, CallError> {
-        self.call("describe", |store, b| b.deskgate_adapter_adapter().call_describe(store))
+        self.call("describe", |store, b| b.describe(store))
     }
 
     /// Run one export call under the limits, on a warm instance when one is free.
     fn call<R>(
         &self,
         export: &'static str,
-        f: impl FnOnce(&mut Store<StoreData>, &AdapterComponent) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Store<StoreData>, &Exports) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         self.stats.calls.fetch_add(1, Ordering::Relaxed);
         let warm = self.warm.lock().expect("warm pool lock").pop();
@@ -495,7 +618,7 @@ impl Adapter {
             })?,
         };
         warm.store.set_epoch_deadline(self.limits.deadline_ticks);
-        match f(&mut warm.store, &warm.bindings) {
+        match f(&mut warm.store, &warm.exports) {
             Ok(r) => {
                 let mut pool = self.warm.lock().expect("warm pool lock");
                 if pool.len() < self.limits.warm_max {
@@ -533,7 +656,7 @@ impl Adapter {
     /// # Errors
     /// [`CallError`] when the component misbehaves; platform outcomes are inside the `Ok`.
     pub fn start(&self, conn: &Connection, op: &Operation) -> Result<Result<Step, Failure>, CallError> {
-        self.call("start", |store, b| b.deskgate_adapter_adapter().call_start(store, conn, op))
+        self.call("start", |store, b| b.start(store, conn, op))
     }
 
     /// `resume`: interpret `response` for the request sent with `state`, and plan the next step.
@@ -548,7 +671,7 @@ impl Adapter {
         response: &HttpResponse,
     ) -> Result<Result<Step, Failure>, CallError> {
         self.call("resume", |store, b| {
-            b.deskgate_adapter_adapter().call_resume(store, conn, op, state, response)
+            b.resume(store, conn, op, state, response)
         })
     }
 
@@ -557,7 +680,7 @@ impl Adapter {
     /// # Errors
     /// [`CallError`] when the component misbehaves.
     pub fn observe(&self, conn: &Connection, response: &HttpResponse) -> Result<Vec<RateObservation>, CallError> {
-        self.call("observe", |store, b| b.deskgate_adapter_adapter().call_observe(store, conn, response))
+        self.call("observe", |store, b| b.observe(store, conn, response))
     }
 
     /// `parse-webhook`: normalized events plus what to verify.
@@ -571,7 +694,7 @@ impl Adapter {
         body: &[u8],
     ) -> Result<Result<Webhook, Failure>, CallError> {
         self.call("parse-webhook", |store, b| {
-            b.deskgate_adapter_adapter().call_parse_webhook(store, conn, headers, body)
+            b.parse_webhook(store, conn, headers, body)
         })
     }
 
