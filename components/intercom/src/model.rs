@@ -7,20 +7,23 @@
 
 use deskgate_adapter_sdk::prelude::*;
 use serde::{Deserialize, Deserializer};
+use deskgate_adapter_sdk::lenient::Scalar;
 use serde_json::Value;
 
 /// An id that may arrive as a string, an integer or null. Empty strings count as absent.
 pub fn flex_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let v = Option::<Value>::deserialize(d)?;
-    Ok(v.as_ref().and_then(value_id))
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Str(s) if !s.is_empty() => Some(s),
+        Scalar::Num(n) => Some(n.to_string()),
+        _ => None,
+    })
 }
 
 /// A time in seconds (or any integer) that may arrive as a number, a numeric string or null.
 pub fn flex_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
-    let v = Option::<Value>::deserialize(d)?;
-    Ok(match v {
-        Some(Value::Number(n)) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
-        Some(Value::String(s)) => s.trim().parse().ok(),
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Num(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Scalar::Str(s) => s.trim().parse().ok(),
         _ => None,
     })
 }

@@ -11,6 +11,7 @@
 //! - [`bindings`]: the generated types and the `Guest` trait (also re-exported in [`prelude`]).
 //! - [`http`]: request builders and response readers.
 //! - [`fail`]: constructors for each `failure` case.
+//! - [`lenient`]: reading loosely typed JSON fields without building `serde_json::Value`s.
 //! - [`text`]: comparing reply bodies across HTML and plain text; RFC 3339 times.
 //! - [`export_adapter!`]: exports a type implementing [`Guest`](prelude::Guest) as the component's
 //!   adapter. Call it once, only when building for `wasm32`, so the crate also compiles and tests
@@ -45,6 +46,7 @@ pub mod bindings {
 
 pub mod fail;
 pub mod http;
+pub mod lenient;
 pub mod text;
 
 /// Everything an adapter implementation usually needs, in one `use`.

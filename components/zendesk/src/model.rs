@@ -7,6 +7,7 @@
 
 use deskgate_adapter_sdk::prelude::*;
 use serde::{Deserialize, Deserializer};
+use deskgate_adapter_sdk::lenient::{Scalar, ScalarVisitor};
 use serde_json::Value;
 
 /// An id that may be a JSON number or a string; anything else (null, objects) is `None`.
@@ -19,31 +20,73 @@ pub fn id_of(v: &Value) -> Option<String> {
 }
 
 fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(id_of(&Value::deserialize(d)?))
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Num(n) => Some(n.to_string()),
+        Scalar::Str(s) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    })
 }
 
 fn opt_str<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::String(s) => Some(s),
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Str(s) => Some(s),
         _ => None,
     })
 }
 
 fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::Bool(b) => Some(b),
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Bool(b) => Some(b),
         _ => None,
     })
 }
 
+/// The strings of an array (other elements skipped); anything but an array is empty.
 fn str_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(match Value::deserialize(d)? {
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|v| v.as_str().map(str::to_string))
-            .collect(),
-        _ => Vec::new(),
-    })
+    struct StrList;
+    impl<'de> serde::de::Visitor<'de> for StrList {
+        type Value = Vec<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element::<Scalar>()? {
+                if let Scalar::Str(s) = v {
+                    out.push(s);
+                }
+            }
+            Ok(out)
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_none<E>(self) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Vec<String>, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_unit<E>(self) -> Result<Vec<String>, E> {
+            Ok(Vec::new())
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Vec<String>, A::Error> {
+            serde::de::Visitor::visit_map(ScalarVisitor, map).map(|_| Vec::new())
+        }
+    }
+    d.deserialize_any(StrList)
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time, 0 when absent or unreadable.
