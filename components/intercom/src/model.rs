@@ -5,9 +5,9 @@
 //! `team_assignee_id` as strings or integers in different places and its own examples mix both, so
 //! ids and times go through [`flex_id`] and [`flex_i64`], which accept strings, numbers and null.
 
+use deskgate_adapter_sdk::lenient::Scalar;
 use deskgate_adapter_sdk::prelude::*;
 use serde::{Deserialize, Deserializer};
-use deskgate_adapter_sdk::lenient::Scalar;
 use serde_json::Value;
 
 /// An id that may arrive as a string, an integer or null. Empty strings count as absent.

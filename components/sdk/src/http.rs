@@ -50,7 +50,11 @@ impl RequestBuilder {
 
     /// Draw one unit from an account-wide bucket.
     pub fn draw(mut self, bucket: &str) -> Self {
-        self.req.draws.push(BucketDraw { bucket: bucket.to_string(), key: None, cost: 1 });
+        self.req.draws.push(BucketDraw {
+            bucket: bucket.to_string(),
+            key: None,
+            cost: 1,
+        });
         self
     }
 
@@ -75,7 +79,9 @@ impl RequestBuilder {
         // Serializing a `serde_json::Value` or a derived struct cannot fail.
         let bytes = serde_json::to_vec(body).expect("JSON body serializes");
         self.req.body = Some(bytes);
-        self.req.headers.push(("content-type".to_string(), "application/json".to_string()));
+        self.req
+            .headers
+            .push(("content-type".to_string(), "application/json".to_string()));
         self
     }
 
@@ -113,7 +119,9 @@ pub fn header<'a>(resp: &'a HttpResponse, name: &str) -> Option<&'a str> {
 /// Parse a JSON body, or fail with `permanent` naming what could not be read.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Failure> {
     serde_json::from_slice(body).map_err(|e| {
-        Failure::Permanent(format!("could not read the platform's {what} response: {e}"))
+        Failure::Permanent(format!(
+            "could not read the platform's {what} response: {e}"
+        ))
     })
 }
 
@@ -175,7 +183,10 @@ mod tests {
     fn resp(headers: &[(&str, &str)]) -> HttpResponse {
         HttpResponse {
             status: 429,
-            headers: headers.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
             body: Vec::new(),
         }
     }

@@ -76,4 +76,3 @@ impl<'de> Deserialize<'de> for Scalar {
         d.deserialize_any(ScalarVisitor)
     }
 }
-

@@ -12,6 +12,7 @@
 //! - [`http`]: request builders and response readers.
 //! - [`fail`]: constructors for each `failure` case.
 //! - [`lenient`]: reading loosely typed JSON fields without building `serde_json::Value`s.
+//! - [`state`]: [`SavedFailure`](state::SavedFailure), a failure carried between steps.
 //! - [`text`]: comparing reply bodies across HTML and plain text; RFC 3339 times.
 //! - [`export_adapter!`]: exports a type implementing [`Guest`](prelude::Guest) as the component's
 //!   adapter. Call it once, only when building for `wasm32`, so the crate also compiles and tests
@@ -47,6 +48,7 @@ pub mod bindings {
 pub mod fail;
 pub mod http;
 pub mod lenient;
+pub mod state;
 pub mod text;
 
 /// Everything an adapter implementation usually needs, in one `use`.
@@ -56,8 +58,7 @@ pub mod prelude {
         CapabilityResult, CapabilitySpec, Comment, Connection, Descriptor, Failure,
         ForbiddenDetail, HttpRequest, HttpResponse, Identity, Lane, ListChanged, Method,
         Oauth2Auth, Operation, Outcome, PartFailure, PendingRequest, PermissionKind, PlanLimits,
-        ProbeMethod,
-        RateBucket, RateLimitedDetail, RateObservation, ReadBackResult, Resolution,
+        ProbeMethod, RateBucket, RateLimitedDetail, RateObservation, ReadBackResult, Resolution,
         SignatureAlgorithm, SignatureCheck, Step, Ticket, TicketEvent, TicketPage, TicketStatus,
         UnauthenticatedDetail, Webhook, WebhookSpec, WriteReceipt,
     };

@@ -16,7 +16,6 @@
 //! status alone.
 
 use deskgate_adapter_sdk::prelude::*;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What the failed request was doing: used to name the missing permission when the body does not.
@@ -328,119 +327,7 @@ pub fn classify(resp: &HttpResponse, ctx: Ctx<'_>) -> Failure {
 }
 
 /// A serializable copy of `Failure`, for adapter state that must carry one between steps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "k", rename_all = "kebab-case")]
-pub enum StoredFailure {
-    /// `unauthenticated`.
-    Unauthenticated {
-        /// Code.
-        code: String,
-        /// Message.
-        message: String,
-    },
-    /// `forbidden`.
-    Forbidden {
-        /// "scope", "role" or "plan".
-        kind: String,
-        /// Missing permission.
-        missing: String,
-        /// How to grant it.
-        remediation: String,
-        /// Message.
-        message: String,
-    },
-    /// `rate-limited`.
-    RateLimited {
-        /// Wait.
-        retry_after_ms: Option<u64>,
-        /// Bucket.
-        bucket: Option<String>,
-        /// Message.
-        message: String,
-    },
-    /// `not-found`.
-    NotFound {
-        /// Message.
-        m: String,
-    },
-    /// `invalid`.
-    Invalid {
-        /// Message.
-        m: String,
-    },
-    /// `transient`.
-    Transient {
-        /// Message.
-        m: String,
-    },
-    /// `permanent`.
-    Permanent {
-        /// Message.
-        m: String,
-    },
-}
-
-impl From<&Failure> for StoredFailure {
-    fn from(f: &Failure) -> Self {
-        match f {
-            Failure::Unauthenticated(d) => Self::Unauthenticated {
-                code: d.code.clone(),
-                message: d.message.clone(),
-            },
-            Failure::Forbidden(d) => Self::Forbidden {
-                kind: match d.kind {
-                    PermissionKind::Scope => "scope",
-                    PermissionKind::Role => "role",
-                    PermissionKind::Plan => "plan",
-                }
-                .to_string(),
-                missing: d.missing.clone(),
-                remediation: d.remediation.clone(),
-                message: d.message.clone(),
-            },
-            Failure::RateLimited(d) => Self::RateLimited {
-                retry_after_ms: d.retry_after_ms,
-                bucket: d.bucket.clone(),
-                message: d.message.clone(),
-            },
-            Failure::NotFound(m) => Self::NotFound { m: m.clone() },
-            Failure::Invalid(m) => Self::Invalid { m: m.clone() },
-            Failure::Transient(m) => Self::Transient { m: m.clone() },
-            Failure::Permanent(m) => Self::Permanent { m: m.clone() },
-        }
-    }
-}
-
-impl StoredFailure {
-    /// Back to the contract's `Failure`.
-    pub fn to_failure(&self) -> Failure {
-        match self.clone() {
-            Self::Unauthenticated { code, message } => fail::unauthenticated(&code, &message),
-            Self::Forbidden {
-                kind,
-                missing,
-                remediation,
-                message,
-            } => {
-                let kind = match kind.as_str() {
-                    "scope" => PermissionKind::Scope,
-                    "plan" => PermissionKind::Plan,
-                    _ => PermissionKind::Role,
-                };
-                fail::forbidden(kind, &missing, &remediation, &message)
-            }
-            Self::RateLimited {
-                retry_after_ms,
-                bucket,
-                message,
-            } => fail::rate_limited(retry_after_ms, bucket.as_deref(), &message),
-            Self::NotFound { m } => Failure::NotFound(m),
-            Self::Invalid { m } => Failure::Invalid(m),
-            Self::Transient { m } => Failure::Transient(m),
-            Self::Permanent { m } => Failure::Permanent(m),
-        }
-    }
-}
+pub use deskgate_adapter_sdk::state::SavedFailure as StoredFailure;
 
 #[cfg(test)]
 mod tests {

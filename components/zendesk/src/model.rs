@@ -5,9 +5,9 @@
 //! as strings from webhooks (`"id":"35436"`), audit event `value`s are strings, numbers or arrays.
 //! A value of the wrong type is read as absent rather than failing the whole body.
 
+use deskgate_adapter_sdk::lenient::{Scalar, ScalarVisitor};
 use deskgate_adapter_sdk::prelude::*;
 use serde::{Deserialize, Deserializer};
-use deskgate_adapter_sdk::lenient::{Scalar, ScalarVisitor};
 use serde_json::Value;
 
 /// An id that may be a JSON number or a string; anything else (null, objects) is `None`.
@@ -49,7 +49,10 @@ fn str_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("any JSON value")
         }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
             let mut out = Vec::new();
             while let Some(v) = seq.next_element::<Scalar>()? {
                 if let Scalar::Str(s) = v {
