@@ -56,6 +56,7 @@ pub mod builtin;
 pub mod cli;
 pub mod clock;
 pub mod conformance;
+pub mod demo;
 pub mod config;
 pub mod driver;
 pub mod gateway;

@@ -412,7 +412,15 @@ impl Gateway {
         let inner = &self.inner;
         let mut rep = TimerReport::default();
         let now = inner.clock.now_ms();
-        match inner.store.acquire_lease(&a.id, AUTH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await {
+        // The lease is taken only when the credential timer has something to do: a lease write
+        // per connection per tick would keep the store's single writer busy for nothing.
+        let auth_due = a.manager.next_due_at().is_some_and(|at| now >= at);
+        let lease = if auth_due {
+            inner.store.acquire_lease(&a.id, AUTH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+        } else {
+            Ok(None)
+        };
+        match lease {
             Ok(Some(_)) => match a.manager.tick().await {
                 Ok(t) => {
                     if t != TickOutcome::Idle && t != TickOutcome::Inactive {
@@ -467,7 +475,10 @@ impl Gateway {
     async fn gateway_timers(&self) {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
-        if let Ok(Some(_)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await {
+        let alerts_due = matches!(inner.store.alerts_due(now, 1).await, Ok(due) if !due.is_empty());
+        if alerts_due
+            && let Ok(Some(_)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+        {
             if let Err(e) = inner.alerts.deliver_due().await {
                 tracing::warn!("alert delivery: {e}");
             }
