@@ -445,6 +445,15 @@ impl Gateway {
                         let source = SweepSource { adapter: &a.adapter, target: &target, gate: &a.gate, platform: a.adapter.id() };
                         match inner.reconciler.sweep(source).await {
                             Ok(r) => rep.sweep = Some(r),
+                            Err(crate::ingest::sweep::SweepError::Platform(crate::bindings::Failure::Unauthenticated(d))) => {
+                                // The read lane meets the same credential policy as writes: one
+                                // refresh (OAuth), else suspension with an alert.
+                                rep.errors.push(format!("sweep: the platform refused the credential ({})", d.code));
+                                let seen = a.manager.credential().map(|c| c.version);
+                                if let Err(e) = a.manager.on_unauthenticated(seen).await {
+                                    rep.errors.push(format!("handling the sweep's 401: {e}"));
+                                }
+                            }
                             Err(e) => rep.errors.push(format!("sweep: {e}")),
                         }
                     }
