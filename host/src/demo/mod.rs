@@ -756,17 +756,27 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
 
     // Drain: the day's last tickets may have lost their webhook; the sweeps run on.
     let total_created: usize = created.values().map(Vec::len).sum();
-    let drain_deadline = clock.now_ms() + 2 * HOUR;
+    // Until everything is delivered and settled; stop early only when nothing moved for a while
+    // (the report then says what is left, and why).
+    let drain_deadline = clock.now_ms() + 12 * HOUR;
+    let mut last_progress = (0usize, usize::MAX, Instant::now());
     loop {
         let delivered: usize = view.lock().unwrap_or_else(|e| e.into_inner()).delivered.values().map(BTreeSet::len).sum();
         let in_flight = store
-            .list_actions(&ActionQuery { connection_id: None, ticket_id: None, in_flight_only: true, after_id: 0, limit: 1 })
+            .list_actions(&ActionQuery { connection_id: None, ticket_id: None, in_flight_only: true, after_id: 0, limit: 10_000 })
             .await?
             .len();
-        if (delivered >= total_created && in_flight == 0) || clock.now_ms() >= drain_deadline {
+        if delivered >= total_created && in_flight == 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        if (delivered, in_flight) != (last_progress.0, last_progress.1) {
+            last_progress = (delivered, in_flight, Instant::now());
+        }
+        if clock.now_ms() >= drain_deadline || last_progress.2.elapsed() > Duration::from_secs(20) {
+            progress(&format!("{} drain stopped: {delivered} of {total_created} tickets delivered, {in_flight} resolution(s) in flight", hhmm(clock.now_ms())));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let end = clock.now_ms();
     progress(&format!("{} (next day) drained; stopping", hhmm(end)));

@@ -440,8 +440,8 @@ impl Gateway {
                 timer.claim(&inner.store, inner.clock.now_ms()).await
             };
             match due {
-                Ok(true) => match a.manager.target() {
-                    Some(target) => {
+                Ok(true) => match (a.manager.target(), a.manager.credential().map(|c| c.version)) {
+                    (Some(target), used) => {
                         let source = SweepSource { adapter: &a.adapter, target: &target, gate: &a.gate, platform: a.adapter.id() };
                         match inner.reconciler.sweep(source).await {
                             Ok(r) => rep.sweep = Some(r),
@@ -449,15 +449,16 @@ impl Gateway {
                                 // The read lane meets the same credential policy as writes: one
                                 // refresh (OAuth), else suspension with an alert.
                                 rep.errors.push(format!("sweep: the platform refused the credential ({})", d.code));
-                                let seen = a.manager.credential().map(|c| c.version);
-                                if let Err(e) = a.manager.on_unauthenticated(seen).await {
+                                // The version the sweep used, not the current one: a refresh
+                                // may have replaced it mid-sweep, and must not run twice.
+                                if let Err(e) = a.manager.on_unauthenticated(used).await {
                                     rep.errors.push(format!("handling the sweep's 401: {e}"));
                                 }
                             }
                             Err(e) => rep.errors.push(format!("sweep: {e}")),
                         }
                     }
-                    None => rep.errors.push("sweep: no credential loaded".into()),
+                    (None, _) => rep.errors.push("sweep: no credential loaded".into()),
                 },
                 Ok(false) => {}
                 Err(e) => rep.errors.push(format!("sweep lease: {e}")),
