@@ -105,7 +105,7 @@ async fn receive(request: IncomingRequest) -> Result<(u16, Vec<u8>), EdgeError> 
             return Err(EdgeError::new(
                 404,
                 "wrong-edge",
-                format!("connection `{connection_id}` is a {p} connection and this edge serves {platform}: point the platform at the {p} edge"),
+                format!("connection `{connection_id}` belongs to platform {p} and this edge serves {platform}: point the platform at the {p} edge"),
             ));
         }
         Some(_) => {}
