@@ -87,7 +87,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// `n` requests with `concurrency` in flight to `url`, tickets numbered from `first`.
-async fn load(client: &Client<HttpConnector, Full<Bytes>>, url: &str, first: usize, n: usize, concurrency: usize) -> anyhow::Result<Run> {
+async fn load(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+    expect: u16,
+    first: usize,
+    n: usize,
+    concurrency: usize,
+) -> anyhow::Result<Run> {
     let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -110,7 +117,7 @@ async fn load(client: &Client<HttpConnector, Full<Bytes>>, url: &str, first: usi
                 let status = resp.status();
                 let answer = resp.into_body().collect().await?.to_bytes();
                 lat.push(t.elapsed());
-                anyhow::ensure!(status == 200, "{url} answered {status}: {}", String::from_utf8_lossy(&answer));
+                anyhow::ensure!(status == expect, "{url} answered {status}: {}", String::from_utf8_lossy(&answer));
             }
         }));
     }
@@ -170,15 +177,19 @@ async fn main() -> anyhow::Result<()> {
     let native_url = format!("{core}/webhooks/native");
     let edge_url = format!("{edge_url}/webhooks/edge");
     // Warm both paths (compile caches, connections, SQLite pages).
-    load(&client, &native_url, 10_000_000, 200, concurrency).await?;
-    load(&client, &edge_url, 20_000_000, 200, concurrency).await?;
+    let refused_url = edge_url.replace("/webhooks/edge", "/webhooks/unknown");
+    load(&client, &native_url, 200, 10_000_000, 200, concurrency).await?;
+    load(&client, &edge_url, 200, 20_000_000, 200, concurrency).await?;
     let rounds = 3;
     let per = requests / rounds;
     let mut native = Vec::new();
     let mut through_edge = Vec::new();
+    let mut refused = Vec::new();
     for r in 0..rounds {
-        native.push(load(&client, &native_url, 30_000_000 + r * per, per, concurrency).await?);
-        through_edge.push(load(&client, &edge_url, 40_000_000 + r * per, per, concurrency).await?);
+        native.push(load(&client, &native_url, 200, 30_000_000 + r * per, per, concurrency).await?);
+        through_edge.push(load(&client, &edge_url, 200, 40_000_000 + r * per, per, concurrency).await?);
+        // The edge alone: instance, describe, config lookup, refusal; nothing forwarded.
+        refused.push(load(&client, &refused_url, 404, 50_000_000 + r * per, per, concurrency).await?);
     }
     let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
@@ -189,7 +200,11 @@ async fn main() -> anyhow::Result<()> {
     println!("{requests} signed Zendesk deliveries per path in {rounds} alternating rounds, {concurrency} in flight (median of rounds)");
     println!("| path | requests/s | p50 ms | p99 ms |");
     println!("|---|---|---|---|");
-    let rows = [("native /webhooks (verify, parse, store)", &native), ("edge component -> /v1/ingest", &through_edge)];
+    let rows = [
+        ("native /webhooks (verify, parse, store)", &native),
+        ("edge component -> /v1/ingest (verify, parse, forward, store)", &through_edge),
+        ("edge component alone (unknown connection, refused)", &refused),
+    ];
     for (name, runs) in rows {
         println!(
             "| {name} | {:.0} | {:.2} | {:.2} |",
