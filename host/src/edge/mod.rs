@@ -379,19 +379,39 @@ impl EdgeServer {
     }
 }
 
-/// `deskgate edge ...`: serve an edge component until ctrl-c.
-///
-/// Prints one JSON line once listening: `{"listening": "http://ADDR", "component", "adapter"}`.
+/// What `deskgate edge` resolved from its arguments, ready to serve.
+pub struct Prepared {
+    /// The loaded, linked edge.
+    pub server: Arc<EdgeServer>,
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// The adapter's id when linked, `composed` otherwise.
+    pub adapter: String,
+    /// Keeps the adapter runtime (and its epoch ticker) alive while a linked adapter is in use.
+    _runtime: Option<crate::runtime::AdapterRuntime>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("server", &self.server)
+            .field("listen", &self.listen)
+            .field("adapter", &self.adapter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolve `deskgate edge`'s arguments: configuration values (file, then `--config-var`),
+/// address, component, adapter.
 ///
 /// # Errors
-/// Bad arguments (each names the flag and the fix), a component that does not load or link, an
-/// address that cannot be bound.
-pub fn run(args: crate::cli::EdgeArgs) -> anyhow::Result<std::process::ExitCode> {
+/// Each names the flag at fault and the fix.
+pub fn prepare(args: &crate::cli::EdgeArgs) -> anyhow::Result<Prepared> {
     let mut vars = BTreeMap::new();
     if let Some(path) = &args.config_file {
         let text = std::fs::read_to_string(path).with_context(|| format!("--config-file: cannot read {}", path.display()))?;
-        let table: BTreeMap<String, toml::Value> =
-            toml::from_str(&text).with_context(|| format!("--config-file {}: not a flat TOML table of key = \"value\"", path.display()))?;
+        let table: BTreeMap<String, toml::Value> = toml::from_str(&text)
+            .with_context(|| format!("--config-file {}: not a flat TOML table of key = \"value\"", path.display()))?;
         for (k, v) in table {
             let v = match v {
                 toml::Value::String(s) => s,
@@ -416,8 +436,8 @@ pub fn run(args: crate::cli::EdgeArgs) -> anyhow::Result<std::process::ExitCode>
         .with_context(|| format!("--component: cannot read {}", args.component.display()))?;
     let clock: SharedClock = Arc::new(crate::clock::SystemClock);
     let config = EdgeConfig::new(vars, clock)?;
-    let (link, adapter_name) = match &args.adapter {
-        None => (AdapterLink::Composed, "composed".to_owned()),
+    let (link, adapter_name, runtime) = match &args.adapter {
+        None => (AdapterLink::Composed, "composed".to_owned(), None),
         Some(a) => {
             let cache = std::env::var_os("DESKGATE_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| {
                 std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache").join("deskgate"))
@@ -436,24 +456,35 @@ pub fn run(args: crate::cli::EdgeArgs) -> anyhow::Result<std::process::ExitCode>
                     anyhow!("--adapter {a:?}: no built-in adapter by that id (built in: {}); or give a .wasm path", known.join(", "))
                 })?
             };
-            let name = adapter.id().to_owned();
-            // The runtime owns the epoch ticker the adapter's deadline needs: keep it alive.
-            std::mem::forget(rt);
-            (AdapterLink::Linked(adapter), name)
+            (AdapterLink::Linked(adapter.clone()), adapter.id().to_owned(), Some(rt))
         }
     };
-    let server = Arc::new(EdgeServer::new(&bytes, link, config)?);
+    let server = Arc::new(
+        EdgeServer::new(&bytes, link, config).with_context(|| format!("--component {}", args.component.display()))?,
+    );
+    Ok(Prepared { server, listen, adapter: adapter_name, _runtime: runtime })
+}
+
+/// `deskgate edge ...`: [`prepare`], then serve until ctrl-c.
+///
+/// Prints one JSON line once listening: `{"listening": "http://ADDR", "component", "adapter"}`.
+///
+/// # Errors
+/// Those of [`prepare`], and an address that cannot be bound.
+pub fn run(args: crate::cli::EdgeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let prepared = prepare(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = tokio::net::TcpListener::bind(prepared.listen)
             .await
-            .with_context(|| format!("--listen: cannot bind {listen}"))?;
+            .with_context(|| format!("--listen: cannot bind {}", prepared.listen))?;
         let line = serde_json::json!({
             "listening": format!("http://{}", listener.local_addr()?),
             "component": args.component.display().to_string(),
-            "adapter": adapter_name,
+            "adapter": prepared.adapter,
         });
         println!("{line}");
+        let server = prepared.server.clone();
         server
             .serve(listener, async {
                 let _ = tokio::signal::ctrl_c().await;

@@ -539,3 +539,58 @@ async fn the_core_ingest_endpoint_takes_only_its_token_and_the_connections_platf
     let err = EdgeServer::new(&plain, AdapterLink::Composed, config).unwrap_err().to_string();
     assert!(err.contains("--adapter"), "{err}");
 }
+
+/// `deskgate edge`'s argument handling end to end: values from a TOML file, one overridden by
+/// `--config-var`, the adapter linked by its built-in id, then served and used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_commands_arguments_configure_a_working_edge() {
+    const SECRET: &str = "zd-signing-secret";
+    let rt = runtime();
+    let adapter = rt.get("zendesk").unwrap();
+    let clock: SharedClock = Arc::new(deskgate::clock::SystemClock);
+    let gw = Gateway::start(clock.clone(), vec![adapter.clone()], &[("zd-cli", "zendesk")], true).await;
+    let dir = TempDir::new("edge-cli");
+    let file = dir.join("edge.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "core_url = \"{}\"\ncore_token = \"{EDGE_TOKEN}\"\nconn_zd_cli_platform = \"zendesk\"\nconn_zd_cli_secret = \"wrong\"\n",
+            gw.url()
+        ),
+    )
+    .unwrap();
+    let args = deskgate::cli::EdgeArgs {
+        component: EDGE.into(),
+        adapter: Some("zendesk".into()),
+        listen: "127.0.0.1:0".into(),
+        config_var: vec![format!("conn_zd_cli_secret={SECRET}")],
+        config_file: Some(file),
+    };
+    let prepared = deskgate::edge::prepare(&args).expect("the arguments are valid");
+    assert_eq!(prepared.adapter, "zendesk");
+    let listener = tokio::net::TcpListener::bind(prepared.listen).await.unwrap();
+    let url = format!("http://{}/webhooks/zd-cli", listener.local_addr().unwrap());
+    let server = prepared.server.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move { server.serve(listener, async { let _ = rx.await; }).await.unwrap() });
+    let now_ms = clock.now_ms();
+    let now = {
+        // The signed timestamp must be near the system clock here: format it as RFC 3339.
+        let secs = now_ms / 1000;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, (rem % 3600) / 60, rem % 60)
+    };
+    let body = zendesk_body(99, "evt-cli", &now, "Open");
+    let (got, answer) = post(&url, &signed(SECRET, &now, &body), body.clone().into_bytes()).await;
+    assert_eq!((got, &answer), (200, &json!({"accepted": 1, "duplicates": 0, "stale": 0})), "the override won");
+    let _ = tx.send(());
+}
