@@ -121,6 +121,17 @@ impl EdgeConfig {
     }
 }
 
+/// The names of a component's imports (for checking that an edge stays portable: no
+/// Spin-only interface).
+///
+/// # Errors
+/// When the bytes are not a component.
+pub fn component_imports(component: &[u8]) -> anyhow::Result<Vec<String>> {
+    let engine = Engine::default();
+    let component = Component::new(&engine, component).map_err(anyhow::Error::from)?;
+    Ok(component.component_type().imports(&engine).map(|(name, _)| name.to_owned()).collect())
+}
+
 /// Per-request store state.
 struct EdgeState {
     wasi: WasiCtx,

@@ -594,3 +594,27 @@ async fn the_edge_commands_arguments_configure_a_working_edge() {
     assert_eq!((got, &answer), (200, &json!({"accepted": 1, "duplicates": 0, "stale": 0})), "the override won");
     let _ = tx.send(());
 }
+
+/// The edge imports only what every wasi:http 0.2 host provides or can (WASI 0.2 interfaces,
+/// with `wasi:config/store` at the version Spin provides) plus the adapter interface; nothing
+/// Spin-only. Pre-composed, the adapter interface's import is gone and nothing new appears; what
+/// stays is `deskgate:adapter/types`, an instance of type definitions only (no function), which
+/// wasmtime-based hosts (Spin, SpinKube, `deskgate edge`) accept without a definition.
+#[test]
+fn the_edge_imports_nothing_spin_only() {
+    let plain = deskgate::edge::component_imports(&edge_component(Link::Linked, "zendesk")).unwrap();
+    assert!(plain.iter().any(|i| i == "deskgate:adapter/adapter@0.1.0"), "{plain:?}");
+    assert!(plain.iter().any(|i| i == "wasi:config/store@0.2.0-draft-2024-09-27"), "{plain:?}");
+    assert!(plain.iter().any(|i| i.starts_with("wasi:http/outgoing-handler@0.2")), "{plain:?}");
+    for i in &plain {
+        let portable = (i.starts_with("wasi:") && i.contains("@0.2.")) || i.starts_with("deskgate:adapter/");
+        assert!(portable, "{i} is not an import every wasi:http 0.2 host provides: {plain:?}");
+        assert!(!i.starts_with("fermyon:") && !i.starts_with("spin:"), "{i}");
+    }
+    for platform in ["zendesk", "freshdesk", "intercom"] {
+        let composed = deskgate::edge::component_imports(&edge_component(Link::Composed, platform)).unwrap();
+        assert!(!composed.iter().any(|i| i.starts_with("deskgate:adapter/adapter")), "{platform}: {composed:?}");
+        let extra: Vec<_> = composed.iter().filter(|i| !plain.contains(i)).collect();
+        assert!(extra.is_empty(), "{platform}: the adapter brought imports of its own: {extra:?}");
+    }
+}
