@@ -10,7 +10,7 @@ use spin_sdk::http_component;
 use spin_sdk::wit::wasi::config::store as config;
 
 use crate::bindings::deskgate::adapter::adapter as adapter;
-use crate::bindings::deskgate::adapter::types::{Connection, SignatureAlgorithm};
+use crate::bindings::deskgate::adapter::types::{Connection, Failure, SignatureAlgorithm};
 use crate::{CoreVerdict, EdgeError, RETRY_DELAYS_MS, core_verdict, connection_of_path, keys};
 use deskgate_ingest_core::{Algorithm, MAX_WEBHOOK_BYTES, Reject, check_size, verify};
 
@@ -43,6 +43,14 @@ fn required(key: &str) -> Result<String, EdgeError> {
             format!("the edge has no `{key}` configured: set it (a Spin variable, or `deskgate edge --config-var {key}=...`)"),
         )
     })
+}
+
+/// The adapter's reason for refusing a body, in words.
+fn explain(f: &Failure) -> String {
+    match f {
+        Failure::Invalid(m) | Failure::Permanent(m) | Failure::Transient(m) | Failure::NotFound(m) => m.clone(),
+        other => format!("{other:?}"),
+    }
 }
 
 fn algorithm(a: SignatureAlgorithm) -> Algorithm {
@@ -114,7 +122,7 @@ async fn receive(request: IncomingRequest) -> Result<(u16, Vec<u8>), EdgeError> 
 
     let connection = Connection { id: connection_id.clone(), plan: String::new(), agent_id: None, settings: Vec::new() };
     let webhook = adapter::parse_webhook(&connection, &headers, &body)
-        .map_err(|f| EdgeError::from(Reject::Malformed(format!("{f:?}"))))?;
+        .map_err(|f| EdgeError::from(Reject::Malformed(explain(&f))))?;
     match &webhook.signature {
         Some(check) => {
             let secret = get(&keys::secret(&connection_id))?.unwrap_or_default();

@@ -51,10 +51,7 @@ impl std::fmt::Debug for EdgeToken {
 }
 
 /// Enable `POST /v1/ingest/{connection}` on `router` (from [`super::app`]), answering to `token`.
-///
-/// # Panics
-/// Never; an empty token is refused by [`with_edge_token_from_env`] before it gets here, and an
-/// empty one given directly accepts no request (an empty bearer never matches).
+/// (An empty token accepts no request: an empty bearer never matches.)
 pub fn with_edge_token(router: Router, token: Secret) -> Router {
     router.layer(Extension(EdgeToken(Arc::new(token))))
 }
