@@ -618,3 +618,16 @@ fn the_edge_imports_nothing_spin_only() {
         assert!(extra.is_empty(), "{platform}: the adapter brought imports of its own: {extra:?}");
     }
 }
+
+/// Pre-composition refuses what cannot be composed, naming the problem and the fix.
+#[test]
+fn composing_the_wrong_things_is_refused_with_the_fix() {
+    let edge = deskgate_tests::component(EDGE);
+    let err = deskgate_edge_compose::compose(&edge, b"not a component").unwrap_err().to_string();
+    assert!(err.contains("the adapter is not a loadable component"), "{err}");
+    let err = deskgate_edge_compose::compose(b"junk", builtin_bytes("zendesk")).unwrap_err().to_string();
+    assert!(err.contains("the edge is not a loadable component"), "{err}");
+    // An adapter in the edge's place has no adapter import to plug.
+    let err = deskgate_edge_compose::compose(builtin_bytes("intercom"), builtin_bytes("zendesk")).unwrap_err().to_string();
+    assert!(err.contains("deskgate:adapter/adapter@0.1.0") && err.contains("wit/adapter.wit"), "{err}");
+}
