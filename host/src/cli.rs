@@ -37,6 +37,8 @@ pub enum Command {
     /// Play a compressed high-volume day through three simulated helpdesks, with expired tokens,
     /// 429 storms, lost webhooks and a missing scope injected, and report what happened.
     Demo(DemoArgs),
+    /// Serve the webhook edge component (components/edge) the way Spin would (see `deskgate::edge`).
+    Edge(EdgeArgs),
 }
 
 /// `deskgate demo ...`
@@ -60,6 +62,29 @@ pub struct DemoArgs {
     /// Print only the report.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `deskgate edge ...`
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// The edge component (.wasm): pre-composed with its adapter, or plain with --adapter.
+    #[arg(long)]
+    pub component: PathBuf,
+    /// Link the edge's adapter import to this adapter: a built-in id (zendesk, freshdesk,
+    /// intercom) or an adapter .wasm. Omit for a pre-composed edge.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: String,
+    /// A configuration value (wasi:config/store), KEY=VALUE: core_url, core_token,
+    /// conn_{id}_platform, conn_{id}_secret, conn_{id}_allow_unsigned. Repeatable.
+    #[arg(long = "config-var")]
+    pub config_var: Vec<String>,
+    /// A flat TOML file of configuration values (keeps secrets off the command line);
+    /// --config-var entries override it.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// `deskgate serve ...`
@@ -131,6 +156,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(args) => sim(args),
         Command::Serve(args) => crate::serve::serve(args),
         Command::Demo(args) => demo(args),
+        Command::Edge(args) => crate::edge::run(args),
     }
 }
 
