@@ -448,7 +448,10 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let key_bytes: [u8; 32] = std::array::from_fn(|i| (opts.seed.wrapping_mul(31).wrapping_add(i as u64) & 0xff) as u8);
-    let store = store::open(dir.join("deskgate.db").to_str().unwrap_or("deskgate.db"), SecretKey::from_bytes(key_bytes)).await?;
+    // A throwaway store: commits survive a crash of deskgate but are not fsynced one by one
+    // (`deskgate serve` keeps the default, synchronous=full).
+    let url = format!("sqlite://{}?synchronous=normal", dir.join("deskgate.db").display());
+    let store = store::open(&url, SecretKey::from_bytes(key_bytes)).await?;
     let mut rt = AdapterRuntime::new(RuntimeConfig {
         cache_dir: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("deskgate")),
         ..RuntimeConfig::default()
@@ -637,20 +640,23 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         }
         for (h, name) in [(6, "storm-06"), (13, "storm-13"), (19, "storm-19")] {
             if now >= at(h, 0) && events.insert(name) {
-                progress(&format!("{} 429 storm: other clients of the same accounts spend most of each rate limit for 30 minutes", hhmm(now)));
+                progress(&format!("{} 429 storm: other clients of the same accounts spend 60% of each rate limit for 30 minutes", hhmm(now)));
                 for t in &tenants {
                     let sim = &sims[t.sim];
                     let noisy = sim.create_credential(t.account, CredentialSpec::default())?;
+                    // 60% of each plan's per-minute limit (Zendesk Professional 400, Freshdesk
+                    // Pro 400, Intercom 10,000): heavy, but it leaves deskgate room, as a
+                    // neighbour that did not leave any would make 429s unavoidable for anyone.
                     let (path, per_minute) = match t.platform {
-                        Platform::Zendesk => ("/api/v2/users/me.json", 600),
-                        Platform::Freshdesk => ("/api/v2/tickets?per_page=1", 180),
-                        Platform::Intercom => ("/me", 9_000),
+                        Platform::Zendesk => ("/api/v2/users/me.json", 240),
+                        Platform::Freshdesk => ("/api/v2/agents/me", 240),
+                        Platform::Intercom => ("/me", 6_000),
                     };
                     storms.push(tokio::spawn(storm(sim.base_url(), noisy.authorization.clone(), path.into(), per_minute, at(h, 30), clock.clone())));
                 }
                 failures.push(FailureNote {
                     at: hhmm(at(h, 0)),
-                    injected: "429 storm from other clients of every account for 30 minutes".into(),
+                    injected: "429 storm: other clients of every account spend 60% of its rate limit for 30 minutes".into(),
                     handled: "budgets corrected from the platforms' rate headers; reads waited, writes kept their reserved share".into(),
                 });
             }
@@ -675,8 +681,16 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             }
             progress(&format!("{} revoked {}'s OAuth grant ({revoked} token pair(s)): the next refresh is refused", hhmm(now), t.conn));
         }
+        // The operator acts on the alert: at 11:00, or when the suspension comes (if deskgate only
+        // met the revoked grant later).
+        let zd1_suspended = match zd1 {
+            Some(i) if now >= at(11, 0) && !events.contains("reauth") => {
+                matches!(store.get_connection(&tenants[i].conn).await?.map(|c| c.state), Some(crate::store::ConnectionState::Suspended { .. }))
+            }
+            _ => false,
+        };
         if let Some(i) = zd1
-            && now >= at(11, 0)
+            && zd1_suspended
             && events.insert("reauth")
         {
             let t = &tenants[i];
