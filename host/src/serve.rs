@@ -91,10 +91,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tokio.block_on(async move {
         let clock: SharedClock = Arc::new(SystemClock);
         let store = crate::store::open(&validated.store, validated.secret_key.clone()).await?;
+        // Several replicas: budgets shared in Redis (issue #9), the replica id in readiness and metrics.
+        let shared = crate::budget::shared::from_cluster(&validated.cluster, Some(store.clone()))?;
+        let replica_id = validated.cluster.replica_id.clone();
         let driver = Driver::new(DriverConfig::default())?;
         let hook = Arc::new(ProbeOnConnect::new(driver.clone(), adapters.clone()));
         let state = AppState::new(store.clone(), clock.clone(), validated.api_token.clone(), adapters.clone())
-            .with_connect_hook(hook.clone());
+            .with_connect_hook(hook.clone())
+            .with_replica(&replica_id, shared.clone());
         for c in &validated.connections {
             sync_connection(&store, c, clock.now_ms()).await.with_context(|| format!("connections.{}", c.id))?;
             if let Some(secret) = &c.webhook_secret {
@@ -118,6 +122,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let budgets = BudgetLayer::new(clock.clone(), BudgetConfig::default());
+        let budgets = match &shared {
+            Some(s) => budgets.with_shared(s.clone()),
+            None => budgets,
+        };
         let mut workers = Vec::new();
         for conn in store.list_connections(false).await? {
             if conn.state != ConnectionState::Live {
@@ -154,7 +162,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 adapter,
                 target,
                 gate,
-                owner: format!("serve-{}-{}", std::process::id(), conn.id),
+                owner: format!("{replica_id}-{}", conn.id),
                 config: OutboxConfig::default(),
                 events: None,
                 auth_hook: None,
