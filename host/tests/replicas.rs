@@ -402,3 +402,157 @@ async fn redis_stopped_mid_run_falls_back_to_a_share_alerts_and_recovers() {
     }
     drop(redis);
 }
+
+/// A PostgreSQL database of the test's own, dropped at the end.
+struct PgDb {
+    base: String,
+    name: String,
+}
+
+impl PgDb {
+    async fn create() -> PgDb {
+        let base = std::env::var("DESKGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let base = base.trim_end_matches('/').to_string();
+        let name = unique("replicas");
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{base}/postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {base} ({e}); start it or set DESKGATE_TEST_POSTGRES"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        sqlx::Connection::close(admin).await.ok();
+        PgDb { base, name }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.base, self.name)
+    }
+
+    async fn drop_db(self) {
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{}/postgres", self.base)).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin).await.unwrap();
+        sqlx::Connection::close(admin).await.ok();
+    }
+}
+
+/// Three replicas (own store pools, own credential managers, one PostgreSQL database) race to
+/// refresh a rotating Zendesk OAuth pair, six rotations in a row, half by explicit refresh (a 401
+/// on every replica at once) and half by their timers all firing at 80% of the lifetime: exactly
+/// one refresh reaches the token endpoint per rotation, every replica ends on the new pair, each
+/// spent refresh token is refused by the platform, and every replica's token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_refresh_racing_on_three_replicas_happens_once_per_rotation() {
+    use deskgate::auth::{AuthConfig, CredentialManager, ManagerParts, OAuthClient, RefreshOutcome, StartReport, TickOutcome};
+    use deskgate::store::{CredentialSecret, Expect};
+    use deskgate_sim::{CredKind, RequestFilter};
+
+    let db = PgDb::create().await;
+    let adapter = runtime().get("zendesk").unwrap();
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(4).frozen_at(T0)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let lifetime_s = 2 * 3600;
+    let cred = sim
+        .create_credential(
+            account,
+            CredentialSpec {
+                agent_id: Some(admin.id),
+                kind: Some(CredKind::Oauth),
+                access_ttl_secs: Some(lifetime_s),
+                refresh_ttl_secs: Some(30 * 86_400),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let clock = ManualClock::new(T0);
+    let conn = "acme-oauth";
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(store::open(&db.url(), SecretKey::from_bytes([5; 32])).await.unwrap());
+    }
+    let mut nc = deskgate::store::NewConnection::new(conn, "zendesk", "refresh race");
+    nc.admin_contact_url = None;
+    stores[0].create_connection(&nc, T0).await.unwrap();
+    let secret = CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone() };
+    stores[0].put_credential(conn, &secret, cred.expires_at_ms, Expect::Absent, T0).await.unwrap();
+    let d = adapter.descriptor();
+    let managers: Vec<CredentialManager> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            CredentialManager::new(ManagerParts {
+                store: store.clone(),
+                clock: Arc::new(clock.clone()),
+                driver: Driver::new(DriverConfig::default()).unwrap(),
+                adapter: adapter.clone(),
+                base_url: sim.base_url(),
+                connection: Connection { id: conn.into(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
+                oauth_client: Some(OAuthClient {
+                    client_id: cred.client_id.clone().unwrap(),
+                    client_secret: cred.client_secret.clone().unwrap(),
+                }),
+                config: AuthConfig { owner: format!("replica-{}", i + 1), ..AuthConfig::default() },
+            })
+            .unwrap()
+        })
+        .collect();
+    for m in &managers {
+        assert_eq!(m.start().await.unwrap(), StartReport::Clean);
+    }
+    let token_calls = || sim.requests(RequestFilter::default()).iter().filter(|r| r.path.starts_with("/oauth/tokens")).count();
+    let client = OAuthClient { client_id: cred.client_id.clone().unwrap(), client_secret: cred.client_secret.clone().unwrap() };
+    let http = reqwest::Client::new();
+    let mut spent = Vec::new();
+    for rotation in 0..6 {
+        let before = managers[0].credential().unwrap();
+        let CredentialSecret::OAuth { refresh_token: Some(old_rt), .. } = &before.secret else { panic!("oauth") };
+        let calls_before = token_calls();
+        let outcomes: Vec<RefreshOutcome> = if rotation % 2 == 0 {
+            // A 401 on every replica at once: each refreshes from the version it used.
+            let v = before.version;
+            let (a, b, c) = tokio::join!(managers[0].refresh(Some(v)), managers[1].refresh(Some(v)), managers[2].refresh(Some(v)));
+            vec![a.unwrap(), b.unwrap(), c.unwrap()]
+        } else {
+            // Every replica's timer fires at 80% of the lifetime.
+            let due = managers[0].refresh_due_at().unwrap();
+            let now = deskgate::clock::Clock::now_ms(&clock);
+            if due > now {
+                clock.advance(Duration::from_millis((due - now) as u64));
+                sim.clock().advance(Duration::from_millis((due - now) as u64));
+            }
+            let (a, b, c) = tokio::join!(managers[0].tick(), managers[1].tick(), managers[2].tick());
+            [a.unwrap(), b.unwrap(), c.unwrap()]
+                .into_iter()
+                .map(|t| match t {
+                    TickOutcome::Refresh(r) => r,
+                    other => panic!("rotation {rotation}: a due timer did not refresh: {other:?}"),
+                })
+                .collect()
+        };
+        let refreshed = outcomes.iter().filter(|o| matches!(o, RefreshOutcome::Refreshed(_))).count();
+        let adopted = outcomes.iter().filter(|o| matches!(o, RefreshOutcome::AlreadyRefreshed(_))).count();
+        println!("rotation {rotation}: {outcomes:?}");
+        assert_eq!((refreshed, adopted), (1, 2), "rotation {rotation}: {outcomes:?}");
+        assert_eq!(token_calls() - calls_before, 1, "rotation {rotation}: exactly one call to the token endpoint");
+        let versions: Vec<i64> = managers.iter().map(|m| m.credential().unwrap().version).collect();
+        assert!(versions.iter().all(|v| *v == versions[0] && *v > before.version), "rotation {rotation}: {versions:?}");
+        let stored = stores[2].get_credential(conn).await.unwrap().unwrap();
+        assert_eq!(stored.version, versions[0]);
+        assert!(stored.refresh_in_flight.is_none(), "the refresh lock was released");
+        for (i, m) in managers.iter().enumerate() {
+            assert_eq!(m.credential().unwrap().secret, stored.secret, "replica {i} holds the stored pair");
+            match m.execute(&Operation::WhoAmI, None).await.unwrap() {
+                Ok(Outcome::Identity(_)) => {}
+                other => panic!("rotation {rotation}: replica {i}'s token does not work: {other:?}"),
+            }
+        }
+        spent.push(old_rt.clone());
+    }
+    // Rotation: every spent refresh token is dead on the platform; nobody holds one.
+    for old in &spent {
+        let e = deskgate::auth::refresh::refresh(&http, &sim.base_url(), "/oauth/tokens", &client, old).await.unwrap_err();
+        assert!(e.is_definitive(), "{e:?}");
+    }
+    for s in stores {
+        s.close().await;
+    }
+    db.drop_db().await;
+}
