@@ -52,6 +52,7 @@
 //! replicas = 3                       # how many replicas share the limits (fallback share: 1/3 each)
 //! replica_id = "gw-a"                # optional: HOSTNAME-pid by default; in metrics, leases, alerts
 //! redis_prefix = "deskgate"          # optional: prefix of every Redis key
+//! lease_secs = 60                    # optional: outbox claim and timer lease period
 //!
 //! [connections.acme.credentials]     # scheme = "api_key" (default) or "oauth"
 //! email = "bot@acme.com"
@@ -147,6 +148,9 @@ pub struct ClusterSection {
     pub replica_id: Option<String>,
     /// Prefix of every Redis key (`deskgate` by default).
     pub redis_prefix: Option<String>,
+    /// Lease period of outbox claims and per-connection timers, in seconds (300 for outbox
+    /// claims and 60 for timers by default): a dead replica's work moves within it.
+    pub lease_secs: Option<u64>,
 }
 
 /// `[cluster]` after validation.
@@ -160,6 +164,8 @@ pub struct ClusterSettings {
     pub replica_id: String,
     /// Prefix of every Redis key.
     pub redis_prefix: String,
+    /// Lease period of outbox claims and timers, if set.
+    pub lease: Option<Duration>,
 }
 
 /// `[runtime]`: adapter sandbox limits.
@@ -610,7 +616,17 @@ fn validate_cluster(
             "use a short word such as \"deskgate\" (or remove the key)",
         ));
     }
-    ClusterSettings { redis: c.redis.clone(), replicas: replicas.clamp(1, 1000), replica_id, redis_prefix }
+    if let Some(s) = c.lease_secs
+        && !(1..=3600).contains(&s)
+    {
+        errs.push(ConfigError::new(
+            "cluster.lease_secs",
+            format!("{s} s is outside 1..=3600"),
+            "use a lease longer than one write takes (budget wait included) and short enough to move a dead replica's work soon; 60 is a good start",
+        ));
+    }
+    let lease = c.lease_secs.map(Duration::from_secs);
+    ClusterSettings { redis: c.redis.clone(), replicas: replicas.clamp(1, 1000), replica_id, redis_prefix, lease }
 }
 
 /// Whether `id` can name a connection (it appears in URLs).
@@ -784,7 +800,19 @@ fn resolve_credentials(
                 ));
                 return None;
             };
-            Some(CredentialSecret::OAuth { access_token, refresh_token: fields.remove("refresh_token") })
+            let client = match (fields.remove("client_id"), fields.remove("client_secret")) {
+                (Some(client_id), Some(client_secret)) => Some(crate::store::OAuthClientSecret { client_id, client_secret }),
+                (None, None) => None,
+                _ => {
+                    errs.push(ConfigError::new(
+                        at("client_id"),
+                        "an oauth client needs both client_id and client_secret",
+                        "set both (client_secret through client_secret_env), or neither if the token is never refreshed",
+                    ));
+                    return None;
+                }
+            };
+            Some(CredentialSecret::OAuth { access_token, refresh_token: fields.remove("refresh_token"), client })
         }
         other => {
             errs.push(ConfigError::new(
