@@ -165,8 +165,12 @@ async fn sync_connection(store: &SharedStore, c: &ConnectionSettings, now: crate
                 settings,
                 admin_contact_url: c.admin_contact_url.clone(),
             };
-            store.create_connection(&new, now).await?;
-            tracing::info!(connection = %c.id, "connection created from the configuration");
+            match store.create_connection(&new, now).await {
+                Ok(_) => tracing::info!(connection = %c.id, "connection created from the configuration"),
+                // Replicas starting together: another one created it a moment ago.
+                Err(crate::store::StoreError::ConnectionExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Some(existing) => {
             anyhow::ensure!(

@@ -471,7 +471,7 @@ async fn token_refresh_racing_on_three_replicas_happens_once_per_rotation() {
     let mut nc = deskgate::store::NewConnection::new(conn, "zendesk", "refresh race");
     nc.admin_contact_url = None;
     stores[0].create_connection(&nc, T0).await.unwrap();
-    let secret = CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone() };
+    let secret = CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone(), client: None };
     stores[0].put_credential(conn, &secret, cred.expires_at_ms, Expect::Absent, T0).await.unwrap();
     let d = adapter.descriptor();
     let managers: Vec<CredentialManager> = stores
@@ -554,5 +554,217 @@ async fn token_refresh_racing_on_three_replicas_happens_once_per_rotation() {
     for s in stores {
         s.close().await;
     }
+    db.drop_db().await;
+}
+
+/// One `deskgate serve` process.
+struct Serve {
+    id: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Serve {
+    fn start(dir: &std::path::Path, id: &str, config: &str) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = dir.join(format!("{id}.toml"));
+        std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}").replace("REPLICA_ID", id)).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_deskgate"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("DESKGATE_SECRET_KEY", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+            .env("DESKGATE_API_TOKEN", SERVE_TOKEN)
+            .env("DESKGATE_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replicas-serve-cache"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("deskgate serve");
+        Serve { id: id.into(), port, child: Some(child) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// kill -9.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const SERVE_TOKEN: &str = "replicas-test-api-token-0123456789";
+
+/// Wait (up to 120 s: the first start compiles the adapters) until the replica is ready, reports
+/// shared budgets, and runs the connection live.
+async fn wait_ready(http: &reqwest::Client, s: &Serve, dir: &std::path::Path) {
+    let start = Instant::now();
+    loop {
+        let ready = http.get(s.url("/readyz")).send().await.ok();
+        if let Some(r) = ready
+            && r.status().is_success()
+        {
+            let body: serde_json::Value = r.json().await.unwrap();
+            let conn = http.get(s.url("/v1/connections/acme")).bearer_auth(SERVE_TOKEN).send().await.unwrap();
+            let conn: serde_json::Value = conn.json().await.unwrap_or_default();
+            if body["budgets"]["mode"] == "shared" && conn["state"] == "live" {
+                assert_eq!(body["replica"], s.id.as_str(), "{body}");
+                assert_eq!(body["store"], "postgres", "{body}");
+                return;
+            }
+        }
+        let log = std::fs::read_to_string(dir.join(format!("{}.log", s.id))).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(120), "replica {} did not become ready; its log:\n{log}", s.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three `deskgate serve` processes on one PostgreSQL database and one Redis; the app submits a
+/// burst of replies through all three; the replica that holds both outbox claims and the
+/// gateway-wide alerts timer lease is killed with SIGKILL mid-burst. Every acknowledged action is
+/// applied exactly once on the platform, the dead replica's claims are finished by the others once
+/// their lease (2 s) runs out, and its timer lease moves within one lease period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_burst_loses_nothing_and_its_leases_move() {
+    let db = PgDb::create().await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("serve"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(2)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let cred = sim.create_credential(account, CredentialSpec { agent_id: Some(admin.id), ..Default::default() }).unwrap();
+    let tickets: Vec<u64> = (0..8)
+        .map(|i| sim.create_ticket(account, TicketSpec { subject: Some(format!("t{i}")), ..Default::default() }).unwrap()["id"].as_u64().unwrap())
+        .collect();
+    let lease_ms: i64 = 2_000;
+    let config = format!(
+        "store = \"{}\"\n[cluster]\nredis = \"{}\"\nreplicas = 3\nreplica_id = \"REPLICA_ID\"\nredis_prefix = \"{}\"\nlease_secs = {}\n\
+         [connections.acme]\nplatform = \"zendesk\"\nbase_url = \"{}\"\n[connections.acme.credentials]\nemail = \"{}\"\ntoken = \"{}\"\n",
+        db.url(),
+        redis_url(),
+        unique("serve"),
+        lease_ms / 1000,
+        sim.base_url(),
+        cred.email,
+        cred.token
+    );
+    let http = reqwest::Client::new();
+    let mut replicas = vec![Serve::start(&dir, "r1", &config)];
+    wait_ready(&http, &replicas[0], &dir).await;
+    replicas.push(Serve::start(&dir, "r2", &config));
+    replicas.push(Serve::start(&dir, "r3", &config));
+    for s in &replicas[1..] {
+        wait_ready(&http, s, &dir).await;
+    }
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let store = store::open(&db.url(), SecretKey::from_bytes(key)).await.unwrap();
+    let pg = sqlx::PgPool::connect(&db.url()).await.unwrap();
+
+    // Slow writes, so that the burst is still in flight when the replica dies.
+    sim.set_faults(deskgate_sim::FaultConfig { latency_ms: 150, ..Default::default() }).unwrap();
+    const N: usize = 48;
+    let mut acked = Vec::new();
+    for i in 0..N {
+        let s = &replicas[i % 3];
+        let body = serde_json::json!({ "ticket_id": tickets[i % tickets.len()].to_string(), "action": { "type": "reply", "body": format!("reply {i}") } });
+        let r = http
+            .post(s.url("/v1/connections/acme/actions"))
+            .bearer_auth(SERVE_TOKEN)
+            .header("idempotency-key", format!("burst-{i}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        acked.push((v["id"].as_i64().unwrap(), format!("reply {i}"), tickets[i % tickets.len()]));
+    }
+
+    // The victim: the replica holding the alerts timer lease, once it also holds outbox claims.
+    let start = Instant::now();
+    let (victim, held, lease_until) = loop {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT owner, held_until FROM timer_leases WHERE connection_id = '' AND name = 'alerts'")
+                .fetch_optional(&pg)
+                .await
+                .unwrap();
+        if let Some((owner, until)) = row.filter(|(o, _)| !o.is_empty()) {
+            let claims = store
+                .list_actions(&store::ActionQuery { in_flight_only: true, limit: 500, ..Default::default() })
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.lease.as_ref().is_some_and(|l| l.owner == format!("{owner}/acme")))
+                .map(|e| e.id)
+                .collect::<Vec<_>>();
+            if !claims.is_empty() {
+                break (owner, claims, until);
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no replica held the alerts lease and claims together");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let idx = replicas.iter().position(|s| s.id == victim).unwrap();
+    replicas[idx].kill();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    println!("killed {victim} holding {} claims (alerts lease until {lease_until})", held.len());
+
+    // Its timer lease moves to a survivor within one lease period (plus a tick).
+    let moved_at = loop {
+        let (owner, _): (String, i64) =
+            sqlx::query_as("SELECT owner, held_until FROM timer_leases WHERE connection_id = '' AND name = 'alerts'")
+                .fetch_one(&pg)
+                .await
+                .unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        if !owner.is_empty() && owner != victim {
+            break now;
+        }
+        assert!(now - killed_at < 30_000, "the alerts lease never moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("alerts lease moved {} ms after the kill (lease {lease_ms} ms)", moved_at - killed_at);
+    assert!(moved_at <= lease_until + 1_500, "the timer moved {} ms after its lease ended", moved_at - lease_until);
+
+    // Every acknowledged action ends confirmed; the dead replica's claims by another replica.
+    let start = Instant::now();
+    loop {
+        let left = store.list_actions(&store::ActionQuery { in_flight_only: true, limit: 500, ..Default::default() }).await.unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still in flight: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, _, _) in &acked {
+        let e = store.get_action(*id).await.unwrap().unwrap();
+        assert_eq!(e.state, store::OutboxState::Confirmed, "{e:?}");
+    }
+    for id in &held {
+        let e = store.get_action(*id).await.unwrap().unwrap();
+        assert!(e.updated_at >= killed_at, "entry {id} was settled by the dead replica before it died? {e:?}");
+    }
+    // Exactly once on the platform.
+    for (id, body, ticket) in &acked {
+        let n = sim
+            .writes(account, Some(*ticket))
+            .unwrap()
+            .iter()
+            .filter(|w| matches!(&w.kind, deskgate_sim::WriteKind::Reply { body: b } if b == body))
+            .count();
+        assert_eq!(n, 1, "action {id} ({body}) applied {n} times");
+    }
+    drop(replicas);
+    pg.close().await;
+    store.close().await;
     db.drop_db().await;
 }
