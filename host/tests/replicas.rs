@@ -768,3 +768,114 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_its_leases_move() {
     store.close().await;
     db.drop_db().await;
 }
+
+/// The Redis script and the local budget are one algorithm: a seeded random run of draws (both
+/// lanes, account and per-object buckets), platform readings (limit, remaining, reset), penalties,
+/// refunds and time steps, applied to a local [`deskgate::budget::RateBudget`] and to the shared
+/// counters in Redis, grants and refuses the same draws and leaves the same counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_script_decides_as_the_local_budget() {
+    use deskgate::bindings::{BucketDraw, BucketScope, PlanLimits, RateBucket, RateObservation};
+    use deskgate::budget::{Jitter as _, RateBudget, SharedBackend, SharedDraw, SplitMix64};
+
+    let bucket = |name: &str, scope, limit, window_ms| RateBucket { name: name.into(), scope, limit, window_ms, description: String::new() };
+    let plan = PlanLimits {
+        plan: "p".into(),
+        buckets: vec![
+            bucket("account", BucketScope::Account, 40, 60_000),
+            bucket("ticket", BucketScope::PerObject, 12, 600_000),
+            bucket("export", BucketScope::Account, 16, 60_000),
+        ],
+    };
+    let config = BudgetConfig::default().with_bucket_write_reserve("export", deskgate::budget::Share::NONE);
+    let target_pm = config.target.as_permille();
+    let redis = RedisBackend::new(&redis_url(), &unique("equiv"), Duration::from_secs(2)).unwrap();
+    for seed in [0x5eed_u64, 7, 1_000_003] {
+    let conn = format!("c{seed}");
+    let conn = conn.as_str();
+    let mut local = RateBudget::new(&plan, config.clone());
+    let mut rng = SplitMix64::seeded(seed);
+    let mut now = T0;
+    let (mut grants, mut refusals, mut last_permit) = (0, 0, None);
+    for step in 0..600 {
+        let r = rng.next_u64();
+        match r % 10 {
+            0..=5 => {
+                let key = format!("{}", (r >> 8) % 4);
+                let (lane, draws) = match (r >> 4) % 3 {
+                    0 => (Lane::Read, vec![BucketDraw { bucket: "account".into(), key: None, cost: 1 + ((r >> 12) % 2) as u32 }]),
+                    1 => (
+                        Lane::Write,
+                        vec![
+                            BucketDraw { bucket: "account".into(), key: None, cost: 1 },
+                            BucketDraw { bucket: "ticket".into(), key: Some(key), cost: 1 },
+                        ],
+                    ),
+                    _ => (Lane::Read, vec![BucketDraw { bucket: "export".into(), key: None, cost: 1 }]),
+                };
+                let shared: Vec<SharedDraw> = draws
+                    .iter()
+                    .map(|d| SharedDraw { spec: local.counter_spec(&d.bucket, d.key.as_deref()).unwrap(), cost: u64::from(d.cost) })
+                    .collect();
+                let l = local.try_acquire(lane, &draws, now);
+                let v = redis.acquire(conn, lane, target_pm, &shared, now).await.unwrap();
+                assert_eq!(l.is_ok(), v.granted, "step {step} at +{} ms: local {l:?}, redis {v:?}", now - T0);
+                match l {
+                    Ok(p) => {
+                        grants += 1;
+                        for (d, c) in p.drawn.iter().zip(&v.counters) {
+                            assert_eq!((d.window_start, d.window_end), (c.start, c.end), "step {step}: windows");
+                        }
+                        last_permit = Some((p, shared));
+                    }
+                    Err(_) => refusals += 1,
+                }
+            }
+            6 => {
+                let remaining = ((r >> 8) % 41) as u32;
+                let reset = match (r >> 16) % 3 {
+                    0 => None,
+                    1 => Some(((r >> 20) % 70_000) as u64),
+                    _ => Some(0),
+                };
+                let limit = if (r >> 28) % 5 == 0 { Some(30 + ((r >> 32) % 20) as u32) } else { None };
+                let obs = RateObservation { bucket: "account".into(), key: None, limit, remaining: Some(remaining), reset_ms: reset, reset_at: None };
+                local.observe(&obs, now);
+                let spec = local.counter_spec("account", None).unwrap();
+                let reset_abs = reset.map(|ms| now + ms as i64);
+                redis.observe(conn, &spec, limit, Some(u64::from(remaining)), reset_abs, None, now).await.unwrap();
+            }
+            7 => {
+                let until = now + ((r >> 8) % 20_000) as i64;
+                let (b, key) = if (r >> 4) % 2 == 0 { ("account", None) } else { ("ticket", Some(format!("{}", (r >> 12) % 4))) };
+                local.penalize(Some(b), key.as_deref(), until);
+                redis.penalize(conn, &local.counter_spec(b, key.as_deref()).unwrap(), until, now).await.unwrap();
+            }
+            8 => {
+                if let Some((p, shared)) = last_permit.take() {
+                    local.refund(&p, now);
+                    for (d, s) in p.drawn.iter().zip(&shared) {
+                        redis.refund(conn, &s.spec, p.lane, d.cost, d.window_start, now).await.unwrap();
+                    }
+                }
+            }
+            _ => now += ((r >> 8) % 15_000) as i64,
+        }
+    }
+    // The counters agree too: a zero-cost write draw on each returns the shared state, which the
+    // local budget's snapshot must match.
+    for (b, key) in [("account", None), ("export", None)] {
+        let spec = local.counter_spec(b, key).unwrap();
+        let v = redis.acquire(conn, Lane::Write, target_pm, &[SharedDraw { spec, cost: 0 }], now).await.unwrap();
+        let snap = local.snapshot(now);
+        let s = snap.buckets.iter().find(|x| x.bucket == b).unwrap();
+        let c = v.counters[0];
+        if let Some((start, end)) = s.window {
+            assert_eq!((start, end, s.spent, s.others), (c.start, c.end, c.read + c.write + c.others, c.others), "{b}: {s:?} vs {c:?}");
+        }
+        assert_eq!(s.limit, c.limit, "{b}: the limit in force");
+    }
+    println!("seed {seed}: {grants} grants, {refusals} refusals, all decided alike");
+    assert!(grants > 50 && refusals > 50, "the run exercised both outcomes ({grants} grants, {refusals} refusals)");
+    }
+}

@@ -129,7 +129,9 @@ pub use backoff::{Backoff, Jitter, SplitMix64};
 pub use config::{BudgetConfig, Share};
 pub use gate::{Acquire, AcquireError, BudgetGate, GateSnapshot, Priority, Sleeper, TokioSleeper, Waiting};
 pub use rate::{Blocked, Cause, CounterSpec, Denied, Drawn, Never, NotUntil, Permit, RateBudget, SharedCounter};
-pub use shared::{RedisBackend, SharedBackend, SharedBudgets, SharedError, SharedSettings, SharedStatus};
+pub use shared::{
+    RedisBackend, SharedBackend, SharedBudgets, SharedDraw, SharedError, SharedSettings, SharedStatus, SharedVerdict,
+};
 pub use retry::{Retry, WriteRetryQueue};
 pub use snapshot::{BucketSnapshot, BudgetSnapshot, LaneSnapshot};
 

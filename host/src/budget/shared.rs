@@ -396,27 +396,35 @@ if op == 'acquire' then
   local refused = false
   local untl = now
   for i = 1, n do
-    local b = 5 + (i - 1) * 4
+    local b = 5 + (i - 1) * 5
     local cost, len, declared, rpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    -- A per-object key not tracked yet is created only when drawn (as rate.rs does).
+    local fresh = ARGV[b + 5] == '1' and redis.call('EXISTS', KEYS[2 * i]) == 0
     local lim, bp = meta(KEYS[2 * i - 1])
     lim = lim or declared
     local c = load(KEYS[2 * i])
-    roll(c, len)
     local target = 0
     if lim > 0 then target = math.max(1, math.floor(lim * tpm / 1000)) end
     local reserve = math.floor(target * rpm / 1000)
-    local held
-    if lane == 'w' then held = c.r + c.w + c.o else held = c.r + c.o + math.max(c.w, reserve) end
-    local room = math.max(0, target - held)
     local t = nil
-    if bp > now then t = bp
-    elseif c.p > now then t = c.p
-    elseif cost > room then t = c.e end
+    local rolled = false
+    if bp > now then
+      -- A bucket-wide penalty refuses before the counter is looked at (rate.rs).
+      t = bp
+    else
+      roll(c, len)
+      rolled = true
+      local held
+      if lane == 'w' then held = c.r + c.w + c.o else held = c.r + c.o + math.max(c.w, reserve) end
+      local room = math.max(0, target - held)
+      if c.p > now then t = c.p
+      elseif cost > room then t = c.e end
+    end
     if t then
       refused = true
       if t > untl then untl = t end
     end
-    cs[i] = { c = c, len = len, cost = cost, lim = lim, bp = bp }
+    cs[i] = { c = c, len = len, cost = cost, lim = lim, bp = bp, fresh = fresh, rolled = rolled }
   end
   local out = { refused and 0 or 1, fmt(untl) }
   for i = 1, n do
@@ -424,7 +432,7 @@ if op == 'acquire' then
     if not refused then
       if lane == 'w' then d.c.w = d.c.w + d.cost else d.c.r = d.c.r + d.cost end
     end
-    save(KEYS[2 * i], d.c, d.len)
+    if not refused or (d.rolled and not d.fresh) then save(KEYS[2 * i], d.c, d.len) end
     local c = d.c
     for _, v in ipairs({ c.s, c.e, c.r, c.w, c.o, c.a, c.p, d.bp, d.lim }) do table.insert(out, fmt(v)) end
   end
@@ -608,7 +616,7 @@ impl SharedBackend for RedisBackend {
         inv.arg("acquire").arg(now).arg(lane_arg(lane)).arg(target_pm).arg(draws.len());
         for d in draws {
             inv.key(self.meta_key(connection, &d.spec)).key(self.window_key(connection, &d.spec));
-            inv.arg(d.cost).arg(d.spec.len).arg(d.spec.declared).arg(d.spec.reserve_pm);
+            inv.arg(d.cost).arg(d.spec.len).arg(d.spec.declared).arg(d.spec.reserve_pm).arg(if d.spec.key.is_some() { "1" } else { "0" });
         }
         let v: Vec<i64> = self.run(&inv).await?;
         if v.len() != 2 + 9 * draws.len() {
