@@ -879,3 +879,51 @@ async fn the_redis_script_decides_as_the_local_budget() {
     assert!(grants > 50 && refusals > 50, "the run exercised both outcomes ({grants} grants, {refusals} refusals)");
     }
 }
+
+/// A correction one replica reads reaches the others: replica A applies a platform reading (the
+/// plan was downgraded to 100 a minute, 90 of them spent by other clients) and a 429 penalty on
+/// the export bucket; replica B's next decisions follow both without having seen either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_read_by_one_replica_reaches_the_others() {
+    use deskgate::bindings::{BucketDraw, BucketScope, PlanLimits, RateBucket, RateLimitedDetail, RateObservation};
+    use deskgate::budget::{Priority, RateBudget};
+
+    let bucket = |name: &str, limit| RateBucket { name: name.into(), scope: BucketScope::Account, limit, window_ms: 60_000, description: String::new() };
+    let plan = PlanLimits { plan: "p".into(), buckets: vec![bucket("account", 400), bucket("export", 10)] };
+    let clock = ManualClock::new(T0);
+    let prefix = unique("correction");
+    let gate = |id: &str| {
+        let backend = RedisBackend::new(&redis_url(), &prefix, Duration::from_secs(2)).unwrap();
+        let settings = SharedSettings { replica_id: id.into(), replicas: 2, probe_every: Duration::from_secs(1) };
+        let shared = Arc::new(SharedBudgets::new(Arc::new(backend), settings, None));
+        BudgetGate::shared(RateBudget::new(&plan, BudgetConfig::default()), Arc::new(clock.clone()), shared, "acme")
+    };
+    let (a, b) = (gate("a"), gate("b"));
+    let read = [BucketDraw { bucket: "account".into(), key: None, cost: 1 }];
+    let export = [BucketDraw { bucket: "export".into(), key: None, cost: 1 }];
+    a.acquire(Priority::Read, &read).await.unwrap();
+    b.acquire(Priority::Read, &export).await.unwrap();
+    a.observe(&[RateObservation { bucket: "account".into(), key: None, limit: Some(100), remaining: Some(10), reset_ms: None, reset_at: None }]);
+    a.rate_limited(&export, &RateLimitedDetail { bucket: Some("export".into()), retry_after_ms: Some(30_000), message: String::new() });
+    // The forwarding is asynchronous: wait (real time, for Redis only) until B's decisions show it.
+    let start = Instant::now();
+    loop {
+        // 100 * 75% = 75 target, 90 counted by the platform: nothing left for anyone.
+        let r = tokio::time::timeout(Duration::from_millis(200), b.acquire(Priority::Write, &read)).await;
+        let snap = b.snapshot();
+        let acct = snap.budget.buckets.iter().find(|x| x.bucket == "account").unwrap().clone();
+        if r.is_err() && acct.limit == 100 && acct.others >= 89 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "B never saw A's reading: {acct:?} ({r:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = b.snapshot();
+    let exp = snap.budget.buckets.iter().find(|x| x.bucket == "export").unwrap();
+    // B's export draw waits for the penalty A met (B only learns of it from Redis).
+    let r = tokio::time::timeout(Duration::from_millis(300), b.acquire(Priority::Read, &export)).await;
+    assert!(r.is_err(), "B drew on a bucket A was told to leave alone: {exp:?}");
+    assert_eq!(b.snapshot().budget.buckets.iter().find(|x| x.bucket == "export").unwrap().blocked_until, Some(T0 + 30_000));
+    a.close();
+    b.close();
+}
