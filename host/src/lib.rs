@@ -31,6 +31,8 @@
 //!   the key, the problem and the fix; secrets redacted.
 //! - [`api`]: the HTTP API (`app()` factory, bearer auth, one `ApiError`, OpenAPI document,
 //!   metrics, health).
+//! - [`edge`]: `deskgate edge`: serves the Spin edge component (`components/edge`) with
+//!   `wasmtime-wasi-http`, as Spin would.
 //! - [`cli`]: the `deskgate` command line.
 //! - [`serve`]: `deskgate serve`: config, store, adapters, workers, the API, graceful shutdown.
 //!
@@ -56,8 +58,10 @@ pub mod builtin;
 pub mod cli;
 pub mod clock;
 pub mod conformance;
+pub mod demo;
 pub mod config;
 pub mod driver;
+pub mod edge;
 pub mod gateway;
 pub mod outbox;
 pub mod probe;

@@ -36,6 +36,7 @@
 //! 503 `no_gateway`.
 
 mod error;
+pub mod edge_ingest;
 
 pub use error::ApiError;
 
@@ -93,6 +94,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/alerts"),
     ("POST", "/v1/alerts/{id}/ack"),
     ("POST", "/webhooks/{connection}"),
+    ("POST", "/v1/ingest/{connection}"),
 ];
 
 /// The longest long-poll a client may ask for.
@@ -281,7 +283,8 @@ pub fn app(state: AppState) -> Router {
     let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi));
+        .route("/openapi.json", get(openapi))
+        .route("/v1/ingest/{connection}", post(edge_ingest::ingest));
     let authed = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/connections", get(list_connections).post(create_connection))

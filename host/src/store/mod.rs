@@ -440,6 +440,7 @@ pub enum CredentialSecret {
         fields: BTreeMap<String, String>,
     },
     /// An OAuth 2 token pair.
+    #[serde(rename = "oauth", alias = "o_auth")]
     OAuth {
         /// The bearer token.
         access_token: String,
