@@ -113,6 +113,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             shared_budgets: shared.clone(),
             ..GatewayConfig::default()
         };
+        if validated.cluster.replicas > 1 {
+            // A replica meeting another replica's refresh waits for its pair (see crate::auth).
+            config.auth.in_flight_wait = std::time::Duration::from_secs(30);
+        }
         if let Some(lease) = validated.cluster.lease {
             config.timer_lease = lease;
             config.outbox.lease_for = lease;

@@ -489,7 +489,11 @@ async fn token_refresh_racing_on_three_replicas_happens_once_per_rotation() {
                     client_id: cred.client_id.clone().unwrap(),
                     client_secret: cred.client_secret.clone().unwrap(),
                 }),
-                config: AuthConfig { owner: format!("replica-{}", i + 1), ..AuthConfig::default() },
+                config: AuthConfig {
+                    owner: format!("replica-{}", i + 1),
+                    in_flight_wait: Duration::from_secs(30),
+                    ..AuthConfig::default()
+                },
             })
             .unwrap()
         })

@@ -32,7 +32,7 @@
 //! replicas that saw the same pair exactly one sends the refresh. The others find the marker of
 //! another owner ([`AuthConfig::owner`] must be unique per replica: `serve` uses the replica id)
 //! and wait for it ([`AuthConfig::in_flight_poll`]), then use the pair it stored; if the marker
-//! is cleared without a new pair (that refresh failed), they try themselves. No replica is left
+//! is cleared without a new pair (that refresh failed), they retry on the usual schedule. No replica is left
 //! holding a spent refresh token: every replica reads the pair from the store before refreshing.
 //!
 //! # Why is a 403 never a reason to re-authenticate?
@@ -94,7 +94,10 @@ pub struct AuthConfig {
     pub owner: String,
     /// How often a replica that found another replica's refresh in flight re-reads the store.
     pub in_flight_poll: Duration,
-    /// How long it waits for that refresh before it schedules a retry of its own.
+    /// How long it waits for that refresh before it schedules a retry of its own. Zero (the
+    /// default, for a single gateway) does not wait: the refresh fails with
+    /// [`StoreError::RefreshInFlight`] as it always did; `serve` sets 30 s when `[cluster]`
+    /// declares several replicas.
     pub in_flight_wait: Duration,
 }
 
@@ -108,7 +111,7 @@ impl Default for AuthConfig {
             stale_marker: Duration::from_secs(120),
             owner: "deskgate".into(),
             in_flight_poll: Duration::from_millis(50),
-            in_flight_wait: Duration::from_secs(30),
+            in_flight_wait: Duration::ZERO,
         }
     }
 }
@@ -436,6 +439,9 @@ impl CredentialManager {
                     let c = self.reload().await?;
                     return Ok(RefreshOutcome::AlreadyRefreshed(c.version));
                 }
+                Err(e @ StoreError::RefreshInFlight { .. }) if self.inner.config.in_flight_wait.is_zero() => {
+                    return Err(e.into());
+                }
                 Err(StoreError::RefreshInFlight { owner: other, .. }) => {
                     // Another replica holds the refresh lock for this very pair: its answer is
                     // the only one that counts (with rotation, ours would spend its token).
@@ -451,6 +457,13 @@ impl CredentialManager {
                     if c.version != cred.version {
                         tracing::info!(connection = %id, %other, version = c.version, "another replica refreshed: using its pair");
                         return Ok(RefreshOutcome::AlreadyRefreshed(c.version));
+                    }
+                    if c.refresh_in_flight.is_none() {
+                        // Its refresh ended without a new pair (it failed, and said so): retrying
+                        // the same pair at once would only repeat that; retry on the schedule.
+                        let at = self.now() + crate::store::ms(self.inner.config.retry_base);
+                        lock(&self.inner.state).retry_at = Some(at);
+                        return Ok(RefreshOutcome::RetryAt(at));
                     }
                 }
                 Err(e) => return Err(e.into()),
