@@ -47,6 +47,13 @@
 //! allow_unsigned_webhooks = false
 //! settings = { object = "ticket" }   # optional: non-secret adapter settings
 //!
+//! [cluster]                          # optional: several replicas (README "Running several replicas")
+//! redis = "redis://127.0.0.1:6379/0" # budgets shared by every replica (also redis+unix:///PATH)
+//! replicas = 3                       # how many replicas share the limits (fallback share: 1/3 each)
+//! replica_id = "gw-a"                # optional: HOSTNAME-pid by default; in metrics, leases, alerts
+//! redis_prefix = "deskgate"          # optional: prefix of every Redis key
+//! lease_secs = 60                    # optional: outbox claim and timer lease period
+//!
 //! [connections.acme.credentials]     # scheme = "api_key" (default) or "oauth"
 //! email = "bot@acme.com"
 //! token_env = "ZENDESK_TOKEN"        # any field `X_env` reads field `X` from the environment
@@ -124,6 +131,41 @@ pub struct Config {
     /// Connections by id.
     #[serde(default)]
     pub connections: BTreeMap<String, ConnectionConfig>,
+    /// Several replicas: shared budgets, replica identity.
+    #[serde(default)]
+    pub cluster: ClusterSection,
+}
+
+/// `[cluster]`: running several replicas on one PostgreSQL store and one Redis.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Redis URL for rate budgets shared by every replica.
+    pub redis: Option<String>,
+    /// How many replicas share each connection's limits (1 by default).
+    pub replicas: Option<u32>,
+    /// This replica's id (`HOSTNAME-pid` by default).
+    pub replica_id: Option<String>,
+    /// Prefix of every Redis key (`deskgate` by default).
+    pub redis_prefix: Option<String>,
+    /// Lease period of outbox claims and per-connection timers, in seconds (300 for outbox
+    /// claims and 60 for timers by default): a dead replica's work moves within it.
+    pub lease_secs: Option<u64>,
+}
+
+/// `[cluster]` after validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// Redis URL for shared budgets (`None`: budgets are this process's alone).
+    pub redis: Option<String>,
+    /// Replicas sharing each limit.
+    pub replicas: u32,
+    /// This replica's id.
+    pub replica_id: String,
+    /// Prefix of every Redis key.
+    pub redis_prefix: String,
+    /// Lease period of outbox claims and timers, if set.
+    pub lease: Option<Duration>,
 }
 
 /// `[runtime]`: adapter sandbox limits.
@@ -234,6 +276,8 @@ pub struct Validated {
     pub runtime: RuntimeConfig,
     /// Connections, by id order.
     pub connections: Vec<ConnectionSettings>,
+    /// Several replicas.
+    pub cluster: ClusterSettings,
 }
 
 /// One connection after validation.
@@ -473,6 +517,7 @@ impl Config {
             RuntimeConfig::default()
         });
 
+        let cluster = validate_cluster(&self.cluster, &store, env, &mut errs);
         let mut connections = Vec::new();
         for (id, c) in &self.connections {
             if let Some(s) = validate_connection(id, c, env, platforms, &mut errs) {
@@ -491,8 +536,97 @@ impl Config {
             adapters_dir: self.adapters_dir.clone(),
             runtime,
             connections,
+            cluster,
         })
     }
+}
+
+/// Whether `id` can name a replica (it appears in lease owners, metrics and alerts).
+pub fn valid_replica_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn validate_cluster(
+    c: &ClusterSection,
+    store: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Vec<ConfigError>,
+) -> ClusterSettings {
+    let replicas = c.replicas.unwrap_or(1);
+    if replicas == 0 || replicas > 1000 {
+        errs.push(ConfigError::new(
+            "cluster.replicas",
+            format!("{replicas} is outside 1..=1000"),
+            "write how many replicas run against this store and Redis (1 for a single gateway)",
+        ));
+    }
+    if let Some(url) = &c.redis {
+        let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !matches!(scheme, "redis" | "rediss" | "redis+unix" | "unix") || redis::Client::open(url.as_str()).is_err() {
+            errs.push(ConfigError::new(
+                "cluster.redis",
+                format!("`{}` is not a Redis URL", crate::store::redact_url(url)),
+                "write redis://HOST:PORT/DB (rediss:// for TLS) or redis+unix:///PATH/TO/redis.sock",
+            ));
+        }
+    }
+    if replicas > 1 && c.redis.is_none() {
+        errs.push(ConfigError::new(
+            "cluster.replicas",
+            format!("{replicas} replicas without cluster.redis would each spend every connection's whole budget"),
+            "set cluster.redis to the Redis all replicas share, or set replicas = 1",
+        ));
+    }
+    if replicas > 1 && !(store.starts_with("postgres://") || store.starts_with("postgresql://")) {
+        errs.push(ConfigError::new(
+            "store",
+            format!("{replicas} replicas need one shared store, and `{}` is a local SQLite file", crate::store::redact_url(store)),
+            "set store = \"postgres://USER@HOST/DB\" on every replica",
+        ));
+    }
+    let replica_id = match &c.replica_id {
+        Some(id) => {
+            if !valid_replica_id(id) {
+                errs.push(ConfigError::new(
+                    "cluster.replica_id",
+                    format!("`{id}` may hold only letters, digits, `-`, `_` and `.` (1-64 characters)"),
+                    "use a short name unique to this replica, like \"gw-a\"",
+                ));
+            }
+            id.clone()
+        }
+        None => {
+            let host: String = env("HOSTNAME")
+                .unwrap_or_else(|| "deskgate".into())
+                .chars()
+                .filter(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'))
+                .take(48)
+                .collect();
+            let host = if host.is_empty() { "deskgate".to_string() } else { host };
+            format!("{host}-{}", std::process::id())
+        }
+    };
+    let redis_prefix = c.redis_prefix.clone().unwrap_or_else(|| "deskgate".into());
+    if redis_prefix.is_empty() || redis_prefix.contains(char::is_whitespace) {
+        errs.push(ConfigError::new(
+            "cluster.redis_prefix",
+            "the prefix is empty or holds whitespace",
+            "use a short word such as \"deskgate\" (or remove the key)",
+        ));
+    }
+    if let Some(s) = c.lease_secs
+        && !(1..=3600).contains(&s)
+    {
+        errs.push(ConfigError::new(
+            "cluster.lease_secs",
+            format!("{s} s is outside 1..=3600"),
+            "use a lease longer than one write takes (budget wait included) and short enough to move a dead replica's work soon; 60 is a good start",
+        ));
+    }
+    let lease = c.lease_secs.map(Duration::from_secs);
+    ClusterSettings { redis: c.redis.clone(), replicas: replicas.clamp(1, 1000), replica_id, redis_prefix, lease }
 }
 
 /// Whether `id` can name a connection (it appears in URLs).
@@ -748,6 +882,38 @@ token_env = "ZENDESK_TOKEN"
         for s in ["zd-secret-token", "whsec-123", "a-long-enough-api-token", KEY] {
             assert!(!dump.contains(s), "{s} leaked: {dump}");
         }
+    }
+
+    #[test]
+    fn cluster_settings_validate_and_default() {
+        let v = Config::parse(GOOD).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!((v.cluster.redis.as_deref(), v.cluster.replicas, v.cluster.redis_prefix.as_str()), (None, 1, "deskgate"));
+        assert!(v.cluster.replica_id.ends_with(&format!("-{}", std::process::id())), "{}", v.cluster.replica_id);
+        let text = format!(
+            "store = \"postgres://dg:pw@db/deskgate\"\n{GOOD}\n[cluster]\nredis = \"redis://:pw@10.0.0.5:6379/2\"\nreplicas = 3\nreplica_id = \"gw-a\"\n"
+        );
+        let v = Config::parse(&text).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!(v.cluster.replicas, 3);
+        assert_eq!(v.cluster.replica_id, "gw-a");
+        assert_eq!(v.cluster.redis.as_deref(), Some("redis://:pw@10.0.0.5:6379/2"));
+    }
+
+    #[test]
+    fn cluster_mistakes_name_the_key_and_the_fix() {
+        // Several replicas on a local SQLite file, without Redis, with a bad id.
+        let text = format!("{GOOD}\n[cluster]\nreplicas = 3\nreplica_id = \"gw a\"\n");
+        let e = errors(&text, &base_env());
+        assert!(e.get("cluster.replicas").unwrap().fix.contains("cluster.redis"), "{e}");
+        assert!(e.get("store").unwrap().fix.contains("postgres://"), "{e}");
+        assert!(e.get("cluster.replica_id").is_some(), "{e}");
+        let text = format!("{GOOD}\n[cluster]\nredis = \"http://:secretpw@cache:6379\"\nreplicas = 0\n");
+        let e = errors(&text, &base_env());
+        let r = e.get("cluster.redis").unwrap();
+        assert!(r.fix.contains("redis://HOST:PORT"), "{e}");
+        assert!(!r.problem.contains("secretpw"), "password leaked: {e}");
+        assert!(e.get("cluster.replicas").unwrap().problem.contains("outside"), "{e}");
+        let e = Config::parse(&format!("{GOOD}\n[cluster]\nredis_url = \"redis://x\"\n")).unwrap_err();
+        assert!(e.0[0].key.contains("cluster.redis_url"), "{e}");
     }
 
     #[test]

@@ -87,8 +87,13 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tokio.block_on(async move {
         let clock: SharedClock = Arc::new(SystemClock);
         let store = crate::store::open(&validated.store, validated.secret_key.clone()).await?;
+        // Several replicas (issue #9): budgets shared in Redis, the replica id as lease owner and
+        // in readiness and metrics, lease periods from [cluster].
+        let shared = crate::budget::shared::from_cluster(&validated.cluster, Some(store.clone()))?;
+        let replica_id = validated.cluster.replica_id.clone();
         let driver = Driver::new(DriverConfig::default())?;
-        let state = AppState::new(store.clone(), clock.clone(), validated.api_token.clone(), adapters.clone());
+        let state = AppState::new(store.clone(), clock.clone(), validated.api_token.clone(), adapters.clone())
+            .with_replica(&replica_id, shared.clone());
         for c in &validated.connections {
             sync_connection(&store, c, clock.now_ms()).await.with_context(|| format!("connections.{}", c.id))?;
             if let Some(secret) = &c.webhook_secret {
@@ -102,11 +107,20 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .set_secret(c.id.clone(), WebhookSecret { secret: Vec::new(), allow_unsigned: true });
             }
         }
-        let config = GatewayConfig {
-            owner: format!("serve-{}", std::process::id()),
+        let mut config = GatewayConfig {
+            owner: replica_id.clone(),
             budget_targets: validated.connections.iter().map(|c| (c.id.clone(), c.budget_target)).collect(),
+            shared_budgets: shared.clone(),
             ..GatewayConfig::default()
         };
+        if validated.cluster.replicas > 1 {
+            // A replica meeting another replica's refresh waits for its pair (see crate::auth).
+            config.auth.in_flight_wait = std::time::Duration::from_secs(30);
+        }
+        if let Some(lease) = validated.cluster.lease {
+            config.timer_lease = lease;
+            config.outbox.lease_for = lease;
+        }
         let gateway = Gateway::new(GatewayParts {
             store: store.clone(),
             clock: clock.clone(),
@@ -155,8 +169,12 @@ async fn sync_connection(store: &SharedStore, c: &ConnectionSettings, now: crate
                 settings,
                 admin_contact_url: c.admin_contact_url.clone(),
             };
-            store.create_connection(&new, now).await?;
-            tracing::info!(connection = %c.id, "connection created from the configuration");
+            match store.create_connection(&new, now).await {
+                Ok(_) => tracing::info!(connection = %c.id, "connection created from the configuration"),
+                // Replicas starting together: another one created it a moment ago.
+                Err(crate::store::StoreError::ConnectionExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Some(existing) => {
             anyhow::ensure!(

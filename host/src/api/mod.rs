@@ -174,6 +174,14 @@ struct Inner {
     adapters: BTreeMap<String, Arc<Adapter>>,
     connect_hook: Option<Arc<dyn ConnectHook>>,
     control: Option<Arc<dyn ConnectionControl>>,
+    replica: Option<Replica>,
+}
+
+/// Which replica this is, and its shared budgets (readiness and metrics report both).
+#[derive(Clone)]
+struct Replica {
+    id: String,
+    shared: Option<Arc<crate::budget::SharedBudgets>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -214,6 +222,7 @@ impl AppState {
                 ingest_metrics,
                 adapters,
                 connect_hook: None,
+                replica: None,
                 control: None,
             }),
         }
@@ -225,6 +234,17 @@ impl AppState {
     /// If called after the state was cloned.
     pub fn with_connect_hook(mut self, hook: Arc<dyn ConnectHook>) -> Self {
         Arc::get_mut(&mut self.inner).expect("set the hook before sharing the state").connect_hook = Some(hook);
+        self
+    }
+
+    /// Name this replica (`replica_id`) and its shared budgets: `/readyz` then reports the
+    /// shared budget backend next to the store, and `/metrics` carries the replica id.
+    ///
+    /// # Panics
+    /// If called after the state was cloned.
+    pub fn with_replica(mut self, replica_id: &str, shared: Option<Arc<crate::budget::SharedBudgets>>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("set the replica before sharing the state").replica =
+            Some(Replica { id: replica_id.to_owned(), shared });
         self
     }
 
@@ -348,7 +368,24 @@ async fn healthz() -> Json<Value> {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.inner.store.schema_version().await {
-        Ok(v) => Json(json!({ "status": "ready", "schema_version": v })).into_response(),
+        Ok(v) => {
+            let mut body = json!({ "status": "ready", "schema_version": v, "store": format!("{:?}", state.inner.store.backend()).to_lowercase() });
+            if let Some(r) = &state.inner.replica {
+                body["replica"] = json!(r.id);
+                // A replica whose shared budgets are unreachable still works on its conservative
+                // share: it stays ready and says so.
+                body["budgets"] = match &r.shared {
+                    None => json!({ "mode": "local" }),
+                    Some(sh) => {
+                        let up = sh.check(state.inner.clock.now_ms()).await.is_ok();
+                        let st = sh.status();
+                        json!({ "mode": if up { "shared" } else { "fallback" }, "backend": st.backend, "up": up,
+                                "outages": st.outages, "last_error": st.last_error, "replicas": st.replicas })
+                    }
+                };
+            }
+            Json(body).into_response()
+        }
         Err(e) => {
             tracing::warn!(error = %e, "readiness: store unreachable");
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "the store is unreachable")
@@ -399,6 +436,17 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     for c in &conns {
         let n = s.store.inbox_pending(&c.id).await?;
         let _ = writeln!(out, "deskgate_inbox_pending{{connection=\"{}\"}} {n}", label(&c.id));
+    }
+    if let Some(r) = &s.replica {
+        out.push_str("# HELP deskgate_replica_info This replica's id.\n# TYPE deskgate_replica_info gauge\n");
+        let _ = writeln!(out, "deskgate_replica_info{{replica=\"{}\"}} 1", label(&r.id));
+        if let Some(sh) = &r.shared {
+            let st = sh.status();
+            out.push_str("# HELP deskgate_shared_budget_up Whether the shared budget backend answered the last call.\n# TYPE deskgate_shared_budget_up gauge\n");
+            let _ = writeln!(out, "deskgate_shared_budget_up{{replica=\"{}\"}} {}", label(&r.id), u8::from(st.up));
+            out.push_str("# HELP deskgate_shared_budget_outages_total Outages of the shared budget backend seen by this replica.\n# TYPE deskgate_shared_budget_outages_total counter\n");
+            let _ = writeln!(out, "deskgate_shared_budget_outages_total{{replica=\"{}\"}} {}", label(&r.id), st.outages);
+        }
     }
     let alerts = s.store.list_alerts(None, false, 10_000).await?;
     out.push_str("# HELP deskgate_alerts_open Alerts not yet acknowledged.\n# TYPE deskgate_alerts_open gauge\n");

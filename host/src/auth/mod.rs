@@ -27,6 +27,14 @@
 //! that finds the stored version moved on uses the new token instead of refreshing again (which,
 //! with rotating tokens, would spend the fresh refresh token for nothing, or race and lose it).
 //!
+//! Across replicas the store's refresh marker is the lock: [`Store::begin_refresh`](crate::store::Store::begin_refresh)
+//! takes it in one row-locking transaction that also re-reads the stored version, so of several
+//! replicas that saw the same pair exactly one sends the refresh. The others find the marker of
+//! another owner ([`AuthConfig::owner`] must be unique per replica: `serve` uses the replica id)
+//! and wait for it ([`AuthConfig::in_flight_poll`]), then use the pair it stored; if the marker
+//! is cleared without a new pair (that refresh failed), they retry on the usual schedule. No replica is left
+//! holding a spent refresh token: every replica reads the pair from the store before refreshing.
+//!
 //! # Why is a 403 never a reason to re-authenticate?
 //!
 //! A 403 says the credential is fine and lacks a permission. Re-authenticating cannot grant it,
@@ -81,8 +89,16 @@ pub struct AuthConfig {
     pub retry_cap: Duration,
     /// A refresh marker of another owner older than this is taken over.
     pub stale_marker: Duration,
-    /// This replica's name, written in refresh markers.
+    /// This replica's name, written in refresh markers. Unique per replica: two replicas with
+    /// one name would both pass the marker and refresh the same pair.
     pub owner: String,
+    /// How often a replica that found another replica's refresh in flight re-reads the store.
+    pub in_flight_poll: Duration,
+    /// How long it waits for that refresh before it schedules a retry of its own. Zero (the
+    /// default, for a single gateway) does not wait: the refresh fails with
+    /// [`StoreError::RefreshInFlight`] as it always did; `serve` sets 30 s when `[cluster]`
+    /// declares several replicas.
+    pub in_flight_wait: Duration,
 }
 
 impl Default for AuthConfig {
@@ -94,6 +110,8 @@ impl Default for AuthConfig {
             retry_cap: Duration::from_secs(300),
             stale_marker: Duration::from_secs(120),
             owner: "deskgate".into(),
+            in_flight_poll: Duration::from_millis(50),
+            in_flight_wait: Duration::ZERO,
         }
     }
 }
@@ -412,13 +430,44 @@ impl CredentialManager {
             now,
             stale_before: now - crate::store::ms(self.inner.config.stale_marker),
         };
-        let marked = match self.inner.store.begin_refresh(&id, &claim).await {
-            Ok(c) => c,
-            Err(StoreError::VersionConflict { .. }) => {
-                let c = self.reload().await?;
-                return Ok(RefreshOutcome::AlreadyRefreshed(c.version));
+        let polls = (self.inner.config.in_flight_wait.as_millis() / self.inner.config.in_flight_poll.as_millis().max(1)).max(1);
+        let mut waited = 0;
+        let marked = loop {
+            match self.inner.store.begin_refresh(&id, &claim).await {
+                Ok(c) => break c,
+                Err(StoreError::VersionConflict { .. }) => {
+                    let c = self.reload().await?;
+                    return Ok(RefreshOutcome::AlreadyRefreshed(c.version));
+                }
+                Err(e @ StoreError::RefreshInFlight { .. }) if self.inner.config.in_flight_wait.is_zero() => {
+                    return Err(e.into());
+                }
+                Err(StoreError::RefreshInFlight { owner: other, .. }) => {
+                    // Another replica holds the refresh lock for this very pair: its answer is
+                    // the only one that counts (with rotation, ours would spend its token).
+                    if waited >= polls {
+                        let at = self.now() + crate::store::ms(self.inner.config.retry_base);
+                        tracing::warn!(connection = %id, %other, "another replica's refresh did not finish in time; retrying at {at}");
+                        lock(&self.inner.state).retry_at = Some(at);
+                        return Ok(RefreshOutcome::RetryAt(at));
+                    }
+                    waited += 1;
+                    tokio::time::sleep(self.inner.config.in_flight_poll).await;
+                    let c = self.reload().await?;
+                    if c.version != cred.version {
+                        tracing::info!(connection = %id, %other, version = c.version, "another replica refreshed: using its pair");
+                        return Ok(RefreshOutcome::AlreadyRefreshed(c.version));
+                    }
+                    if c.refresh_in_flight.is_none() {
+                        // Its refresh ended without a new pair (it failed, and said so): retrying
+                        // the same pair at once would only repeat that; retry on the schedule.
+                        let at = self.now() + crate::store::ms(self.inner.config.retry_base);
+                        lock(&self.inner.state).retry_at = Some(at);
+                        return Ok(RefreshOutcome::RetryAt(at));
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         let result = refresh::refresh(&self.inner.http, &self.inner.base_url, &token_path, client, rt).await;
         match result {

@@ -30,6 +30,8 @@ use crate::bindings::{BucketDraw, HttpRequest, Lane, PlanLimits, RateLimitedDeta
 use crate::clock::{Millis, SharedClock};
 
 use super::rate::{Denied, Never, Permit, RateBudget};
+use super::rate::CounterSpec;
+use super::shared::{FallbackSpend, SharedBudgets, SharedDraw};
 use super::snapshot::BudgetSnapshot;
 
 /// Which queue a request waits in. Ordered: a round serves `WriteRetry`, then `Write`, then `Read`.
@@ -106,6 +108,8 @@ struct Waiter {
     /// When the last round refused it: the earliest time worth another round. `None` when held
     /// behind another waiter.
     not_before: Option<Millis>,
+    /// Not asked before then (the shared backend refused it until then).
+    hold: Millis,
 }
 
 #[derive(Debug)]
@@ -114,6 +118,8 @@ struct State {
     waiting: BTreeMap<(Priority, u64), Waiter>,
     seq: u64,
     closed: bool,
+    /// With a shared backend, while it is unreachable: the spend made on the local share.
+    fallback: Option<FallbackSpend>,
 }
 
 /// Whether any draw is on a claimed counter (a claim without a key covers the whole bucket).
@@ -135,6 +141,10 @@ impl State {
             }
             if touches(&w.draws, &claims) {
                 w.not_before = None;
+                continue;
+            }
+            if w.hold > now {
+                w.not_before = Some(w.hold);
                 continue;
             }
             match self.budget.try_acquire(id.0.lane(), &w.draws, now) {
@@ -165,9 +175,17 @@ impl State {
     }
 }
 
+/// A gate's tie to the budgets shared across replicas.
+#[derive(Debug)]
+struct SharedLink {
+    budgets: Arc<SharedBudgets>,
+    connection: String,
+}
+
 #[derive(Debug)]
 struct Inner {
     clock: SharedClock,
+    shared: Option<SharedLink>,
     state: Mutex<State>,
     /// Wakes [`BudgetGate::drive`] when the next wake time may have changed.
     wake: Notify,
@@ -201,6 +219,10 @@ pub struct GateSnapshot {
     pub waiting: Waiting,
     /// When the next round is due, if anyone waits on time.
     pub next_wake: Option<Millis>,
+    /// Where decisions are made: `local` (this process only), `shared` (with the other
+    /// replicas, through the shared backend) or `fallback` (shared backend unreachable: a
+    /// conservative local share).
+    pub mode: &'static str,
 }
 
 /// One connection's budget with its waiting queues. Cheap to clone (a handle).
@@ -230,8 +252,18 @@ pub struct BudgetGate {
 impl BudgetGate {
     /// A gate over `budget`, reading time from `clock`.
     pub fn new(budget: RateBudget, clock: SharedClock) -> Self {
-        let state = State { budget, waiting: BTreeMap::new(), seq: 0, closed: false };
-        Self { inner: Arc::new(Inner { clock, state: Mutex::new(state), wake: Notify::new() }) }
+        Self::build(budget, clock, None)
+    }
+
+    /// A gate over `budget` for `connection`, whose permits are confirmed by budgets shared
+    /// with the other replicas (see [`crate::budget::shared`]).
+    pub fn shared(budget: RateBudget, clock: SharedClock, budgets: Arc<SharedBudgets>, connection: &str) -> Self {
+        Self::build(budget, clock, Some(SharedLink { budgets, connection: connection.to_owned() }))
+    }
+
+    fn build(budget: RateBudget, clock: SharedClock, shared: Option<SharedLink>) -> Self {
+        let state = State { budget, waiting: BTreeMap::new(), seq: 0, closed: false, fallback: None };
+        Self { inner: Arc::new(Inner { clock, shared, state: Mutex::new(state), wake: Notify::new() }) }
     }
 
     fn now(&self) -> Millis {
@@ -243,21 +275,14 @@ impl BudgetGate {
     /// permit is granted at once. Dropping the future leaves the queue (and gives back a permit
     /// granted but not yet received).
     pub fn acquire(&self, priority: Priority, draws: &[BucketDraw]) -> Acquire {
-        let (tx, rx) = oneshot::channel();
-        let now = self.now();
-        let mut st = self.inner.lock();
-        let id = (priority, st.seq);
-        st.seq += 1;
-        if !st.closed {
-            st.waiting.insert(id, Waiter { draws: draws.to_vec(), tx, not_before: None });
-            st.round(now);
+        let local = enqueue(&self.inner, priority, draws, Millis::MIN);
+        Acquire {
+            gate: Arc::clone(&self.inner),
+            priority,
+            draws: if self.inner.shared.is_some() { draws.to_vec() } else { Vec::new() },
+            local: Some(local),
+            confirming: None,
         }
-        let waits = st.waiting.contains_key(&id);
-        drop(st);
-        if waits {
-            self.inner.wake.notify_one();
-        }
-        Acquire { gate: Arc::clone(&self.inner), id, rx, done: false }
     }
 
     /// [`BudgetGate::acquire`] for an adapter's request: its lane's queue, its draws.
@@ -279,40 +304,142 @@ impl BudgetGate {
         self.inner.lock().next_wake()
     }
 
-    /// Apply the platform's rate readings from one response, then run a round.
+    /// Apply the platform's rate readings from one response, then run a round. With shared
+    /// budgets the readings are also sent to the shared counters.
     pub fn observe(&self, observations: &[RateObservation]) {
         self.with_budget(|b, now| {
             for o in observations {
                 b.observe(o, now);
             }
         });
+        self.forward_observations(None, observations);
     }
 
     /// Apply the readings from the response to the request `permit` was granted for (see
-    /// [`RateBudget::observe_after`]), then run a round.
+    /// [`RateBudget::observe_after`]), then run a round. With shared budgets the readings are
+    /// also sent to the shared counters.
     pub fn observe_after(&self, permit: &Permit, observations: &[RateObservation]) {
         self.with_budget(|b, now| {
             for o in observations {
                 b.observe_after(permit, o, now);
             }
         });
+        self.forward_observations(Some(permit), observations);
     }
 
     /// Block a bucket (or one key, or every bucket) for both lanes until `until`. See
-    /// [`RateBudget::penalize`].
+    /// [`RateBudget::penalize`]. With shared budgets the penalty reaches every replica.
     pub fn penalize(&self, bucket: Option<&str>, key: Option<&str>, until: Millis) {
-        self.with_budget(|b, _| b.penalize(bucket, key, until));
+        let specs = self.with_budget(|b, _| {
+            b.penalize(bucket, key, until);
+            b.bucket_names()
+                .into_iter()
+                .filter(|n| bucket.is_none_or(|x| x == n))
+                .filter_map(|n| b.counter_spec(&n, key))
+                .collect::<Vec<_>>()
+        });
+        self.forward_penalties(specs, until);
     }
 
     /// Apply a `rate-limited` failure met by a request that drew `draws`; returns until when the
-    /// affected counters are blocked (the `not_before` for the write-retry queue).
+    /// affected counters are blocked (the `not_before` for the write-retry queue). With shared
+    /// budgets the penalty reaches every replica.
     pub fn rate_limited(&self, draws: &[BucketDraw], detail: &RateLimitedDetail) -> Millis {
-        self.with_budget(|b, now| b.rate_limited(draws, detail, now))
+        let (until, specs) = self.with_budget(|b, now| {
+            let until = b.rate_limited(draws, detail, now);
+            let named = detail.bucket.as_deref().filter(|n| b.counter_spec(n, None).is_some());
+            let mut specs: Vec<_> = draws
+                .iter()
+                .filter(|d| named.is_none_or(|n| n == d.bucket))
+                .filter_map(|d| b.counter_spec(&d.bucket, d.key.as_deref()))
+                .collect();
+            if let (Some(n), true) = (named, specs.is_empty()) {
+                specs.extend(b.counter_spec(n, None));
+            }
+            (until, specs)
+        });
+        self.forward_penalties(specs, until);
+        until
     }
 
-    /// Give back a permit whose request was never sent.
+    /// Give back a permit whose request was never sent (to the shared counters too).
     pub fn refund(&self, permit: &Permit) {
         self.with_budget(|b, now| b.refund(permit, now));
+        let Some(link) = self.shared_online() else { return };
+        let specs: Vec<_> = {
+            let st = self.inner.lock();
+            permit
+                .drawn
+                .iter()
+                .filter_map(|d| st.budget.counter_spec(&d.bucket, d.key.as_deref()).map(|s| (s, d.cost, d.window_start)))
+                .collect()
+        };
+        let (lane, now) = (permit.lane, self.now());
+        spawn(async move {
+            for (spec, cost, start) in specs {
+                let r = link.budgets.backend().refund(&link.connection, &spec, lane, cost, start, now).await;
+                if let Err(e) = r {
+                    link.budgets.failed(now, &e);
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The shared link, if there is one and the gate is not in fallback.
+    fn shared_online(&self) -> Option<Arc<SharedLinkOwned>> {
+        let link = self.inner.shared.as_ref()?;
+        if self.inner.lock().fallback.is_some() {
+            return None;
+        }
+        Some(Arc::new(SharedLinkOwned { budgets: Arc::clone(&link.budgets), connection: link.connection.clone() }))
+    }
+
+    fn forward_observations(&self, permit: Option<&Permit>, observations: &[RateObservation]) {
+        if observations.is_empty() {
+            return;
+        }
+        let Some(link) = self.shared_online() else { return };
+        let now = self.now();
+        let jobs: Vec<_> = {
+            let st = self.inner.lock();
+            observations
+                .iter()
+                .filter_map(|o| {
+                    let spec = st.budget.counter_spec(&o.bucket, o.key.as_deref())?;
+                    let reset = match (o.reset_ms, o.reset_at) {
+                        (Some(ms), _) => Some(now.saturating_add(Millis::try_from(ms).unwrap_or(Millis::MAX))),
+                        (None, at) => at,
+                    };
+                    let sent_in = permit.and_then(|p| {
+                        p.drawn.iter().find(|d| d.bucket == spec.bucket && d.key == spec.key).map(|d| d.window_start)
+                    });
+                    Some((spec, o.limit.filter(|&l| l > 0), o.remaining.map(u64::from), reset, sent_in))
+                })
+                .collect()
+        };
+        spawn(async move {
+            for (spec, limit, remaining, reset, sent_in) in jobs {
+                let r = link.budgets.backend().observe(&link.connection, &spec, limit, remaining, reset, sent_in, now).await;
+                if let Err(e) = r {
+                    link.budgets.failed(now, &e);
+                    return;
+                }
+            }
+        });
+    }
+
+    fn forward_penalties(&self, specs: Vec<super::rate::CounterSpec>, until: Millis) {
+        let Some(link) = self.shared_online() else { return };
+        let now = self.now();
+        spawn(async move {
+            for spec in specs {
+                if let Err(e) = link.budgets.backend().penalize(&link.connection, &spec, until, now).await {
+                    link.budgets.failed(now, &e);
+                    return;
+                }
+            }
+        });
     }
 
     /// Switch the connection's plan (see [`RateBudget::set_plan`]).
@@ -347,7 +474,12 @@ impl BudgetGate {
                 Priority::Read => waiting.read += 1,
             }
         }
-        GateSnapshot { budget: st.budget.snapshot(now), waiting, next_wake: st.next_wake() }
+        let mode = match (&self.inner.shared, &st.fallback) {
+            (None, _) => "local",
+            (Some(_), None) => "shared",
+            (Some(_), Some(_)) => "fallback",
+        };
+        GateSnapshot { budget: st.budget.snapshot(now), waiting, next_wake: st.next_wake(), mode }
     }
 
     /// Close the gate: every waiter ends with [`AcquireError::Closed`], new ones too, and
@@ -388,17 +520,245 @@ impl BudgetGate {
     }
 }
 
+/// Put a waiter in `priority`'s queue (not asked before `hold`) and run a round.
+fn enqueue(inner: &Arc<Inner>, priority: Priority, draws: &[BucketDraw], hold: Millis) -> LocalWait {
+    let (tx, rx) = oneshot::channel();
+    let now = inner.clock.now_ms();
+    let mut st = inner.lock();
+    let id = (priority, st.seq);
+    st.seq += 1;
+    if !st.closed {
+        st.waiting.insert(id, Waiter { draws: draws.to_vec(), tx, not_before: None, hold });
+        st.round(now);
+    }
+    let waits = st.waiting.contains_key(&id);
+    drop(st);
+    if waits {
+        inner.wake.notify_one();
+    }
+    LocalWait { gate: Arc::clone(inner), id, rx, done: false }
+}
+
+/// Run a forwarding job on the current tokio runtime, if there is one (there always is where
+/// requests are sent).
+fn spawn(job: impl Future<Output = ()> + Send + 'static) {
+    if let Ok(h) = tokio::runtime::Handle::try_current() {
+        h.spawn(job);
+    }
+}
+
+/// What forwarding jobs hold: the shared budgets and the connection id.
+struct SharedLinkOwned {
+    budgets: Arc<SharedBudgets>,
+    connection: String,
+}
+
+/// How a shared confirmation ended.
+enum Confirmed {
+    /// The permit stands (with the shared windows).
+    Granted(Permit),
+    /// Queue again, not asked before this time.
+    Retry(Millis),
+}
+
+/// Confirm a locally granted permit with the shared backend (see [`crate::budget::shared`]).
+async fn confirm(inner: Arc<Inner>, permit: Permit) -> Confirmed {
+    let link = inner.shared.as_ref().expect("confirm runs only with a shared link");
+    let budgets = Arc::clone(&link.budgets);
+    let now = inner.clock.now_ms();
+    let (draws, target_pm, in_fallback) = {
+        let st = inner.lock();
+        let draws: Vec<SharedDraw> = permit
+            .drawn
+            .iter()
+            .filter_map(|d| st.budget.counter_spec(&d.bucket, d.key.as_deref()).map(|spec| SharedDraw { spec, cost: d.cost }))
+            .collect();
+        (draws, st.budget.config().target.as_permille(), st.fallback.is_some())
+    };
+    if !budgets.usable(now) {
+        return fallback_grant(&inner, &budgets, permit, now);
+    }
+    let mut charged: Vec<(CounterSpec, Millis, u64, u64)> = Vec::new();
+    if in_fallback {
+        // Back from an outage: first charge what this replica spent on its local share in
+        // windows that are still open, so the cluster does not spend it twice.
+        let charges: Vec<_> = {
+            let st = inner.lock();
+            st.fallback
+                .as_ref()
+                .map(|f| {
+                    f.counters
+                        .values()
+                        .filter(|c| c.window_end > now)
+                        .map(|c| (c.spec.clone(), c.window_start, c.read, c.write))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (spec, start, read, write) in charges {
+            if let Err(e) = budgets.backend().charge(&link.connection, &spec, read, write, now).await {
+                budgets.failed(now, &e);
+                return fallback_grant(&inner, &budgets, permit, now);
+            }
+            charged.push((spec, start, read, write));
+        }
+    }
+    match budgets.backend().acquire(&link.connection, permit.lane, target_pm, &draws, now).await {
+        Ok(verdict) => {
+            budgets.succeeded();
+            let mut st = inner.lock();
+            if let Some(spent) = st.fallback.take() {
+                st.budget.set_divisor(1);
+                tracing::info!(connection = %link.connection, "shared rate budget restored");
+                // Permits granted on the local share while this confirmation was in flight are
+                // charged too.
+                let rest: Vec<_> = spent
+                    .counters
+                    .into_values()
+                    .filter(|c| c.window_end > now)
+                    .filter_map(|c| {
+                        let (r0, w0) = charged
+                            .iter()
+                            .find(|(s, start, _, _)| *s == c.spec && *start == c.window_start)
+                            .map(|(_, _, r, w)| (*r, *w))
+                            .unwrap_or((0, 0));
+                        let (r, w) = (c.read.saturating_sub(r0), c.write.saturating_sub(w0));
+                        (r + w > 0).then_some((c.spec, r, w))
+                    })
+                    .collect();
+                if !rest.is_empty() {
+                    let (b, conn) = (Arc::clone(&budgets), link.connection.clone());
+                    spawn(async move {
+                        for (spec, r, w) in rest {
+                            if let Err(e) = b.backend().charge(&conn, &spec, r, w, now).await {
+                                b.failed(now, &e);
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+            for (d, c) in draws.iter().zip(&verdict.counters) {
+                st.budget.adopt(&d.spec.bucket, d.spec.key.as_deref(), c);
+            }
+            let out = if verdict.granted {
+                let mut p = permit;
+                for (drawn, c) in p.drawn.iter_mut().zip(&verdict.counters) {
+                    drawn.window_start = c.start;
+                    drawn.window_end = c.end;
+                }
+                Confirmed::Granted(p)
+            } else {
+                Confirmed::Retry(verdict.until.max(now.saturating_add(1)))
+            };
+            st.round(now);
+            drop(st);
+            inner.wake.notify_one();
+            out
+        }
+        Err(e) => {
+            budgets.failed(now, &e);
+            fallback_grant(&inner, &budgets, permit, now)
+        }
+    }
+}
+
+/// The shared backend is unreachable: keep to the local share. A permit granted on the whole
+/// local target is given back and decided again on the share; one granted on the share stands.
+fn fallback_grant(inner: &Arc<Inner>, budgets: &SharedBudgets, permit: Permit, now: Millis) -> Confirmed {
+    let mut st = inner.lock();
+    if st.fallback.is_none() {
+        st.fallback = Some(FallbackSpend::default());
+        st.budget.set_divisor(budgets.settings().replicas);
+        st.budget.refund(&permit, now);
+        st.round(now);
+        drop(st);
+        inner.wake.notify_one();
+        return Confirmed::Retry(now);
+    }
+    let specs: Vec<_> = permit
+        .drawn
+        .iter()
+        .filter_map(|d| st.budget.counter_spec(&d.bucket, d.key.as_deref()).map(|s| (s, d.clone())))
+        .collect();
+    if let Some(f) = st.fallback.as_mut() {
+        f.record(specs, permit.lane);
+    }
+    Confirmed::Granted(permit)
+}
+
 /// A wait for a permit; see [`BudgetGate::acquire`].
-#[derive(Debug)]
 #[must_use = "a permit is granted only to a waiter that is awaited or polled"]
 pub struct Acquire {
+    gate: Arc<Inner>,
+    priority: Priority,
+    /// The draws, kept to queue again after a shared refusal (empty without a shared link).
+    draws: Vec<BucketDraw>,
+    local: Option<LocalWait>,
+    confirming: Option<Pin<Box<dyn Future<Output = Confirmed> + Send>>>,
+}
+
+impl std::fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acquire")
+            .field("priority", &self.priority)
+            .field("local", &self.local)
+            .field("confirming", &self.confirming.is_some())
+            .finish()
+    }
+}
+
+impl Future for Acquire {
+    type Output = Result<Permit, AcquireError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            if let Some(fut) = this.confirming.as_mut() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Confirmed::Granted(p)) => {
+                        this.confirming = None;
+                        return Poll::Ready(Ok(p));
+                    }
+                    Poll::Ready(Confirmed::Retry(hold)) => {
+                        this.confirming = None;
+                        this.local = Some(enqueue(&this.gate, this.priority, &this.draws, hold));
+                        continue;
+                    }
+                }
+            }
+            let Some(local) = this.local.as_mut() else {
+                return Poll::Ready(Err(AcquireError::Closed));
+            };
+            match Pin::new(local).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.local = None;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(permit)) => {
+                    this.local = None;
+                    if this.gate.shared.is_none() {
+                        return Poll::Ready(Ok(permit));
+                    }
+                    this.confirming = Some(Box::pin(confirm(Arc::clone(&this.gate), permit)));
+                }
+            }
+        }
+    }
+}
+
+/// A place in the gate's queue (the local half of [`Acquire`]).
+#[derive(Debug)]
+struct LocalWait {
     gate: Arc<Inner>,
     id: (Priority, u64),
     rx: oneshot::Receiver<Result<Permit, Never>>,
     done: bool,
 }
 
-impl Future for Acquire {
+impl Future for LocalWait {
     type Output = Result<Permit, AcquireError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -417,7 +777,7 @@ impl Future for Acquire {
     }
 }
 
-impl Drop for Acquire {
+impl Drop for LocalWait {
     fn drop(&mut self) {
         if self.done {
             return;

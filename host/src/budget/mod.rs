@@ -115,6 +115,7 @@ mod config;
 mod gate;
 mod rate;
 mod retry;
+pub mod shared;
 mod snapshot;
 mod window;
 
@@ -127,7 +128,10 @@ use std::sync::Mutex;
 pub use backoff::{Backoff, Jitter, SplitMix64};
 pub use config::{BudgetConfig, Share};
 pub use gate::{Acquire, AcquireError, BudgetGate, GateSnapshot, Priority, Sleeper, TokioSleeper, Waiting};
-pub use rate::{Blocked, Cause, Denied, Drawn, Never, NotUntil, Permit, RateBudget};
+pub use rate::{Blocked, Cause, CounterSpec, Denied, Drawn, Never, NotUntil, Permit, RateBudget, SharedCounter};
+pub use shared::{
+    RedisBackend, SharedBackend, SharedBudgets, SharedDraw, SharedError, SharedSettings, SharedStatus, SharedVerdict,
+};
 pub use retry::{Retry, WriteRetryQueue};
 pub use snapshot::{BucketSnapshot, BudgetSnapshot, LaneSnapshot};
 
@@ -165,6 +169,7 @@ pub fn plan_for<'d>(descriptor: &'d Descriptor, connection: &Connection) -> Resu
 pub struct BudgetLayer {
     clock: SharedClock,
     defaults: BudgetConfig,
+    shared: Option<std::sync::Arc<SharedBudgets>>,
     gates: Mutex<HashMap<String, BudgetGate>>,
 }
 
@@ -172,7 +177,19 @@ impl BudgetLayer {
     /// Budgets reading time from `clock`, with `defaults` for connections without settings of
     /// their own.
     pub fn new(clock: SharedClock, defaults: BudgetConfig) -> Self {
-        Self { clock, defaults, gates: Mutex::new(HashMap::new()) }
+        Self { clock, defaults, shared: None, gates: Mutex::new(HashMap::new()) }
+    }
+
+    /// Share every connection's budget with the other replicas through `shared` (see
+    /// [`shared`]): gates made from now on confirm their permits there.
+    pub fn with_shared(mut self, shared: std::sync::Arc<SharedBudgets>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared budgets, if any.
+    pub fn shared(&self) -> Option<&std::sync::Arc<SharedBudgets>> {
+        self.shared.as_ref()
     }
 
     fn gates(&self) -> std::sync::MutexGuard<'_, HashMap<String, BudgetGate>> {
@@ -200,7 +217,10 @@ impl BudgetLayer {
             return Ok(gate.clone());
         }
         let budget = RateBudget::new(plan, config.unwrap_or_else(|| self.defaults.clone()));
-        let gate = BudgetGate::new(budget, self.clock.clone());
+        let gate = match &self.shared {
+            Some(shared) => BudgetGate::shared(budget, self.clock.clone(), shared.clone(), &connection.id),
+            None => BudgetGate::new(budget, self.clock.clone()),
+        };
         gates.insert(connection.id.clone(), gate.clone());
         Ok(gate)
     }

@@ -248,12 +248,116 @@ pub struct RateBudget {
     config: BudgetConfig,
     plan: String,
     buckets: Vec<Bucket>,
+    /// Replicas sharing the limit while the shared backend is unreachable: each window's target
+    /// and reserve are divided by it (1 in normal operation). See [`crate::budget::shared`].
+    divisor: u64,
+}
+
+/// What a shared backend needs to know about one counter to mirror [`RateBudget`]'s decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CounterSpec {
+    /// The bucket.
+    pub bucket: String,
+    /// The key (per-object buckets only).
+    pub key: Option<String>,
+    /// Window length.
+    pub len: Millis,
+    /// The plan's declared limit (the backend may hold a limit the platform stated since).
+    pub declared: u32,
+    /// The write reserve for the bucket, in permille of the target.
+    pub reserve_pm: u16,
+}
+
+/// A counter's state as the shared backend holds it; the local budget adopts it as a mirror.
+/// Times the backend never set read as 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedCounter {
+    /// Window start.
+    pub start: Millis,
+    /// Window end.
+    pub end: Millis,
+    /// Units the read lanes of all replicas spent in the window.
+    pub read: u64,
+    /// Units the write lanes of all replicas spent in the window.
+    pub write: u64,
+    /// Units the platform counted beyond all replicas' spend.
+    pub others: u64,
+    /// Whether the window's phase came from the platform.
+    pub anchored: bool,
+    /// Per-key (or per-counter) penalty.
+    pub penalty: Millis,
+    /// Bucket-wide penalty.
+    pub bucket_penalty: Millis,
+    /// The limit in force for the bucket (0: the declared one).
+    pub limit: u32,
 }
 
 impl RateBudget {
     /// A budget for a connection on `plan`.
     pub fn new(plan: &PlanLimits, config: BudgetConfig) -> Self {
-        Self { config, plan: plan.plan.clone(), buckets: plan.buckets.iter().map(Bucket::new).collect() }
+        Self { config, plan: plan.plan.clone(), buckets: plan.buckets.iter().map(Bucket::new).collect(), divisor: 1 }
+    }
+
+    /// Divide every window's target (and reserve) by `n` (at least 1): the conservative local
+    /// share a replica keeps to while the shared budget is unreachable, so that `n` replicas
+    /// together never spend more than the target. `1` restores the whole target.
+    pub fn set_divisor(&mut self, n: u32) {
+        self.divisor = u64::from(n.max(1));
+    }
+
+    /// The divisor in force (see [`RateBudget::set_divisor`]).
+    pub fn divisor(&self) -> u32 {
+        u32::try_from(self.divisor).unwrap_or(u32::MAX)
+    }
+
+    /// The capacity in force for a bucket: [`Capacity::of`] divided by the divisor.
+    fn capacity_in_force(&self, b: &Bucket) -> Capacity {
+        let cap = Capacity::of(&self.config, &b.spec.name, b.limit);
+        if self.divisor <= 1 {
+            return cap;
+        }
+        Capacity { target: cap.target / self.divisor, reserve: cap.reserve / self.divisor }
+    }
+
+    /// The names of the plan's buckets.
+    pub fn bucket_names(&self) -> Vec<String> {
+        self.buckets.iter().map(|b| b.spec.name.clone()).collect()
+    }
+
+    /// The shared-backend description of the counter `bucket`/`key` counts on (`None` for an
+    /// undeclared bucket). The key is dropped for account buckets.
+    pub fn counter_spec(&self, bucket: &str, key: Option<&str>) -> Option<CounterSpec> {
+        let b = &self.buckets[self.find(bucket)?];
+        Some(CounterSpec {
+            bucket: bucket.to_owned(),
+            key: b.key_of(key).map(str::to_owned),
+            len: b.len,
+            declared: b.spec.limit,
+            reserve_pm: self.config.write_reserve_for(bucket).as_permille(),
+        })
+    }
+
+    /// Replace the local counter `bucket`/`key` with the shared backend's state (the local budget
+    /// is then a mirror of the shared one). Penalties only extend.
+    pub fn adopt(&mut self, bucket: &str, key: Option<&str>, shared: &SharedCounter) {
+        let Some(idx) = self.find(bucket) else { return };
+        let b = &mut self.buckets[idx];
+        if shared.limit > 0 {
+            b.limit = shared.limit;
+        }
+        b.penalty = b.penalty.max(shared.bucket_penalty);
+        let key = b.key_of(key);
+        let Some(w) = b.window_mut(key, shared.start, usize::MAX) else { return };
+        let penalty = w.penalty.max(shared.penalty);
+        *w = Window {
+            start: shared.start,
+            end: shared.end,
+            read: shared.read,
+            write: shared.write,
+            others: shared.others,
+            anchored: shared.anchored,
+            penalty,
+        };
     }
 
     /// The settings in force.
@@ -320,8 +424,8 @@ impl RateBudget {
         let max_keys = self.config.max_keys_per_bucket;
         let mut blocked = Vec::new();
         for &(idx, key, cost) in &merged {
+            let cap = self.capacity_in_force(&self.buckets[idx]);
             let b = &mut self.buckets[idx];
-            let cap = Capacity::of(&self.config, &b.spec.name, b.limit);
             let refusal = if b.penalty > now {
                 Some((Cause::Penalty, None, b.penalty))
             } else {
@@ -330,8 +434,15 @@ impl RateBudget {
                     // capacity fits (checked above). It is inserted only when drawn, so refused
                     // requests never fill the table.
                     Some(k) if !b.keys.contains_key(k) => {
-                        (b.keys.len() >= max_keys && b.evict_idle(now) == 0)
-                            .then(|| (Cause::KeyTableFull, None, b.first_idle_at()))
+                        if b.keys.len() >= max_keys && b.evict_idle(now) == 0 {
+                            Some((Cause::KeyTableFull, None, b.first_idle_at()))
+                        } else if cost > cap.lane(lane) {
+                            // Only under a divided (fallback) capacity: a fresh window of the
+                            // reduced share cannot hold it either; try again a window later.
+                            Some((Cause::Window, Some(k), now.saturating_add(b.len)))
+                        } else {
+                            None
+                        }
                     }
                     _ => {
                         let len = b.len;
@@ -525,7 +636,7 @@ impl RateBudget {
                 let spent = read + write + others;
                 let penalty = b.penalty.max(w.penalty);
                 let blocked = (penalty > now).then_some(penalty);
-                let cap = Capacity::of(&self.config, &b.spec.name, b.limit);
+                let cap = self.capacity_in_force(b);
                 let lane = |lane: Lane, used: u64| {
                     let available = if open { w.room(lane, cap.target, cap.reserve) } else { cap.lane(lane) };
                     LaneSnapshot {

@@ -77,6 +77,9 @@ pub struct GatewayConfig {
     pub alerts: AlertConfig,
     /// Push events to the app's own webhook, if set.
     pub push: Option<PushConfig>,
+    /// Rate budgets shared with the other replicas (Redis), if configured: every connection's
+    /// gate then confirms its permits there (see [`crate::budget::shared`]).
+    pub shared_budgets: Option<Arc<crate::budget::SharedBudgets>>,
 }
 
 impl Default for GatewayConfig {
@@ -93,6 +96,7 @@ impl Default for GatewayConfig {
             budget_targets: BTreeMap::new(),
             alerts: AlertConfig::default(),
             push: None,
+            shared_budgets: None,
         }
     }
 }
@@ -230,7 +234,10 @@ impl Gateway {
         let (stop, _) = watch::channel(false);
         Ok(Self {
             inner: Arc::new(Inner {
-                budgets: BudgetLayer::new(clock.clone(), config.budget.clone()),
+                budgets: match &config.shared_budgets {
+                    Some(shared) => BudgetLayer::new(clock.clone(), config.budget.clone()).with_shared(shared.clone()),
+                    None => BudgetLayer::new(clock.clone(), config.budget.clone()),
+                },
                 store,
                 clock,
                 driver,

@@ -841,8 +841,15 @@ impl OutboxWorker {
             };
             let oldest = w.store.list_actions(&q).await?.into_iter().next();
             if let Some(h) = oldest.filter(|h| h.id < group[0].id) {
-                // An older write to this ticket is still owed an outcome: wait behind it.
-                let lease = h.lease.as_ref().filter(|l| l.owner != w.owner).map_or(0, |l| l.until);
+                // An older write to this ticket is still owed an outcome: wait behind it. If
+                // another replica holds it under a live lease, it is working on it and settles it
+                // within a send: look again after one poll interval, not a whole lease period
+                // (with several replicas, one ticket's writes are often claimed by two of them).
+                let lease = h
+                    .lease
+                    .as_ref()
+                    .filter(|l| l.owner != w.owner)
+                    .map_or(0, |l| l.until.min(now.saturating_add(crate::store::ms(w.config.poll_interval))));
                 let until = h.not_before.max(lease).max(now);
                 for e in &group {
                     if w.hold(e, h.id, until).await? {

@@ -1,0 +1,955 @@
+//! Several replicas (issue #9) on real PostgreSQL and Redis, against the simulators over HTTP:
+//! one rate budget per connection shared in Redis, the fallback when Redis goes away, and one
+//! token refresh per rotation across replicas.
+//!
+//! Each test makes its own Redis key prefix (or its own `redis-server`) and its own PostgreSQL
+//! database. "Replicas" here are separate budget layers, Redis clients, store pools and
+//! credential managers in one test process: exactly what separate processes would hold, on the
+//! same servers. Time is a [`ManualClock`] moved with the sim's frozen clock; nothing sleeps for
+//! policy (the only waits are for HTTP round trips and Redis answers to finish).
+//!
+//! Redis: `DESKGATE_TEST_REDIS` (default `redis://127.0.0.1:6379`); PostgreSQL:
+//! `DESKGATE_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use deskgate::bindings::{Action, ApplyAction, Connection, HttpRequest, HttpResponse, Lane, Operation, Outcome};
+use deskgate::budget::{
+    BudgetConfig, BudgetGate, BudgetLayer, Permit, RedisBackend, SharedBudgets, SharedSettings,
+};
+use deskgate::clock::ManualClock;
+use deskgate::driver::{Credential, Driver, DriverConfig, NoHooks, StepHooks, Target, authorization};
+use deskgate::runtime::{Adapter, AdapterRuntime, RuntimeConfig};
+use deskgate::store::{self, SecretKey, SharedStore};
+use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, Platform, SimConfig, SimHandle, TicketSpec};
+
+const T0: i64 = 1_800_000_000_000;
+
+fn runtime() -> &'static AdapterRuntime {
+    static RT: OnceLock<AdapterRuntime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let config = RuntimeConfig {
+            max_instances: 128,
+            warm_per_adapter: 8,
+            cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replicas-compile-cache")),
+            ..RuntimeConfig::default()
+        };
+        let mut rt = AdapterRuntime::new(config).expect("engine");
+        rt.load_builtin().expect("built-in adapters");
+        rt
+    })
+}
+
+fn redis_url() -> String {
+    std::env::var("DESKGATE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn unique(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("dgtest_{name}_{}_{}_{nanos}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Budget hooks for one operation: wait in the request's lane, feed the rate headers back,
+/// count what went out.
+struct Lanes<'a> {
+    gate: &'a BudgetGate,
+    adapter: &'a Adapter,
+    target: &'a Target,
+    permit: Option<Permit>,
+}
+
+impl StepHooks for Lanes<'_> {
+    fn before_send(&mut self, request: &HttpRequest) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        let wait = self.gate.acquire_request(request);
+        async move {
+            self.permit = Some(wait.await.map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
+
+    fn after_response(&mut self, _request: &HttpRequest, response: &HttpResponse) {
+        let Ok(obs) = self.adapter.observe(&self.target.connection, response) else { return };
+        match &self.permit {
+            Some(p) => self.gate.observe_after(p, &obs),
+            None => self.gate.observe(&obs),
+        }
+    }
+}
+
+/// One simulated Zendesk account, an admin API token, a ticket to read and write.
+struct Account {
+    sim: SimHandle,
+    account: u64,
+    adapter: Arc<Adapter>,
+    target: Target,
+    ticket: String,
+    clock: ManualClock,
+}
+
+async fn account() -> Account {
+    let adapter = runtime().get("zendesk").expect("zendesk adapter");
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(9).frozen_at(T0)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let cred = sim.create_credential(account, CredentialSpec { agent_id: Some(admin.id), ..Default::default() }).unwrap();
+    let d = adapter.descriptor();
+    let credential =
+        Credential::Basic([("email".to_string(), cred.email.clone()), ("token".to_string(), cred.token.clone())].into());
+    let mut target = Target {
+        base_url: sim.base_url(),
+        authorization: authorization(&d.auth, &credential).unwrap(),
+        connection: Connection { id: "acme".into(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
+    };
+    let driver = Driver::new(DriverConfig::default()).unwrap();
+    match driver.execute(&adapter, &target, &Operation::WhoAmI, None, &mut NoHooks).await {
+        Ok(Ok(Outcome::Identity(me))) => target.connection.agent_id = Some(me.agent_id),
+        other => panic!("who-am-i: {other:?}"),
+    }
+    let t = sim.create_ticket(account, TicketSpec { subject: Some("Flooded".into()), ..Default::default() }).unwrap();
+    let ticket = t["id"].as_u64().map(|n| n.to_string()).expect("ticket id");
+    Account { sim, account, adapter, target, ticket, clock: ManualClock::new(T0) }
+}
+
+impl Account {
+    fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+        self.sim.clock().advance(by);
+    }
+
+    /// The account bucket's limit in force (the one the platform states once it answered) and
+    /// its window.
+    fn account_limit(&self, gate: &BudgetGate) -> (u64, u64) {
+        let snap = gate.snapshot();
+        let b = snap.budget.buckets.iter().find(|b| b.bucket == "account").expect("zendesk account bucket");
+        (u64::from(b.limit), b.window_ms)
+    }
+}
+
+/// A replica's budgets: its own layer, Redis client and health.
+fn replica(acct: &Account, redis: &str, prefix: &str, id: &str, replicas: u32, alerts: Option<SharedStore>) -> (BudgetGate, Arc<SharedBudgets>) {
+    let backend = RedisBackend::new(redis, prefix, Duration::from_millis(500)).unwrap();
+    let settings = SharedSettings { replica_id: id.into(), replicas, probe_every: Duration::from_secs(1) };
+    let shared = Arc::new(SharedBudgets::new(Arc::new(backend), settings, alerts));
+    let layer = BudgetLayer::new(Arc::new(acct.clock.clone()), BudgetConfig::default()).with_shared(shared.clone());
+    let gate = layer.connect(&acct.target.connection, acct.adapter.descriptor(), None).unwrap();
+    (gate, shared)
+}
+
+/// `per_replica` read loops on each gate, each reading the ticket until its gate closes; returns
+/// the requests sent per replica.
+fn flood(acct: &Arc<Account>, gates: &[BudgetGate], per_replica: usize) -> (Vec<Arc<AtomicU64>>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut counters = Vec::new();
+    let mut tasks = Vec::new();
+    for gate in gates {
+        let sent = Arc::new(AtomicU64::new(0));
+        counters.push(sent.clone());
+        for _ in 0..per_replica {
+            let (acct, gate, sent) = (acct.clone(), gate.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                let driver = Driver::new(DriverConfig::default()).unwrap();
+                let op = Operation::GetTicket(acct.ticket.clone());
+                loop {
+                    let mut hooks = Lanes { gate: &gate, adapter: &acct.adapter, target: &acct.target, permit: None };
+                    match driver.execute(&acct.adapter, &acct.target, &op, None, &mut hooks).await {
+                        Ok(Ok(_)) => {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(f)) => panic!("a flood read failed: {f:?}"),
+                        // The gate was closed: the flood is over.
+                        Err(_) => return,
+                    }
+                }
+            }));
+        }
+    }
+    (counters, tasks)
+}
+
+/// Wait until every flood loop waits in its gate's read queue (nothing in flight), up to 60 s of
+/// real time for HTTP and Redis round trips.
+async fn settle(gates: &[BudgetGate], per_replica: usize) {
+    let start = Instant::now();
+    loop {
+        if gates.iter().all(|g| g.snapshot().waiting.read == per_replica) {
+            // Twice, a moment apart: a loop between two requests is not in the queue.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if gates.iter().all(|g| g.snapshot().waiting.read == per_replica) {
+                return;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the flood did not settle: {:?}", gates.iter().map(|g| g.snapshot().waiting).collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn write_now(acct: &Account, gate: &BudgetGate, text: &str) {
+    let op = Operation::Apply(ApplyAction { ticket_id: acct.ticket.clone(), action: Action::Reply(text.into()) });
+    let driver = Driver::new(DriverConfig::default()).unwrap();
+    let mut hooks = Lanes { gate, adapter: &acct.adapter, target: &acct.target, permit: None };
+    let r = tokio::time::timeout(Duration::from_secs(10), driver.execute(&acct.adapter, &acct.target, &op, None, &mut hooks))
+        .await
+        .expect("a write waited behind the read flood");
+    assert!(matches!(r, Ok(Ok(Outcome::Written(_)))), "write: {r:?}");
+    assert_eq!(hooks.permit.as_ref().map(|p| p.lane), Some(Lane::Write));
+}
+
+/// Three replicas flood one account with reads over three windows: together they stay at the
+/// read share of 75% of the limit per window, the account never answers 429, and a write from
+/// any replica goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_one_budget_under_a_read_flood() {
+    let acct = Arc::new(account().await);
+    let prefix = unique("flood");
+    let replicas: Vec<_> = (1..=3).map(|i| replica(&acct, &redis_url(), &prefix, &format!("r{i}"), 3, None)).collect();
+    let gates: Vec<BudgetGate> = replicas.iter().map(|(g, _)| g.clone()).collect();
+    const PER: usize = 4;
+    let (sent, tasks) = flood(&acct, &gates, PER);
+    let mut last_requests = acct.sim.stats(acct.account).unwrap().requests;
+    for w in 0..3 {
+        settle(&gates, PER).await;
+        let (limit, window) = acct.account_limit(&gates[0]);
+        let target = limit * 75 / 100;
+        let read_share = target - target * 30 / 100;
+        let per: Vec<u64> = sent.iter().map(|s| s.swap(0, Ordering::Relaxed)).collect();
+        let reads: u64 = per.iter().sum();
+        // Writes while the reads are blocked: the reserve is theirs.
+        for (i, g) in gates.iter().enumerate() {
+            write_now(&acct, g, &format!("window {w} replica {i}")).await;
+        }
+        let requests = acct.sim.stats(acct.account).unwrap().requests;
+        let platform = requests - last_requests;
+        last_requests = requests;
+        println!("window {w}: reads per replica {per:?} = {reads} (read share {read_share}, target {target}, limit {limit}); platform counted {platform}");
+        assert!(per.iter().all(|&n| n > 0), "every replica read something: {per:?}");
+        assert!(reads <= read_share, "{reads} reads > the read share {read_share} of one window");
+        assert!(reads >= read_share * 9 / 10, "the replicas together used the read share ({reads} of {read_share})");
+        assert!(platform <= target, "the platform counted {platform} > {target} (75% of {limit})");
+        assert_eq!(acct.sim.rate_limited_total(), 0, "no 429s");
+        acct.advance(Duration::from_millis(window));
+        for g in &gates {
+            g.tick();
+        }
+    }
+    for g in &gates {
+        g.close();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    for (_, shared) in &replicas {
+        assert!(shared.is_up() && shared.status().outages == 0, "{:?}", shared.status());
+    }
+}
+
+/// A `redis-server` of the test's own on a free port, so that it can be stopped mid-run.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start(port: Option<u16>) -> OwnRedis {
+        let port = port.unwrap_or_else(|| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        OwnRedis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// kill -9.
+    fn kill(mut self) -> u16 {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.port
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_store_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique(name));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("deskgate.db")
+}
+
+/// Redis is killed mid-run: every replica falls back to a third of the budget (together never
+/// more than the target, so never more than the limit, and no 429), each raises one
+/// `shared-budget-unavailable` alert, writes still go through; when Redis is back the next
+/// window is shared again and the whole read share is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_mid_run_falls_back_to_a_share_alerts_and_recovers() {
+    let acct = Arc::new(account().await);
+    let redis = OwnRedis::start(None);
+    let store = store::open(temp_store_path("outage").to_str().unwrap(), SecretKey::from_bytes([3; 32])).await.unwrap();
+    let prefix = unique("outage");
+    let replicas: Vec<_> =
+        (1..=3).map(|i| replica(&acct, &redis.url(), &prefix, &format!("r{i}"), 3, Some(store.clone()))).collect();
+    let gates: Vec<BudgetGate> = replicas.iter().map(|(g, _)| g.clone()).collect();
+    const PER: usize = 3;
+    let mut last_requests = acct.sim.stats(acct.account).unwrap().requests;
+    let (sent, tasks) = flood(&acct, &gates, PER);
+    settle(&gates, PER).await;
+    let (limit, window) = acct.account_limit(&gates[0]);
+    let target = limit * 75 / 100;
+    let reserve = target * 30 / 100;
+    let read_share = target - reserve;
+    let fallback_read_share = target / 3 - reserve / 3;
+    let window_reads = |phase: &str, last: &mut u64| {
+        let per: Vec<u64> = sent.iter().map(|s| s.swap(0, Ordering::Relaxed)).collect();
+        let requests = acct.sim.stats(acct.account).unwrap().requests;
+        let platform = requests - *last;
+        *last = requests;
+        println!("{phase}: reads per replica {per:?}; platform counted {platform} (target {target}, limit {limit})");
+        assert!(platform <= target, "{phase}: the platform counted {platform} > {target}");
+        assert_eq!(acct.sim.rate_limited_total(), 0, "{phase}: no 429s");
+        per
+    };
+
+    // Shared.
+    let per = window_reads("shared", &mut last_requests);
+    assert!(per.iter().sum::<u64>() <= read_share);
+    assert!(per.iter().sum::<u64>() >= read_share * 9 / 10);
+    assert!(gates.iter().all(|g| g.snapshot().mode == "shared"));
+
+    // Redis dies between two windows.
+    let port = redis.kill();
+    acct.advance(Duration::from_millis(window));
+    for g in &gates {
+        g.tick();
+    }
+    settle(&gates, PER).await;
+    for (i, g) in gates.iter().enumerate() {
+        write_now(&acct, g, &format!("during the outage, replica {i}")).await;
+    }
+    let per = window_reads("Redis down", &mut last_requests);
+    for (i, n) in per.iter().enumerate() {
+        assert!(*n <= fallback_read_share, "replica {i} read {n} > its fallback share {fallback_read_share}");
+        assert!(*n > 0, "replica {i} kept working on its share");
+    }
+    assert!(gates.iter().all(|g| g.snapshot().mode == "fallback"));
+    assert!(replicas.iter().all(|(_, s)| !s.is_up() && s.status().outages == 1));
+    // One alert per replica, raised once per outage (the raise is asynchronous: wait for it).
+    let start = Instant::now();
+    let alerts = loop {
+        let a: Vec<_> = store
+            .list_alerts(None, false, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|a| a.kind == deskgate::budget::shared::SHARED_BUDGET_UNAVAILABLE)
+            .collect();
+        if a.len() >= 3 || start.elapsed() > Duration::from_secs(10) {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(alerts.len(), 3, "{alerts:?}");
+    assert!(alerts.iter().all(|a| a.text.contains("1/3") && a.text.contains("Redis")), "{alerts:?}");
+
+    // A second window without Redis: still a third each, no new alert.
+    acct.advance(Duration::from_millis(window));
+    for g in &gates {
+        g.tick();
+    }
+    settle(&gates, PER).await;
+    let per = window_reads("Redis still down", &mut last_requests);
+    assert!(per.iter().all(|n| *n <= fallback_read_share && *n > 0), "{per:?}");
+
+    // Redis is back (empty: it kept nothing): the next window is shared again.
+    let redis = OwnRedis::start(Some(port));
+    acct.advance(Duration::from_millis(window));
+    for g in &gates {
+        g.tick();
+    }
+    settle(&gates, PER).await;
+    for (i, g) in gates.iter().enumerate() {
+        write_now(&acct, g, &format!("after the outage, replica {i}")).await;
+    }
+    let per = window_reads("Redis back", &mut last_requests);
+    let reads: u64 = per.iter().sum();
+    assert!(reads <= read_share, "{reads} > {read_share}");
+    assert!(reads >= read_share * 9 / 10, "the whole read share is back in use ({reads} of {read_share})");
+    assert!(gates.iter().all(|g| g.snapshot().mode == "shared"), "{:?}", gates.iter().map(|g| g.snapshot().mode).collect::<Vec<_>>());
+    assert!(replicas.iter().all(|(_, s)| s.is_up() && s.status().outages == 1));
+    let alerts_after = store.list_alerts(None, false, 100).await.unwrap().len();
+    assert_eq!(alerts_after, 3, "no new alert on recovery");
+
+    for g in &gates {
+        g.close();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(redis);
+}
+
+/// A PostgreSQL database of the test's own, dropped at the end.
+struct PgDb {
+    base: String,
+    name: String,
+}
+
+impl PgDb {
+    async fn create() -> PgDb {
+        let base = std::env::var("DESKGATE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let base = base.trim_end_matches('/').to_string();
+        let name = unique("replicas");
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{base}/postgres"))
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL is not reachable at {base} ({e}); start it or set DESKGATE_TEST_POSTGRES"));
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.unwrap();
+        sqlx::Connection::close(admin).await.ok();
+        PgDb { base, name }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}", self.base, self.name)
+    }
+
+    async fn drop_db(self) {
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{}/postgres", self.base)).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).execute(&mut admin).await.unwrap();
+        sqlx::Connection::close(admin).await.ok();
+    }
+}
+
+/// Three replicas (own store pools, own credential managers, one PostgreSQL database) race to
+/// refresh a rotating Zendesk OAuth pair, six rotations in a row, half by explicit refresh (a 401
+/// on every replica at once) and half by their timers all firing at 80% of the lifetime: exactly
+/// one refresh reaches the token endpoint per rotation, every replica ends on the new pair, each
+/// spent refresh token is refused by the platform, and every replica's token works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_refresh_racing_on_three_replicas_happens_once_per_rotation() {
+    use deskgate::auth::{AuthConfig, CredentialManager, ManagerParts, OAuthClient, RefreshOutcome, StartReport, TickOutcome};
+    use deskgate::store::{CredentialSecret, Expect};
+    use deskgate_sim::{CredKind, RequestFilter};
+
+    let db = PgDb::create().await;
+    let adapter = runtime().get("zendesk").unwrap();
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(4).frozen_at(T0)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let lifetime_s = 2 * 3600;
+    let cred = sim
+        .create_credential(
+            account,
+            CredentialSpec {
+                agent_id: Some(admin.id),
+                kind: Some(CredKind::Oauth),
+                access_ttl_secs: Some(lifetime_s),
+                refresh_ttl_secs: Some(30 * 86_400),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let clock = ManualClock::new(T0);
+    let conn = "acme-oauth";
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(store::open(&db.url(), SecretKey::from_bytes([5; 32])).await.unwrap());
+    }
+    let mut nc = deskgate::store::NewConnection::new(conn, "zendesk", "refresh race");
+    nc.admin_contact_url = None;
+    stores[0].create_connection(&nc, T0).await.unwrap();
+    let secret = CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone(), client: None };
+    stores[0].put_credential(conn, &secret, cred.expires_at_ms, Expect::Absent, T0).await.unwrap();
+    let d = adapter.descriptor();
+    let managers: Vec<CredentialManager> = stores
+        .iter()
+        .enumerate()
+        .map(|(i, store)| {
+            CredentialManager::new(ManagerParts {
+                store: store.clone(),
+                clock: Arc::new(clock.clone()),
+                driver: Driver::new(DriverConfig::default()).unwrap(),
+                adapter: adapter.clone(),
+                base_url: sim.base_url(),
+                connection: Connection { id: conn.into(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
+                oauth_client: Some(OAuthClient {
+                    client_id: cred.client_id.clone().unwrap(),
+                    client_secret: cred.client_secret.clone().unwrap(),
+                }),
+                config: AuthConfig {
+                    owner: format!("replica-{}", i + 1),
+                    in_flight_wait: Duration::from_secs(30),
+                    ..AuthConfig::default()
+                },
+            })
+            .unwrap()
+        })
+        .collect();
+    for m in &managers {
+        assert_eq!(m.start().await.unwrap(), StartReport::Clean);
+    }
+    let token_calls = || sim.requests(RequestFilter::default()).iter().filter(|r| r.path.starts_with("/oauth/tokens")).count();
+    let client = OAuthClient { client_id: cred.client_id.clone().unwrap(), client_secret: cred.client_secret.clone().unwrap() };
+    let http = reqwest::Client::new();
+    let mut spent = Vec::new();
+    for rotation in 0..6 {
+        let before = managers[0].credential().unwrap();
+        let CredentialSecret::OAuth { refresh_token: Some(old_rt), .. } = &before.secret else { panic!("oauth") };
+        let calls_before = token_calls();
+        let outcomes: Vec<RefreshOutcome> = if rotation % 2 == 0 {
+            // A 401 on every replica at once: each refreshes from the version it used.
+            let v = before.version;
+            let (a, b, c) = tokio::join!(managers[0].refresh(Some(v)), managers[1].refresh(Some(v)), managers[2].refresh(Some(v)));
+            vec![a.unwrap(), b.unwrap(), c.unwrap()]
+        } else {
+            // Every replica's timer fires at 80% of the lifetime.
+            let due = managers[0].refresh_due_at().unwrap();
+            let now = deskgate::clock::Clock::now_ms(&clock);
+            if due > now {
+                clock.advance(Duration::from_millis((due - now) as u64));
+                sim.clock().advance(Duration::from_millis((due - now) as u64));
+            }
+            let (a, b, c) = tokio::join!(managers[0].tick(), managers[1].tick(), managers[2].tick());
+            [a.unwrap(), b.unwrap(), c.unwrap()]
+                .into_iter()
+                .map(|t| match t {
+                    TickOutcome::Refresh(r) => r,
+                    other => panic!("rotation {rotation}: a due timer did not refresh: {other:?}"),
+                })
+                .collect()
+        };
+        let refreshed = outcomes.iter().filter(|o| matches!(o, RefreshOutcome::Refreshed(_))).count();
+        let adopted = outcomes.iter().filter(|o| matches!(o, RefreshOutcome::AlreadyRefreshed(_))).count();
+        println!("rotation {rotation}: {outcomes:?}");
+        assert_eq!((refreshed, adopted), (1, 2), "rotation {rotation}: {outcomes:?}");
+        assert_eq!(token_calls() - calls_before, 1, "rotation {rotation}: exactly one call to the token endpoint");
+        let versions: Vec<i64> = managers.iter().map(|m| m.credential().unwrap().version).collect();
+        assert!(versions.iter().all(|v| *v == versions[0] && *v > before.version), "rotation {rotation}: {versions:?}");
+        let stored = stores[2].get_credential(conn).await.unwrap().unwrap();
+        assert_eq!(stored.version, versions[0]);
+        assert!(stored.refresh_in_flight.is_none(), "the refresh lock was released");
+        for (i, m) in managers.iter().enumerate() {
+            assert_eq!(m.credential().unwrap().secret, stored.secret, "replica {i} holds the stored pair");
+            match m.execute(&Operation::WhoAmI, None).await.unwrap() {
+                Ok(Outcome::Identity(_)) => {}
+                other => panic!("rotation {rotation}: replica {i}'s token does not work: {other:?}"),
+            }
+        }
+        spent.push(old_rt.clone());
+    }
+    // Rotation: every spent refresh token is dead on the platform; nobody holds one.
+    for old in &spent {
+        let e = deskgate::auth::refresh::refresh(&http, &sim.base_url(), "/oauth/tokens", &client, old).await.unwrap_err();
+        assert!(e.is_definitive(), "{e:?}");
+    }
+    for s in stores {
+        s.close().await;
+    }
+    db.drop_db().await;
+}
+
+/// One `deskgate serve` process.
+struct Serve {
+    id: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Serve {
+    fn start(dir: &std::path::Path, id: &str, config: &str) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = dir.join(format!("{id}.toml"));
+        std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}").replace("REPLICA_ID", id)).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_deskgate"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("DESKGATE_SECRET_KEY", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
+            .env("DESKGATE_API_TOKEN", SERVE_TOKEN)
+            .env("DESKGATE_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replicas-serve-cache"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("deskgate serve");
+        Serve { id: id.into(), port, child: Some(child) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// kill -9.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const SERVE_TOKEN: &str = "replicas-test-api-token-0123456789";
+
+/// Wait (up to 120 s: the first start compiles the adapters) until the replica is ready, reports
+/// shared budgets, and runs the connection live.
+async fn wait_ready(http: &reqwest::Client, s: &Serve, dir: &std::path::Path) {
+    let start = Instant::now();
+    loop {
+        let ready = http.get(s.url("/readyz")).send().await.ok();
+        if let Some(r) = ready
+            && r.status().is_success()
+        {
+            let body: serde_json::Value = r.json().await.unwrap();
+            let conn = http.get(s.url("/v1/connections/acme")).bearer_auth(SERVE_TOKEN).send().await.unwrap();
+            let conn: serde_json::Value = conn.json().await.unwrap_or_default();
+            if body["budgets"]["mode"] == "shared" && conn["state"] == "live" {
+                assert_eq!(body["replica"], s.id.as_str(), "{body}");
+                assert_eq!(body["store"], "postgres", "{body}");
+                return;
+            }
+        }
+        let log = std::fs::read_to_string(dir.join(format!("{}.log", s.id))).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(120), "replica {} did not become ready; its log:\n{log}", s.id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Three `deskgate serve` processes on one PostgreSQL database and one Redis; the app submits a
+/// burst of replies through all three; the replica that holds both outbox claims and the
+/// gateway-wide alerts timer lease is killed with SIGKILL mid-burst. Every acknowledged action is
+/// applied exactly once on the platform, the dead replica's claims are finished by the others once
+/// their lease (2 s) runs out, and its timer lease moves within one lease period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_burst_loses_nothing_and_its_leases_move() {
+    let db = PgDb::create().await;
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(unique("serve"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(2)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let cred = sim.create_credential(account, CredentialSpec { agent_id: Some(admin.id), ..Default::default() }).unwrap();
+    let tickets: Vec<u64> = (0..8)
+        .map(|i| sim.create_ticket(account, TicketSpec { subject: Some(format!("t{i}")), ..Default::default() }).unwrap()["id"].as_u64().unwrap())
+        .collect();
+    let lease_ms: i64 = 2_000;
+    let config = format!(
+        "store = \"{}\"\n[cluster]\nredis = \"{}\"\nreplicas = 3\nreplica_id = \"REPLICA_ID\"\nredis_prefix = \"{}\"\nlease_secs = {}\n\
+         [connections.acme]\nplatform = \"zendesk\"\nbase_url = \"{}\"\n[connections.acme.credentials]\nemail = \"{}\"\ntoken = \"{}\"\n",
+        db.url(),
+        redis_url(),
+        unique("serve"),
+        lease_ms / 1000,
+        sim.base_url(),
+        cred.email,
+        cred.token
+    );
+    let http = reqwest::Client::new();
+    let mut replicas = vec![Serve::start(&dir, "r1", &config)];
+    wait_ready(&http, &replicas[0], &dir).await;
+    replicas.push(Serve::start(&dir, "r2", &config));
+    replicas.push(Serve::start(&dir, "r3", &config));
+    for s in &replicas[1..] {
+        wait_ready(&http, s, &dir).await;
+    }
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let store = store::open(&db.url(), SecretKey::from_bytes(key)).await.unwrap();
+    let pg = sqlx::PgPool::connect(&db.url()).await.unwrap();
+
+    let wall = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let alerts_lease = || async {
+        let row: Option<(String, i64)> =
+            sqlx::query_as("SELECT owner, held_until FROM timer_leases WHERE connection_id = '' AND name = 'alerts'")
+                .fetch_optional(&pg)
+                .await
+                .unwrap();
+        row.filter(|(o, until)| !o.is_empty() && *until > wall())
+    };
+    let raise = |text: &str| deskgate::store::NewAlert {
+        connection_id: None,
+        kind: "test-timer".into(),
+        text: text.into(),
+        detail: serde_json::json!({}),
+    };
+    // A due alert: the gateway-wide alerts timer takes its lease on one replica, the victim.
+    store.raise_alert(&raise("before the kill"), wall()).await.unwrap();
+    let start = Instant::now();
+    let (victim, lease_until) = loop {
+        if let Some(l) = alerts_lease().await {
+            break l;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no replica took the alerts timer lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    // Slow writes, so that the burst is still in flight when the replica dies.
+    sim.set_faults(deskgate_sim::FaultConfig { latency_ms: 150, ..Default::default() }).unwrap();
+    const N: usize = 48;
+    let mut acked = Vec::new();
+    for i in 0..N {
+        let s = &replicas[i % 3];
+        let body = serde_json::json!({ "ticket_id": tickets[i % tickets.len()].to_string(), "action": { "type": "reply", "body": format!("reply {i}") } });
+        let r = http
+            .post(s.url("/v1/connections/acme/actions"))
+            .bearer_auth(SERVE_TOKEN)
+            .header("idempotency-key", format!("burst-{i}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        let v: serde_json::Value = r.json().await.unwrap();
+        acked.push((v["id"].as_i64().unwrap(), format!("reply {i}"), tickets[i % tickets.len()]));
+    }
+
+    // Kill the victim once it holds outbox claims of the burst.
+    let start = Instant::now();
+    let held = loop {
+        let claims = store
+            .list_actions(&store::ActionQuery { in_flight_only: true, limit: 500, ..Default::default() })
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.lease.as_ref().is_some_and(|l| l.owner == format!("{victim}/acme")))
+            .map(|e| e.id)
+            .collect::<Vec<_>>();
+        if !claims.is_empty() {
+            break claims;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{victim} never held claims of the burst");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let idx = replicas.iter().position(|s| s.id == victim).unwrap();
+    replicas[idx].kill();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    println!("killed {victim} holding {} claims (alerts lease until {lease_until})", held.len());
+
+    // Its timer moves to a survivor within one lease period (plus a tick) once there is work.
+    store.raise_alert(&raise("after the kill"), wall()).await.unwrap();
+    let moved_at = loop {
+        let now = wall();
+        if let Some((owner, _)) = alerts_lease().await
+            && owner != victim
+        {
+            break now;
+        }
+        assert!(now - killed_at < 30_000, "the alerts lease never moved");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("alerts lease moved {} ms after the kill (lease {lease_ms} ms)", moved_at - killed_at);
+    assert!(
+        moved_at <= lease_until.max(killed_at) + 1_500,
+        "the timer moved {} ms after the kill, its lease ended {} ms after the kill",
+        moved_at - killed_at,
+        lease_until - killed_at
+    );
+
+    // Every acknowledged action ends confirmed; the dead replica's claims by another replica.
+    let start = Instant::now();
+    loop {
+        let left = store.list_actions(&store::ActionQuery { in_flight_only: true, limit: 500, ..Default::default() }).await.unwrap();
+        if left.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "still in flight: {left:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (id, _, _) in &acked {
+        let e = store.get_action(*id).await.unwrap().unwrap();
+        assert_eq!(e.state, store::OutboxState::Confirmed, "{e:?}");
+    }
+    for id in &held {
+        let e = store.get_action(*id).await.unwrap().unwrap();
+        assert!(e.updated_at >= killed_at, "entry {id} was settled by the dead replica before it died? {e:?}");
+    }
+    // Exactly once on the platform.
+    for (id, body, ticket) in &acked {
+        let n = sim
+            .writes(account, Some(*ticket))
+            .unwrap()
+            .iter()
+            .filter(|w| matches!(&w.kind, deskgate_sim::WriteKind::Reply { body: b } if b == body))
+            .count();
+        assert_eq!(n, 1, "action {id} ({body}) applied {n} times");
+    }
+    drop(replicas);
+    pg.close().await;
+    store.close().await;
+    db.drop_db().await;
+}
+
+/// The Redis script and the local budget are one algorithm: a seeded random run of draws (both
+/// lanes, account and per-object buckets), platform readings (limit, remaining, reset), penalties,
+/// refunds and time steps, applied to a local [`deskgate::budget::RateBudget`] and to the shared
+/// counters in Redis, grants and refuses the same draws and leaves the same counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_script_decides_as_the_local_budget() {
+    use deskgate::bindings::{BucketDraw, BucketScope, PlanLimits, RateBucket, RateObservation};
+    use deskgate::budget::{Jitter as _, RateBudget, SharedBackend, SharedDraw, SplitMix64};
+
+    let bucket = |name: &str, scope, limit, window_ms| RateBucket { name: name.into(), scope, limit, window_ms, description: String::new() };
+    let plan = PlanLimits {
+        plan: "p".into(),
+        buckets: vec![
+            bucket("account", BucketScope::Account, 40, 60_000),
+            bucket("ticket", BucketScope::PerObject, 12, 600_000),
+            bucket("export", BucketScope::Account, 16, 60_000),
+        ],
+    };
+    let config = BudgetConfig::default().with_bucket_write_reserve("export", deskgate::budget::Share::NONE);
+    let target_pm = config.target.as_permille();
+    let redis = RedisBackend::new(&redis_url(), &unique("equiv"), Duration::from_secs(2)).unwrap();
+    for seed in [0x5eed_u64, 7, 1_000_003] {
+    let conn = format!("c{seed}");
+    let conn = conn.as_str();
+    let mut local = RateBudget::new(&plan, config.clone());
+    let mut rng = SplitMix64::seeded(seed);
+    let mut now = T0;
+    let (mut grants, mut refusals, mut last_permit) = (0, 0, None);
+    for step in 0..600 {
+        let r = rng.next_u64();
+        match r % 10 {
+            0..=5 => {
+                let key = format!("{}", (r >> 8) % 4);
+                let (lane, draws) = match (r >> 4) % 3 {
+                    0 => (Lane::Read, vec![BucketDraw { bucket: "account".into(), key: None, cost: 1 + ((r >> 12) % 2) as u32 }]),
+                    1 => (
+                        Lane::Write,
+                        vec![
+                            BucketDraw { bucket: "account".into(), key: None, cost: 1 },
+                            BucketDraw { bucket: "ticket".into(), key: Some(key), cost: 1 },
+                        ],
+                    ),
+                    _ => (Lane::Read, vec![BucketDraw { bucket: "export".into(), key: None, cost: 1 }]),
+                };
+                let shared: Vec<SharedDraw> = draws
+                    .iter()
+                    .map(|d| SharedDraw { spec: local.counter_spec(&d.bucket, d.key.as_deref()).unwrap(), cost: u64::from(d.cost) })
+                    .collect();
+                let l = local.try_acquire(lane, &draws, now);
+                let v = redis.acquire(conn, lane, target_pm, &shared, now).await.unwrap();
+                assert_eq!(l.is_ok(), v.granted, "step {step} at +{} ms: local {l:?}, redis {v:?}", now - T0);
+                match l {
+                    Ok(p) => {
+                        grants += 1;
+                        for (d, c) in p.drawn.iter().zip(&v.counters) {
+                            assert_eq!((d.window_start, d.window_end), (c.start, c.end), "step {step}: windows");
+                        }
+                        last_permit = Some((p, shared));
+                    }
+                    Err(_) => refusals += 1,
+                }
+            }
+            6 => {
+                let remaining = ((r >> 8) % 41) as u32;
+                let reset = match (r >> 16) % 3 {
+                    0 => None,
+                    1 => Some(((r >> 20) % 70_000) as u64),
+                    _ => Some(0),
+                };
+                let limit = if (r >> 28) % 5 == 0 { Some(30 + ((r >> 32) % 20) as u32) } else { None };
+                let obs = RateObservation { bucket: "account".into(), key: None, limit, remaining: Some(remaining), reset_ms: reset, reset_at: None };
+                local.observe(&obs, now);
+                let spec = local.counter_spec("account", None).unwrap();
+                let reset_abs = reset.map(|ms| now + ms as i64);
+                redis.observe(conn, &spec, limit, Some(u64::from(remaining)), reset_abs, None, now).await.unwrap();
+            }
+            7 => {
+                let until = now + ((r >> 8) % 20_000) as i64;
+                let (b, key) = if (r >> 4) % 2 == 0 { ("account", None) } else { ("ticket", Some(format!("{}", (r >> 12) % 4))) };
+                local.penalize(Some(b), key.as_deref(), until);
+                redis.penalize(conn, &local.counter_spec(b, key.as_deref()).unwrap(), until, now).await.unwrap();
+            }
+            8 => {
+                if let Some((p, shared)) = last_permit.take() {
+                    local.refund(&p, now);
+                    for (d, s) in p.drawn.iter().zip(&shared) {
+                        redis.refund(conn, &s.spec, p.lane, d.cost, d.window_start, now).await.unwrap();
+                    }
+                }
+            }
+            _ => now += ((r >> 8) % 15_000) as i64,
+        }
+    }
+    // The counters agree too: a zero-cost write draw on each returns the shared state, which the
+    // local budget's snapshot must match.
+    for (b, key) in [("account", None), ("export", None)] {
+        let spec = local.counter_spec(b, key).unwrap();
+        let v = redis.acquire(conn, Lane::Write, target_pm, &[SharedDraw { spec, cost: 0 }], now).await.unwrap();
+        let snap = local.snapshot(now);
+        let s = snap.buckets.iter().find(|x| x.bucket == b).unwrap();
+        let c = v.counters[0];
+        if let Some((start, end)) = s.window {
+            assert_eq!((start, end, s.spent, s.others), (c.start, c.end, c.read + c.write + c.others, c.others), "{b}: {s:?} vs {c:?}");
+        }
+        assert_eq!(s.limit, c.limit, "{b}: the limit in force");
+    }
+    println!("seed {seed}: {grants} grants, {refusals} refusals, all decided alike");
+    assert!(grants > 50 && refusals > 50, "the run exercised both outcomes ({grants} grants, {refusals} refusals)");
+    }
+}
+
+/// A correction one replica reads reaches the others: replica A applies a platform reading (the
+/// plan was downgraded to 100 a minute, 90 of them spent by other clients) and a 429 penalty on
+/// the export bucket; replica B's next decisions follow both without having seen either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_read_by_one_replica_reaches_the_others() {
+    use deskgate::bindings::{BucketDraw, BucketScope, PlanLimits, RateBucket, RateLimitedDetail, RateObservation};
+    use deskgate::budget::{Priority, RateBudget};
+
+    let bucket = |name: &str, limit| RateBucket { name: name.into(), scope: BucketScope::Account, limit, window_ms: 60_000, description: String::new() };
+    let plan = PlanLimits { plan: "p".into(), buckets: vec![bucket("account", 400), bucket("export", 10)] };
+    let clock = ManualClock::new(T0);
+    let prefix = unique("correction");
+    let gate = |id: &str| {
+        let backend = RedisBackend::new(&redis_url(), &prefix, Duration::from_secs(2)).unwrap();
+        let settings = SharedSettings { replica_id: id.into(), replicas: 2, probe_every: Duration::from_secs(1) };
+        let shared = Arc::new(SharedBudgets::new(Arc::new(backend), settings, None));
+        BudgetGate::shared(RateBudget::new(&plan, BudgetConfig::default()), Arc::new(clock.clone()), shared, "acme")
+    };
+    let (a, b) = (gate("a"), gate("b"));
+    let read = [BucketDraw { bucket: "account".into(), key: None, cost: 1 }];
+    let export = [BucketDraw { bucket: "export".into(), key: None, cost: 1 }];
+    a.acquire(Priority::Read, &read).await.unwrap();
+    b.acquire(Priority::Read, &export).await.unwrap();
+    a.observe(&[RateObservation { bucket: "account".into(), key: None, limit: Some(100), remaining: Some(10), reset_ms: None, reset_at: None }]);
+    a.rate_limited(&export, &RateLimitedDetail { bucket: Some("export".into()), retry_after_ms: Some(30_000), message: String::new() });
+    // The forwarding is asynchronous: wait (real time, for Redis only) until B's decisions show it.
+    let start = Instant::now();
+    loop {
+        // 100 * 75% = 75 target, 90 counted by the platform: nothing left for anyone.
+        let r = tokio::time::timeout(Duration::from_millis(200), b.acquire(Priority::Write, &read)).await;
+        let snap = b.snapshot();
+        let acct = snap.budget.buckets.iter().find(|x| x.bucket == "account").unwrap().clone();
+        if r.is_err() && acct.limit == 100 && acct.spent >= 90 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "B never saw A's reading: {acct:?} ({r:?})");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = b.snapshot();
+    let exp = snap.budget.buckets.iter().find(|x| x.bucket == "export").unwrap();
+    // B's export draw waits for the penalty A met (B only learns of it from Redis).
+    let r = tokio::time::timeout(Duration::from_millis(300), b.acquire(Priority::Read, &export)).await;
+    assert!(r.is_err(), "B drew on a bucket A was told to leave alone: {exp:?}");
+    assert_eq!(b.snapshot().budget.buckets.iter().find(|x| x.bucket == "export").unwrap().blocked_until, Some(T0 + 30_000));
+    a.close();
+    b.close();
+}
