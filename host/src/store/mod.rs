@@ -439,7 +439,10 @@ pub enum CredentialSecret {
         /// Field name to value.
         fields: BTreeMap<String, String>,
     },
-    /// An OAuth 2 token pair.
+    /// An OAuth 2 token pair. Spelled `oauth` as the OpenAPI document, the config and
+    /// [`CredentialSecret::scheme`] say (`rename_all` alone would make it `o_auth`, which is still
+    /// read, so secrets stored before are readable).
+    #[serde(rename = "oauth", alias = "o_auth")]
     OAuth {
         /// The bearer token.
         access_token: String,

@@ -1,0 +1,131 @@
+//! Shared by the operator-surface tests: an in-process gateway (real HTTP on 127.0.0.1, a
+//! temporary SQLite store, the built-in adapters, the scope probe on create, a status registry)
+//! and a Zendesk simulator account to connect to.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use deskgate::api::{AppState, ProbeOnConnect, app};
+use deskgate::clock::SystemClock;
+use deskgate::config::Secret;
+use deskgate::driver::{Driver, DriverConfig};
+use deskgate::runtime::{AdapterRuntime, RuntimeConfig};
+use deskgate::status::{SharedStatus, StatusRegistry};
+use deskgate::store::{self, SecretKey};
+use deskgate_sim::{AccountSpec, AgentSpec, CredKind, CredentialInfo, CredentialSpec, Platform, SimConfig, SimHandle};
+use serde_json::{Value, json};
+
+/// The gateway's API token in these tests.
+pub const TOKEN: &str = "ops-test-token-5f0c2a9e41";
+
+/// The built-in adapters, compiled once per test binary.
+pub fn runtime() -> &'static AdapterRuntime {
+    static RT: OnceLock<AdapterRuntime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let config = RuntimeConfig {
+            cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("api-compile-cache")),
+            ..RuntimeConfig::default()
+        };
+        let mut rt = AdapterRuntime::new(config).expect("runtime");
+        rt.load_builtin().expect("built-in adapters");
+        rt
+    })
+}
+
+/// A gateway serving on 127.0.0.1.
+pub struct Gateway {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    /// Its state (store, status registry).
+    pub state: AppState,
+    /// The registry it reads live figures from.
+    pub status: SharedStatus,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+}
+
+impl Gateway {
+    /// Start one with the scope probe on create.
+    pub async fn start() -> Self {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("deskgate-ops-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = store::open(dir.join("deskgate.sqlite").to_str().unwrap(), SecretKey::from_bytes([7; 32]))
+            .await
+            .expect("store");
+        let adapters: Vec<_> = runtime().adapters().cloned().collect();
+        let status = StatusRegistry::shared();
+        let hook = ProbeOnConnect::new(Driver::new(DriverConfig::default()).unwrap(), adapters.clone());
+        let state = AppState::new(store, Arc::new(SystemClock), Secret::new(TOKEN), adapters)
+            .with_connect_hook(Arc::new(hook))
+            .with_status(status.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self { base, state, status, http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() }
+    }
+
+    /// A request with the bearer token.
+    pub fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(TOKEN)
+    }
+
+    /// Send; status and JSON (or the text as a JSON string).
+    pub async fn send(&self, rb: reqwest::RequestBuilder) -> (u16, Value) {
+        let r = rb.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// `GET` with the token.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.req(reqwest::Method::GET, path)).await
+    }
+
+    /// `POST` JSON with the token.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.req(reqwest::Method::POST, path).json(&body)).await
+    }
+}
+
+/// A Zendesk simulator with one account, an admin and two credentials: `full` (an API token with
+/// every privilege) and `read_only` (an OAuth token with the `read` scope only).
+pub struct ZendeskAccount {
+    /// The running sim.
+    pub sim: SimHandle,
+    /// The full-access credential.
+    pub full: CredentialInfo,
+    /// The read-only credential.
+    pub read_only: CredentialInfo,
+}
+
+impl ZendeskAccount {
+    /// Start it.
+    pub async fn start() -> Self {
+        let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(11)).await.expect("sim");
+        let account = sim.create_account(AccountSpec::default()).unwrap();
+        sim.create_agent(account.id, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+        let full = sim.create_credential(account.id, CredentialSpec::default()).unwrap();
+        let read_only = sim
+            .create_credential(
+                account.id,
+                CredentialSpec { kind: Some(CredKind::Oauth), scopes: Some(vec!["read".into()]), access_ttl_secs: Some(0), ..Default::default() },
+            )
+            .unwrap();
+        Self { sim, full, read_only }
+    }
+
+    /// The API's `credentials` object for the full-access token.
+    pub fn full_credentials(&self) -> Value {
+        json!({"scheme": "api_key", "fields": {"email": self.full.email, "token": self.full.token}})
+    }
+
+    /// The API's `credentials` object for the read-only OAuth token (a non-expiring bearer).
+    pub fn read_only_credentials(&self) -> Value {
+        json!({"scheme": "oauth", "access_token": self.read_only.token, "refresh_token": null})
+    }
+}
