@@ -346,6 +346,7 @@ fn print_probe(report: &Value) {
     if let Some(e) = report["error"].as_str() {
         println!("  the probe could not run: {e}");
     }
+    let mut last_fix = None;
     for cap in report["capabilities"].as_array().into_iter().flatten() {
         let name = cap["capability"].as_str().unwrap_or("?");
         if cap["granted"].as_bool() == Some(true) {
@@ -359,7 +360,12 @@ fn print_probe(report: &Value) {
         };
         println!("  [FAIL] {name}: {what}");
         if let Some(r) = cap["remediation"].as_str() {
-            println!("         fix: {r}");
+            if last_fix == Some(r) {
+                println!("         fix: as above");
+            } else {
+                println!("         fix: {r}");
+            }
+            last_fix = Some(r);
         }
     }
     match report["passed"].as_bool() {
@@ -478,6 +484,7 @@ fn print_connection(c: &Value, now: i64, detail: bool) {
     let probe = &c["probe"];
     if probe["passed"] == json!(false) || (detail && !probe.is_null()) {
         println!("  scope probe:");
+        let mut last_fix = None;
         for cap in probe["capabilities"].as_array().into_iter().flatten() {
             let name = cap["capability"].as_str().unwrap_or("?");
             if cap["granted"].as_bool() == Some(true) {
@@ -487,7 +494,12 @@ fn print_connection(c: &Value, now: i64, detail: bool) {
             } else {
                 println!("    [FAIL] {name}: missing {}", cap["missing"].as_str().or(cap["message"].as_str()).unwrap_or("?"));
                 if let Some(r) = cap["remediation"].as_str() {
-                    println!("           fix: {r}");
+                    if last_fix == Some(r) {
+                        println!("           fix: as above");
+                    } else {
+                        println!("           fix: {r}");
+                    }
+                    last_fix = Some(r);
                 }
             }
         }

@@ -7,12 +7,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{Gateway, TOKEN, ZendeskAccount};
+use common::{Gateway, TOKEN};
 use deskgate::api::ROUTES;
-use deskgate::bindings::{BucketDraw, Connection as BindingConnection, Lane};
-use deskgate::budget::{BudgetConfig, BudgetLayer, Priority};
-use deskgate::clock::SystemClock;
-use deskgate::store::ConnectionState;
 use serde_json::{Value, json};
 
 /// Routes anyone may call: health, the document, webhooks (signed), the dashboard's sign-in.
@@ -220,75 +216,9 @@ fn sample<'a>(samples: &'a [Sample], name: &str, labels: &[(&str, &str)]) -> Opt
     samples.iter().find(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
 }
 
-/// Connect `acme` (full access: live) and `acme-readonly` (read scope only: the probe fails,
-/// then the connection is suspended for re-scoping), run a budget gate for `acme` in the status
-/// registry with some spend, count a few events, and raise an alert whose kind needs escaping.
-async fn populated() -> (Gateway, ZendeskAccount) {
-    let g = Gateway::start().await;
-    let z = ZendeskAccount::start().await;
-    let (status, full) = g
-        .post(
-            "/v1/connections",
-            json!({"id": "acme", "platform": "zendesk", "base_url": z.sim.base_url(), "display_name": "Acme Support",
-                   "credentials": z.full_credentials()}),
-        )
-        .await;
-    assert_eq!(status, 201, "{full}");
-    assert_eq!(full["state"], "live", "{full}");
-    let (status, ro) = g
-        .post(
-            "/v1/connections",
-            json!({"id": "acme-readonly", "platform": "zendesk", "base_url": z.sim.base_url(),
-                   "credentials": z.read_only_credentials()}),
-        )
-        .await;
-    assert_eq!(status, 201, "{ro}");
-    assert_eq!(ro["state"], "pending_probe", "{ro}");
-    assert_eq!(ro["probe_report"]["passed"], false, "{ro}");
-    let store = g.state.store().clone();
-    store
-        .set_connection_state(
-            "acme-readonly",
-            &ConnectionState::Suspended {
-                reason: "The token lacks the `write` scope: replies and status changes are refused. Re-authorize the OAuth client with read and write scopes.".into(),
-                kind: "rescope".into(),
-            },
-            1_000,
-        )
-        .await
-        .unwrap();
-    // Live parts, as the supervisor registers them.
-    let adapter = common::runtime().get("zendesk").unwrap();
-    let layer = BudgetLayer::new(std::sync::Arc::new(SystemClock), BudgetConfig::default());
-    let conn = BindingConnection { id: "acme".into(), plan: adapter.descriptor().default_plan.clone(), agent_id: None, settings: vec![] };
-    let gate = layer.connect(&conn, adapter.descriptor(), None).unwrap();
-    let bucket = gate.snapshot().budget.buckets[0].bucket.clone();
-    let draw = [BucketDraw { bucket: bucket.clone(), key: None, cost: 1 }];
-    for _ in 0..7 {
-        let permit = gate.acquire(Priority::Write, &draw).await.expect("capacity");
-        drop(permit);
-    }
-    let counters = g.status.register("acme", Some(gate), None);
-    counters.record_rate_limited(Lane::Read);
-    counters.record_rate_limited(Lane::Read);
-    counters.record_rate_limited(Lane::Write);
-    counters.record_suspension();
-    g.status.counters("acme-readonly").record_suspension();
-    deskgate::alerts::raise(&store, 2_000, Some("acme-readonly"), "scope-missing", "Grant `write` to acme-readonly".into(), json!({}))
-        .await
-        .unwrap();
-    deskgate::alerts::raise(&store, 3_000, None, "odd \"kind\"\\with\nnewline", "escaping test".into(), json!({})).await.unwrap();
-    // A duplicate submission is counted by the API itself.
-    let action = json!({"ticket_id": "1", "action": {"type": "reply", "body": "hi"}});
-    g.post("/v1/connections/acme/actions", action.clone()).await;
-    let (_, dup) = g.post("/v1/connections/acme/actions", action).await;
-    assert_eq!(dup["duplicate"], true);
-    (g, z)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_valid_prometheus_text_with_every_per_connection_family() {
-    let (g, _z) = populated().await;
+    let (g, _z) = common::populated().await;
     let r = g.req(reqwest::Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
@@ -345,7 +275,7 @@ async fn metrics_are_valid_prometheus_text_with_every_per_connection_family() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_view_puts_suspensions_first_and_joins_store_and_live_figures() {
-    let (g, z) = populated().await;
+    let (g, z) = common::populated().await;
     let (status, v) = g.get("/v1/status").await;
     assert_eq!(status, 200, "{v}");
     let conns = v["connections"].as_array().unwrap();
@@ -379,7 +309,7 @@ async fn sign_in(g: &Gateway, token: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_signs_in_with_the_token_and_keeps_only_a_session_cookie() {
-    let (g, z) = populated().await;
+    let (g, z) = common::populated().await;
     // No cookie: the form, no data.
     let r = g.http.get(format!("{}/", g.base)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);

@@ -299,9 +299,24 @@ fn probe_list(c: &ConnectionView, only_missing: bool) -> String {
         let _ = write!(out, "<p class=\"no\">The probe could not run: {}</p>", esc(e));
     }
     out.push_str("<ul class=\"caps\">");
+    // Capabilities that fail for the same reason (one missing scope) are one line: one fix.
+    let mut groups: Vec<(Vec<&str>, &super::view::CapabilityView)> = Vec::new();
     for cap in p.capabilities.iter().filter(|cap| !only_missing || !cap.granted) {
+        let same = |o: &super::view::CapabilityView| {
+            o.granted == cap.granted
+                && (cap.granted
+                    || (&o.permission_kind, &o.missing, &o.remediation, &o.message)
+                        == (&cap.permission_kind, &cap.missing, &cap.remediation, &cap.message))
+        };
+        match groups.iter_mut().find(|(_, first)| same(first)) {
+            Some((names, _)) => names.push(&cap.capability),
+            None => groups.push((vec![&cap.capability], cap)),
+        }
+    }
+    for (names, cap) in groups {
+        let names = esc(&names.join(", "));
         if cap.granted {
-            let _ = write!(out, "<li class=\"yes\">&#10003; {}</li>", esc(&cap.capability));
+            let _ = write!(out, "<li class=\"yes\">&#10003; {names}</li>");
         } else {
             let what = match (&cap.permission_kind, &cap.missing) {
                 (Some(k), Some(m)) => format!("missing {} <code>{}</code>", esc(k), esc(m)),
@@ -309,7 +324,7 @@ fn probe_list(c: &ConnectionView, only_missing: bool) -> String {
                 _ => esc(cap.message.as_deref().unwrap_or("not granted")),
             };
             let fix = cap.remediation.as_deref().map(|r| format!(" &mdash; <span class=\"remediation\">{}</span>", esc(r))).unwrap_or_default();
-            let _ = write!(out, "<li class=\"no\">&#10007; {}: {what}{fix}</li>", esc(&cap.capability));
+            let _ = write!(out, "<li class=\"no\">&#10007; {names}: {what}{fix}</li>");
         }
     }
     out.push_str("</ul>");

@@ -14,6 +14,9 @@ use deskgate::runtime::{AdapterRuntime, RuntimeConfig};
 use deskgate::status::{SharedStatus, StatusRegistry};
 use deskgate::store::{self, SecretKey};
 use deskgate_sim::{AccountSpec, AgentSpec, CredKind, CredentialInfo, CredentialSpec, Platform, SimConfig, SimHandle};
+use deskgate::bindings::{BucketDraw, Connection as BindingConnection, Lane};
+use deskgate::budget::{BudgetConfig, BudgetLayer, Priority};
+use deskgate::store::ConnectionState;
 use serde_json::{Value, json};
 
 /// The gateway's API token in these tests.
@@ -128,4 +131,76 @@ impl ZendeskAccount {
     pub fn read_only_credentials(&self) -> Value {
         json!({"scheme": "oauth", "access_token": self.read_only.token, "refresh_token": null})
     }
+}
+
+/// Connect `acme` (full access: live) and `acme-readonly` (read scope only: the probe fails,
+/// then the connection is suspended for re-scoping), run a budget gate for `acme` in the status
+/// registry with some spend, count a few events, and raise an alert whose kind needs escaping.
+pub async fn populated() -> (Gateway, ZendeskAccount) {
+    let g = Gateway::start().await;
+    let z = ZendeskAccount::start().await;
+    let (status, full) = g
+        .post(
+            "/v1/connections",
+            json!({"id": "acme", "platform": "zendesk", "base_url": z.sim.base_url(), "display_name": "Acme Support",
+                   "credentials": z.full_credentials()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{full}");
+    assert_eq!(full["state"], "live", "{full}");
+    let (status, ro) = g
+        .post(
+            "/v1/connections",
+            json!({"id": "acme-readonly", "platform": "zendesk", "base_url": z.sim.base_url(),
+                   "credentials": z.read_only_credentials()}),
+        )
+        .await;
+    assert_eq!(status, 201, "{ro}");
+    assert_eq!(ro["state"], "pending_probe", "{ro}");
+    assert_eq!(ro["probe_report"]["passed"], false, "{ro}");
+    let store = g.state.store().clone();
+    store
+        .set_connection_state(
+            "acme-readonly",
+            &ConnectionState::Suspended {
+                reason: "The token lacks the `write` scope: replies and status changes are refused. Re-authorize the OAuth client with read and write scopes.".into(),
+                kind: "rescope".into(),
+            },
+            now_ms() - 2 * 3600 * 1000,
+        )
+        .await
+        .unwrap();
+    // Live parts, as the supervisor registers them.
+    let adapter = runtime().get("zendesk").unwrap();
+    let layer = BudgetLayer::new(std::sync::Arc::new(SystemClock), BudgetConfig::default());
+    let conn = BindingConnection { id: "acme".into(), plan: adapter.descriptor().default_plan.clone(), agent_id: None, settings: vec![] };
+    let gate = layer.connect(&conn, adapter.descriptor(), None).unwrap();
+    let bucket = gate.snapshot().budget.buckets[0].bucket.clone();
+    let draw = [BucketDraw { bucket: bucket.clone(), key: None, cost: 1 }];
+    for _ in 0..7 {
+        let permit = gate.acquire(Priority::Write, &draw).await.expect("capacity");
+        drop(permit);
+    }
+    let counters = g.status.register("acme", Some(gate), None);
+    counters.record_rate_limited(Lane::Read);
+    counters.record_rate_limited(Lane::Read);
+    counters.record_rate_limited(Lane::Write);
+    counters.record_suspension();
+    g.status.counters("acme-readonly").record_suspension();
+    deskgate::alerts::raise(&store, now_ms() - 2 * 3600 * 1000, Some("acme-readonly"), "scope-missing", "Grant `write` to acme-readonly".into(), json!({}))
+        .await
+        .unwrap();
+    deskgate::alerts::raise(&store, now_ms() - 60_000, None, "odd \"kind\"\\with\nnewline", "escaping test".into(), json!({})).await.unwrap();
+    // A duplicate submission is counted by the API itself.
+    let action = json!({"ticket_id": "1", "action": {"type": "reply", "body": "hi"}});
+    g.post("/v1/connections/acme/actions", action.clone()).await;
+    let (_, dup) = g.post("/v1/connections/acme/actions", action).await;
+    assert_eq!(dup["duplicate"], true);
+    (g, z)
+}
+
+
+/// Now, in Unix milliseconds (the gateway in these tests runs on the system clock).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
