@@ -321,15 +321,15 @@ mod tests {
         BudgetGate::new(RateBudget::new(&plan, BudgetConfig::default()), Arc::new(clock.clone()))
     }
 
-    #[test]
-    fn a_registered_gate_is_snapshotted_live() {
+    #[tokio::test]
+    async fn a_registered_gate_is_snapshotted_live() {
         let clock = ManualClock::new(1_000);
         let reg = StatusRegistry::shared();
         let g = gate(&clock);
         reg.register("acme", Some(g.clone()), None);
         let draw = [BucketDraw { bucket: "account".into(), key: None, cost: 1 }];
         for _ in 0..5 {
-            let _ = g.acquire(Priority::Write, &draw);
+            g.acquire(Priority::Write, &draw).await.expect("capacity");
         }
         let s = reg.get("acme").expect("registered");
         assert!(s.running);
