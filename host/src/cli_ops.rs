@@ -74,6 +74,10 @@ pub struct ConnectArgs {
     /// `{"scheme": "api_key", "fields": {...}}` or `{"scheme": "oauth", "access_token": ..., ...}`.
     #[arg(long, value_name = "FILE", required_if_eq("update", "true"))]
     pub credentials_file: Option<PathBuf>,
+    /// Seconds until the OAuth access token in the credentials expires (so it is refreshed in
+    /// time); omit for credentials that do not expire.
+    #[arg(long, value_name = "SECS")]
+    pub expires_in: Option<u64>,
     /// Replace the credentials of an existing connection (validated with who-am-i first; resumes
     /// a connection suspended for its credentials).
     #[arg(long)]
@@ -245,6 +249,9 @@ async fn dispatch(verb: Verb) -> Result<ExitCode, ClientError> {
             if a.client.json {
                 print_json(&v);
             } else {
+                if v["changed"] == json!(false) {
+                    println!("{} was already suspended", a.id);
+                }
                 println!("{} is {}: {}", a.id, v["state"].as_str().unwrap_or("?"), v["suspended"]["reason"].as_str().unwrap_or(&a.reason));
                 println!("resume it with: deskgate resume {}", a.id);
             }
@@ -256,6 +263,9 @@ async fn dispatch(verb: Verb) -> Result<ExitCode, ClientError> {
             if a.client.json {
                 print_json(&v);
             } else {
+                if v["changed"] == json!(false) {
+                    println!("{} was not suspended", a.id);
+                }
                 println!("{} is {}", a.id, v["state"].as_str().unwrap_or("?"));
             }
             Ok(ExitCode::SUCCESS)
@@ -293,7 +303,11 @@ async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
     let c = a.client.client()?;
     let v = if a.update {
         let credentials = credentials.ok_or_else(|| ClientError::Usage("--update needs --credentials-file".into()))?;
-        c.put(&format!("/v1/connections/{}/credentials", segment(&a.id)), &json!({ "credentials": credentials })).await?
+        let mut body = json!({ "credentials": credentials });
+        if let Some(secs) = a.expires_in {
+            body["expires_in"] = json!(secs);
+        }
+        c.put(&format!("/v1/connections/{}/credentials", segment(&a.id)), &body).await?
     } else {
         let mut settings = serde_json::Map::new();
         for kv in &a.settings {
@@ -317,8 +331,13 @@ async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
         if let Some(cr) = credentials {
             body["credentials"] = cr;
         }
+        if let Some(secs) = a.expires_in {
+            body["expires_in"] = json!(secs);
+        }
         c.post("/v1/connections", &body).await?
     };
+    // The update answer carries this probe's report as `probe`; the create answer as `probe_report`.
+    let report = if v["probe"].is_object() { v["probe"].clone() } else { v["probe_report"].clone() };
     if a.client.json {
         print_json(&v);
     } else {
@@ -327,7 +346,7 @@ async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
         if let Some(r) = v["suspended"]["reason"].as_str() {
             println!("  suspended: {r}");
         }
-        match &v["probe_report"] {
+        match &report {
             Value::Null if v["has_credentials"] == json!(false) => {
                 println!("  no credentials yet: add them with deskgate connect {} --update --credentials-file FILE", a.id);
             }
@@ -335,7 +354,7 @@ async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
             report => print_probe(report),
         }
     }
-    Ok(if v["probe_report"].is_null() { ExitCode::SUCCESS } else { probe_exit(&v["probe_report"]) })
+    Ok(if report.is_null() { ExitCode::SUCCESS } else { probe_exit(&report) })
 }
 
 fn probe_exit(report: &Value) -> ExitCode {

@@ -16,6 +16,12 @@ pub type Millis = i64;
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> Millis;
+
+    /// How long to wait in real time for `ms` of this clock to pass. The identity for clocks
+    /// that run at wall speed; a clock that runs faster (the demo's compressed day) divides.
+    fn real_wait(&self, ms: Millis) -> Duration {
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
 }
 
 /// A shared clock.

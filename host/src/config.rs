@@ -666,7 +666,19 @@ fn resolve_credentials(
                 ));
                 return None;
             };
-            Some(CredentialSecret::OAuth { access_token, refresh_token: fields.remove("refresh_token") })
+            let client = match (fields.remove("client_id"), fields.remove("client_secret")) {
+                (Some(client_id), Some(client_secret)) => Some(crate::store::OAuthClientSecret { client_id, client_secret }),
+                (None, None) => None,
+                _ => {
+                    errs.push(ConfigError::new(
+                        at("client_id"),
+                        "an oauth client needs both client_id and client_secret",
+                        "set both (client_secret through client_secret_env), or neither if the token is never refreshed",
+                    ));
+                    return None;
+                }
+            };
+            Some(CredentialSecret::OAuth { access_token, refresh_token: fields.remove("refresh_token"), client })
         }
         other => {
             errs.push(ConfigError::new(

@@ -62,6 +62,7 @@ pub mod clock;
 pub mod conformance;
 pub mod config;
 pub mod driver;
+pub mod gateway;
 pub mod outbox;
 pub mod probe;
 pub mod ingest;

@@ -11,27 +11,23 @@
 //! refresh and the config's copy spent. A connection still `pending_probe` with credentials is
 //! probed ([`crate::probe`]) and goes live when the probe passes.
 //!
-//! # Not done yet
-//!
-//! - Workers start only for connections live at start-up; one that goes live later (created
-//!   through the API and probed) gets its worker at the next start. The credential manager
-//!   (`crate::auth::CredentialManager`: refresh, health checks, suspension) is not wired here
-//!   yet; workers run without an auth hook, so a 401/403 settles the action as failed.
-//! - Reconciliation sweeps and alert delivery are not scheduled here yet.
+//! Everything that runs per connection (credential manager, budget gate, outbox worker, timers
+//! for refresh, health checks, sweeps and alert delivery) is the supervisor's,
+//! [`crate::gateway::Gateway`]; serve builds it, attaches the stored connections, and hands it to
+//! the API so connections created, re-credentialed, suspended or resumed there take effect at once.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::api::{self, AppState, ProbeOnConnect};
-use crate::budget::{BudgetConfig, BudgetLayer};
+use crate::api::{self, AppState};
 use crate::cli::ServeArgs;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConnectionSettings};
 use crate::driver::{Driver, DriverConfig};
 use crate::ingest::webhook::WebhookSecret;
-use crate::outbox::{OutboxConfig, OutboxWorker, WorkerParts};
+use crate::gateway::{Gateway, GatewayConfig, GatewayParts};
 use crate::runtime::{Adapter, AdapterRuntime};
 use crate::store::{ConnectionPatch, ConnectionState, CredentialSecret, Expect, NewConnection, SharedStore};
 
@@ -92,9 +88,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let clock: SharedClock = Arc::new(SystemClock);
         let store = crate::store::open(&validated.store, validated.secret_key.clone()).await?;
         let driver = Driver::new(DriverConfig::default())?;
-        let hook = Arc::new(ProbeOnConnect::new(driver.clone(), adapters.clone()));
-        let state = AppState::new(store.clone(), clock.clone(), validated.api_token.clone(), adapters.clone())
-            .with_connect_hook(hook.clone());
+        let state = AppState::new(store.clone(), clock.clone(), validated.api_token.clone(), adapters.clone());
         for c in &validated.connections {
             sync_connection(&store, c, clock.now_ms()).await.with_context(|| format!("connections.{}", c.id))?;
             if let Some(secret) = &c.webhook_secret {
@@ -107,62 +101,27 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .webhook_routes()
                     .set_secret(c.id.clone(), WebhookSecret { secret: Vec::new(), allow_unsigned: true });
             }
-            let conn = store.get_connection(&c.id).await?.expect("just synced");
-            if conn.state == ConnectionState::PendingProbe && c.credentials.is_some() {
-                use crate::api::ConnectHook as _;
-                match hook.connected(&store, &conn, clock.now_ms()).await {
-                    Ok(report) => tracing::info!(connection = %c.id, report = %report.unwrap_or_default(), "scope probe at start"),
-                    Err(e) => tracing::warn!(connection = %c.id, error = %e, "scope probe at start failed"),
-                }
-            }
         }
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let budgets = BudgetLayer::new(clock.clone(), BudgetConfig::default());
-        let mut workers = Vec::new();
-        for conn in store.list_connections(false).await? {
-            if conn.state != ConnectionState::Live {
-                continue;
-            }
-            let Some(adapter) = adapters.iter().find(|a| a.id() == conn.platform).cloned() else {
-                tracing::warn!(connection = %conn.id, platform = %conn.platform, "no adapter loaded: no outbox worker");
-                continue;
-            };
-            let Some(cred) = store.get_credential(&conn.id).await? else {
-                tracing::warn!(connection = %conn.id, "no credentials: no outbox worker");
-                continue;
-            };
-            let target = match api::target_for(&adapter, &conn, &cred.secret) {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::warn!(connection = %conn.id, error = %e, "no outbox worker");
-                    continue;
-                }
-            };
-            let share = validated.connections.iter().find(|c| c.id == conn.id).map(|c| c.budget_target);
-            let budget = share.map(|s| BudgetConfig::default().with_target(s));
-            let gate = match budgets.connect(&target.connection, adapter.descriptor(), budget) {
-                Ok(g) => g,
-                Err(e) => {
-                    tracing::warn!(connection = %conn.id, error = %e, "no outbox worker");
-                    continue;
-                }
-            };
-            let worker = OutboxWorker::new(WorkerParts {
-                store: store.clone(),
-                clock: clock.clone(),
-                driver: driver.clone(),
-                adapter,
-                target,
-                gate,
-                owner: format!("serve-{}-{}", std::process::id(), conn.id),
-                config: OutboxConfig::default(),
-                events: None,
-                auth_hook: None,
-            });
-            let rx = stop_rx.clone();
-            tracing::info!(connection = %conn.id, "outbox worker started");
-            workers.push(tokio::spawn(async move { worker.run(rx).await }));
-        }
+        let config = GatewayConfig {
+            owner: format!("serve-{}", std::process::id()),
+            budget_targets: validated.connections.iter().map(|c| (c.id.clone(), c.budget_target)).collect(),
+            ..GatewayConfig::default()
+        };
+        let gateway = Gateway::new(GatewayParts {
+            store: store.clone(),
+            clock: clock.clone(),
+            driver,
+            adapters: adapters.clone(),
+            inbox: state.inbox().clone(),
+            metrics: state.ingest_metrics().clone(),
+            config,
+        })?;
+        // Attach every connection (credential recovery, probes of pending ones), then start
+        // the timers: refresh, health checks, sweeps, alert delivery.
+        let attached = gateway.sync().await?;
+        tracing::info!(connections = attached.len(), "connections running");
+        gateway.spawn();
+        let state = state.with_control(Arc::new(gateway.clone()));
         let listener = tokio::net::TcpListener::bind(validated.listen)
             .await
             .with_context(|| format!("listen: cannot bind {}", validated.listen))?;
@@ -171,12 +130,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_graceful_shutdown(async move {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down: finishing requests, stopping workers");
-                let _ = stop_tx.send(true);
             })
             .await?;
-        for w in workers {
-            let _ = w.await;
-        }
+        gateway.shutdown().await;
         store.close().await;
         anyhow::Ok(())
     })?;

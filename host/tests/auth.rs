@@ -64,7 +64,7 @@ fn secret_of(platform: Platform, cred: &CredentialInfo) -> CredentialSecret {
     };
     match platform {
         _ if cred.kind == CredKind::Oauth => {
-            CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone() }
+            CredentialSecret::OAuth { access_token: cred.token.clone(), refresh_token: cred.refresh_token.clone(), client: None }
         }
         Platform::Zendesk => f(&[("email", &cred.email), ("token", &cred.token)]),
         Platform::Freshdesk => f(&[("api_key", &cred.token)]),
@@ -507,7 +507,7 @@ async fn crash_during_refresh_is_detected_at_startup() {
     let pair = deskgate::auth::refresh::refresh(&reqwest::Client::new(), &rig.sim.base_url(), "/oauth/tokens", &client, rig.cred.refresh_token.as_ref().unwrap())
         .await
         .unwrap();
-    let secret = CredentialSecret::OAuth { access_token: pair.access_token.clone(), refresh_token: pair.refresh_token.clone() };
+    let secret = CredentialSecret::OAuth { access_token: pair.access_token.clone(), refresh_token: pair.refresh_token.clone(), client: None };
     rig.store
         .put_credential(&rig.conn, &secret, pair.expires_in.map(|s| now + s as i64 * 1000), Expect::Version(marked.version), now)
         .await

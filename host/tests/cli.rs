@@ -273,3 +273,54 @@ async fn the_verbs_say_what_is_wrong_with_the_token_url_and_credentials_file() {
     assert_eq!(r.code, Some(1));
     assert!(r.stderr.contains("--reason is empty"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_suspend_resume_and_new_credentials_act_on_a_running_connection() {
+    let g = Gateway::start_supervised().await;
+    let z = ZendeskAccount::start().await;
+    let env = [("DESKGATE_URL", g.base.as_str()), ("DESKGATE_API_TOKEN", TOKEN)];
+    let base = z.sim.base_url();
+    let read_only = write_temp("sup-ro", &z.read_only_credentials());
+    let full = write_temp("sup-full", &z.full_credentials());
+
+    // Connected with a read-only token: the probe names what is missing, exit 3.
+    let c = verb(&env, &["connect", "acme", "--platform", "zendesk", "--base-url", &base, "--credentials-file", &read_only]).await;
+    assert_eq!(c.code, Some(3), "{}{}", c.stdout, c.stderr);
+    let p = verb(&env, &["probe", "acme"]).await;
+    assert_eq!(p.code, Some(3), "{}{}", p.stdout, p.stderr);
+    assert!(p.stdout.contains("[ok]   read-tickets") && p.stdout.contains("[FAIL] set-status"), "{}", p.stdout);
+    assert!(p.stdout.contains("fix: as above"), "one fix printed once: {}", p.stdout);
+    let pj = verb(&env, &["probe", "acme", "--json"]).await;
+    assert_eq!(pj.json()["report"]["passed"], false);
+
+    // The operator fixes the credentials: the probe passes and the connection goes live.
+    let u = verb(&env, &["connect", "acme", "--update", "--credentials-file", &full]).await;
+    assert_eq!(u.code, Some(0), "{}{}", u.stdout, u.stderr);
+    assert!(u.stdout.contains("updated the credentials of acme"), "{}", u.stdout);
+    assert!(u.stdout.contains("every capability passed"), "{}", u.stdout);
+    let p = verb(&env, &["probe", "acme"]).await;
+    assert_eq!(p.code, Some(0), "{}{}", p.stdout, p.stderr);
+
+    // Suspend and resume by hand.
+    let s = verb(&env, &["suspend", "acme", "--reason", "maintenance window on the helpdesk"]).await;
+    assert_eq!(s.code, Some(0), "{}{}", s.stdout, s.stderr);
+    assert!(s.stdout.contains("acme is suspended: maintenance window on the helpdesk"), "{}", s.stdout);
+    let again = verb(&env, &["suspend", "acme", "--reason", "again"]).await;
+    assert!(again.stdout.contains("acme was already suspended"), "{}", again.stdout);
+    let st = verb(&env, &["status", "acme", "--json"]).await;
+    assert_eq!(st.json()["suspended"]["kind"], "operator");
+    let r = verb(&env, &["resume", "acme"]).await;
+    assert_eq!(r.code, Some(0), "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("acme is live"), "{}", r.stdout);
+    let r = verb(&env, &["resume", "acme"]).await;
+    assert!(r.stdout.contains("acme was not suspended"), "{}", r.stdout);
+
+    // Refused credentials change nothing and say why.
+    let bad = write_temp("sup-bad", &json!({"scheme": "api_key", "fields": {"email": z.full.email, "token": "not-a-real-token"}}));
+    let u = verb(&env, &["connect", "acme", "--update", "--credentials-file", &bad]).await;
+    assert_eq!(u.code, Some(1), "{}{}", u.stdout, u.stderr);
+    assert!(u.stderr.starts_with("error: "), "{}", u.stderr);
+    let ghost = verb(&env, &["probe", "ghost"]).await;
+    assert_eq!(ghost.code, Some(1));
+    assert!(ghost.stderr.contains("(HTTP 404)"), "{}", ghost.stderr);
+}

@@ -378,7 +378,7 @@ fn oauth_credentials_are_spelled_as_the_openapi_document_says_and_old_rows_still
         .iter()
         .map(|s| s["properties"]["scheme"]["const"].as_str().unwrap())
         .collect();
-    let oauth = CredentialSecret::OAuth { access_token: "a".into(), refresh_token: None };
+    let oauth = CredentialSecret::OAuth { access_token: "a".into(), refresh_token: None, client: None };
     let api_key = CredentialSecret::ApiKey { fields: Default::default() };
     for secret in [&oauth, &api_key] {
         let v = serde_json::to_value(secret).unwrap();

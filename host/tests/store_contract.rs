@@ -215,6 +215,7 @@ contract! {
     inbox_cursor_never_skips_under_concurrent_inserts,
     alerts_lifecycle,
     timer_leases_run_once_per_cluster,
+    marks_only_move_forward,
     data_survives_close_and_reopen,
 }
 
@@ -318,7 +319,7 @@ mod cases {
     }
 
     fn oauth(access: &str, refresh: &str) -> CredentialSecret {
-        CredentialSecret::OAuth { access_token: access.into(), refresh_token: Some(refresh.into()) }
+        CredentialSecret::OAuth { access_token: access.into(), refresh_token: Some(refresh.into()), client: None }
     }
 
     fn event(conn: &str, ticket: &str, key: &str) -> NewEvent {
@@ -1364,6 +1365,19 @@ mod cases {
             s.record_alert_delivery(987_654, &AlertDelivery::Delivered, T0).await,
             Err(StoreError::AlertNotFound(987_654))
         ));
+    }
+
+    pub async fn marks_only_move_forward(c: Ctx) {
+        let s = &c.store;
+        assert_eq!(s.get_mark("zd", "sweep").await.unwrap(), None);
+        assert_eq!(s.put_mark("zd", "sweep", 1_000, T0).await.unwrap(), 1_000);
+        assert_eq!(s.put_mark("zd", "sweep", 5_000, T0 + 1).await.unwrap(), 5_000);
+        // A replica finishing an older sweep late cannot move the mark back.
+        assert_eq!(s.put_mark("zd", "sweep", 2_000, T0 + 2).await.unwrap(), 5_000);
+        assert_eq!(s.get_mark("zd", "sweep").await.unwrap(), Some(5_000));
+        // Marks are per connection and per name.
+        assert_eq!(s.get_mark("fd", "sweep").await.unwrap(), None);
+        assert_eq!(s.get_mark("zd", "other").await.unwrap(), None);
     }
 
     pub async fn timer_leases_run_once_per_cluster(c: Ctx) {

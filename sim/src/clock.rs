@@ -19,6 +19,12 @@ pub struct SimClock {
     inner: Arc<ClockInner>,
 }
 
+impl std::fmt::Debug for SimClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimClock").field("now_ms", &self.now_ms()).field("rate", &self.inner.rate).field("frozen", &self.is_frozen()).finish()
+    }
+}
+
 struct ClockInner {
     started: Instant,
     /// Sim time at `started`, plus every manual adjustment.
@@ -27,6 +33,8 @@ struct ClockInner {
     /// When frozen: the current time.
     frozen_at: AtomicI64,
     moved: Notify,
+    /// Sim milliseconds per real millisecond while ticking (1 = real time).
+    rate: f64,
 }
 
 /// Real wall time in unix milliseconds.
@@ -40,6 +48,14 @@ pub fn wall_ms() -> i64 {
 impl SimClock {
     /// A clock starting at `start_ms` (or wall time), ticking with real time unless `frozen`.
     pub fn new(start_ms: Option<i64>, frozen: bool) -> SimClock {
+        Self::with_rate(start_ms, frozen, 1.0)
+    }
+
+    /// A clock that, while ticking, runs `rate` times faster than real time: `deskgate demo`
+    /// plays a day in two minutes this way, and every rate window, token lifetime and webhook
+    /// retry schedule is compressed alike. A rate that is not a positive number is taken as 1.
+    pub fn with_rate(start_ms: Option<i64>, frozen: bool, rate: f64) -> SimClock {
+        let rate = if rate.is_finite() && rate > 0.0 { rate } else { 1.0 };
         let start = start_ms.unwrap_or_else(wall_ms);
         SimClock {
             inner: Arc::new(ClockInner {
@@ -48,6 +64,7 @@ impl SimClock {
                 frozen: AtomicBool::new(frozen),
                 frozen_at: AtomicI64::new(start),
                 moved: Notify::new(),
+                rate,
             }),
         }
     }
@@ -58,8 +75,29 @@ impl SimClock {
         if i.frozen.load(Ordering::Acquire) {
             i.frozen_at.load(Ordering::Acquire)
         } else {
-            i.base_ms.load(Ordering::Acquire) + i.started.elapsed().as_millis() as i64
+            i.base_ms.load(Ordering::Acquire) + self.ticked_ms()
         }
+    }
+
+    /// Sim milliseconds ticked since the clock was made (real elapsed time times the rate).
+    fn ticked_ms(&self) -> i64 {
+        let i = &self.inner;
+        if i.rate == 1.0 {
+            i.started.elapsed().as_millis() as i64
+        } else {
+            (i.started.elapsed().as_secs_f64() * 1000.0 * i.rate) as i64
+        }
+    }
+
+    /// How fast the clock ticks: sim milliseconds per real millisecond.
+    pub fn rate(&self) -> f64 {
+        self.inner.rate
+    }
+
+    /// The real time it takes this clock to tick `ms` sim milliseconds (at least 1 ms).
+    pub fn real_wait(&self, ms: i64) -> Duration {
+        let ms = ms.max(1) as f64 / self.inner.rate;
+        Duration::from_micros((ms * 1000.0).max(1000.0) as u64)
     }
 
     /// Current sim time, unix seconds.
@@ -99,7 +137,7 @@ impl SimClock {
             i.frozen_at.store(now, Ordering::Release);
             i.frozen.store(true, Ordering::Release);
         } else {
-            let elapsed = i.started.elapsed().as_millis() as i64;
+            let elapsed = self.ticked_ms();
             i.base_ms.store(now - elapsed, Ordering::Release);
             i.frozen.store(false, Ordering::Release);
         }
@@ -131,5 +169,15 @@ mod tests {
         assert_eq!(c.now_ms(), 5);
         c.set_frozen(false);
         assert!(c.now_ms() >= 5);
+    }
+
+    #[test]
+    fn a_fast_clock_converts_waits() {
+        let c = SimClock::with_rate(Some(0), true, 720.0);
+        assert_eq!(c.rate(), 720.0);
+        // A sim minute passes in 83 real milliseconds; waits never drop below a millisecond.
+        assert_eq!(c.real_wait(60_000).as_millis(), 83);
+        assert_eq!(c.real_wait(1), Duration::from_millis(1));
+        assert_eq!(SimClock::with_rate(None, true, -3.0).rate(), 1.0);
     }
 }

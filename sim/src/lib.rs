@@ -163,6 +163,9 @@ pub struct SimConfig {
     pub webhook_timeout: Duration,
     /// Request-log capacity (oldest entries are dropped beyond it).
     pub request_log_capacity: usize,
+    /// Use this clock instead of a new one (several sims and a gateway on one time line, as
+    /// in `deskgate demo`); `start_time_ms` and `frozen_clock` are then ignored.
+    pub clock: Option<SimClock>,
 }
 
 impl SimConfig {
@@ -176,6 +179,7 @@ impl SimConfig {
             frozen_clock: false,
             webhook_timeout: Duration::from_secs(10),
             request_log_capacity: 200_000,
+            clock: None,
         }
     }
     /// Sets the seed.
@@ -187,6 +191,11 @@ impl SimConfig {
     pub fn frozen_at(mut self, ms: i64) -> Self {
         self.start_time_ms = Some(ms);
         self.frozen_clock = true;
+        self
+    }
+    /// Shares `clock` with other sims (and whoever else reads it).
+    pub fn shared_clock(mut self, clock: SimClock) -> Self {
+        self.clock = Some(clock);
         self
     }
     /// Sets the listen address.
@@ -330,7 +339,7 @@ pub async fn start(cfg: SimConfig) -> anyhow::Result<SimHandle> {
     let inner = Arc::new(SimInner {
         platform: cfg.platform,
         seed: cfg.seed,
-        clock: SimClock::new(cfg.start_time_ms, cfg.frozen_clock),
+        clock: cfg.clock.clone().unwrap_or_else(|| SimClock::new(cfg.start_time_ms, cfg.frozen_clock)),
         accounts: RwLock::new(Vec::new()),
         index: RwLock::new(Index::default()),
         faults: faults::Faults::new(cfg.seed),

@@ -319,9 +319,9 @@ pub(crate) async fn run(sim: Arc<SimInner>, mut stop: watch::Receiver<bool>) {
             lock(&sim.hooks.state).in_flight -= 1;
         }
         let now = sim.clock.now_ms();
-        let wait = next.map(|n| (n - now).clamp(1, 100)).unwrap_or(100) as u64;
+        let wait = sim.clock.real_wait(next.map_or(100, |n| n - now)).min(Duration::from_millis(100));
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = sim.hooks.wake.notified() => {}
             _ = sim.clock.moved() => {}
             _ = stop.changed() => return,

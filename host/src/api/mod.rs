@@ -38,11 +38,13 @@
 //! probe's report in `probe_report` and a passing probe makes the connection `live`. Without a
 //! hook (tests, or no credentials) the connection simply stays `pending_probe`.
 //!
-//! # Not yet here (issue #7)
+//! # Running connections
 //!
-//! - Update credentials, probe on demand, suspend and resume routes: they need a
-//!   `crate::auth::CredentialManager` per connection held in [`AppState`] (its
-//!   `update_credentials`, `probe`, `suspend`, `resume`).
+//! Updating credentials, probing on demand, suspending and resuming act on a running
+//! connection: [`AppState::with_control`] installs a [`ConnectionControl`] (`deskgate serve` and
+//! `deskgate demo` install the supervisor, [`crate::gateway::Gateway`]), which also attaches a
+//! connection as soon as it is created. Without one (tests of the API alone) those routes answer
+//! 503 `no_gateway`.
 
 pub(crate) mod dashboard;
 mod error;
@@ -99,6 +101,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/connections"),
     ("GET", "/v1/connections/{id}"),
     ("DELETE", "/v1/connections/{id}"),
+    ("PUT", "/v1/connections/{id}/credentials"),
+    ("POST", "/v1/connections/{id}/probe"),
+    ("POST", "/v1/connections/{id}/suspend"),
+    ("POST", "/v1/connections/{id}/resume"),
     ("POST", "/v1/connections/{id}/actions"),
     ("GET", "/v1/actions/{id}"),
     ("GET", "/v1/events"),
@@ -127,6 +133,46 @@ pub trait ConnectHook: Send + Sync {
     ) -> Result<Option<Value>, ApiError>;
 }
 
+/// What the API asks of the running gateway (see the module docs). Implemented by
+/// [`crate::gateway::Gateway`].
+#[async_trait]
+pub trait ConnectionControl: Send + Sync {
+    /// A connection was created (its credentials, if any, are stored): start running it, which
+    /// probes a `pending_probe` one.
+    ///
+    /// # Errors
+    /// An [`ApiError`] for the create request; the connection stays created.
+    async fn connected(&self, id: &str) -> Result<(), ApiError>;
+    /// A connection was deleted: stop running it.
+    async fn deleted(&self, id: &str);
+    /// Run the scope probe now; returns its report (also stored on the connection).
+    ///
+    /// # Errors
+    /// Unknown connection, no credentials, platform unreachable.
+    async fn probe(&self, id: &str) -> Result<Value, ApiError>;
+    /// Replace the credentials: validated with who-am-i first (refused ones change nothing),
+    /// then probed; a suspended connection whose probe passes resumes. Returns the probe report.
+    ///
+    /// # Errors
+    /// Unknown connection, credentials refused, platform unreachable.
+    async fn update_credentials(
+        &self,
+        id: &str,
+        secret: CredentialSecret,
+        expires_at: Option<crate::clock::Millis>,
+    ) -> Result<Value, ApiError>;
+    /// Suspend by an operator's decision. Returns false if it was already suspended.
+    ///
+    /// # Errors
+    /// Unknown connection, store failure.
+    async fn suspend(&self, id: &str, reason: &str) -> Result<bool, ApiError>;
+    /// Resume after checking the stored credential works. Returns false if it was not suspended.
+    ///
+    /// # Errors
+    /// Unknown connection; 409 `credentials_invalid` when the platform refuses the credential.
+    async fn resume(&self, id: &str) -> Result<bool, ApiError>;
+}
+
 /// Everything the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -145,6 +191,7 @@ struct Inner {
     adapters: BTreeMap<String, Arc<Adapter>>,
     connect_hook: Option<Arc<dyn ConnectHook>>,
     status: SharedStatus,
+    control: Option<Arc<dyn ConnectionControl>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -186,6 +233,7 @@ impl AppState {
                 adapters,
                 connect_hook: None,
                 status: StatusRegistry::shared(),
+                control: None,
             }),
         }
     }
@@ -213,6 +261,15 @@ impl AppState {
     /// The live status registry the API reads (and counts duplicate submissions into).
     pub fn status(&self) -> &SharedStatus {
         &self.inner.status
+    }
+
+    /// Act on running connections through `control` (see the module docs).
+    ///
+    /// # Panics
+    /// If called after the state was cloned.
+    pub fn with_control(mut self, control: Arc<dyn ConnectionControl>) -> Self {
+        Arc::get_mut(&mut self.inner).expect("set the control before sharing the state").control = Some(control);
+        self
     }
 
     /// The store.
@@ -250,6 +307,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/connections", get(list_connections).post(create_connection))
         .route("/v1/connections/{id}", get(get_connection).delete(delete_connection))
+        .route("/v1/connections/{id}/credentials", axum::routing::put(put_credentials))
+        .route("/v1/connections/{id}/probe", post(probe_connection))
+        .route("/v1/connections/{id}/suspend", post(suspend_connection))
+        .route("/v1/connections/{id}/resume", post(resume_connection))
         .route("/v1/connections/{id}/actions", post(submit_action))
         .route("/v1/actions/{id}", get(get_action))
         .route("/v1/events", get(pull_events))
@@ -389,6 +450,8 @@ struct CreateConnection {
     settings: BTreeMap<String, String>,
     admin_contact_url: Option<String>,
     credentials: Option<CredentialSecret>,
+    /// Seconds until the OAuth access token in `credentials` expires, if it does.
+    expires_in: Option<u64>,
 }
 
 fn connection_json(c: &Connection, has_credentials: Option<bool>) -> Value {
@@ -453,10 +516,15 @@ async fn create_connection(
     let mut conn = s.store.create_connection(&new, now).await?;
     let has_credentials = body.credentials.is_some();
     if let Some(secret) = &body.credentials {
-        s.store.put_credential(&conn.id, secret, None, Expect::Absent, now).await?;
+        let expires_at = body.expires_in.map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2000) * 1000));
+        s.store.put_credential(&conn.id, secret, expires_at, Expect::Absent, now).await?;
     }
     tracing::info!(connection = %conn.id, platform = %conn.platform, "connection created");
-    if let Some(hook) = &s.connect_hook {
+    if let Some(control) = &s.control {
+        // Attaching probes a connection with credentials; its report lands on the connection.
+        control.connected(&conn.id).await?;
+        conn = s.store.get_connection(&conn.id).await?.unwrap_or(conn);
+    } else if let Some(hook) = &s.connect_hook {
         // The hook stores its report (and may move the connection live); store a report it
         // only returned (a probe that could not run) so GET shows it too.
         if let Some(report) = hook.connected(&s.store, &conn, s.clock.now_ms()).await? {
@@ -501,8 +569,80 @@ async fn delete_connection(State(state): State<AppState>, Path(id): Path<String>
         Some(_) => {}
     }
     let conn = s.store.set_connection_state(&id, &ConnectionState::Deleted, s.clock.now_ms()).await?;
+    if let Some(control) = &s.control {
+        control.deleted(&id).await;
+    }
     tracing::info!(connection = %id, "connection deleted; credentials erased");
     Ok(Json(connection_json(&conn, Some(false))))
+}
+
+fn control(state: &AppState) -> Result<&Arc<dyn ConnectionControl>, ApiError> {
+    state.inner.control.as_ref().ok_or_else(|| {
+        ApiError::unavailable(
+            "no_gateway",
+            "this API server runs without the gateway's workers, so it cannot act on connections: use `deskgate serve`",
+        )
+    })
+}
+
+async fn connection_answer(state: &AppState, id: &str, extra: Option<(&str, Value)>) -> Result<Json<Value>, ApiError> {
+    let conn = state.inner.store.get_connection(id).await?.ok_or_else(|| ApiError::connection_not_found(id))?;
+    let mut v = connection_json(&conn, None);
+    if let Some((k, x)) = extra {
+        v[k] = x;
+    }
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutCredentials {
+    credentials: CredentialSecret,
+    /// Seconds until the OAuth access token expires, if it does.
+    expires_in: Option<u64>,
+}
+
+async fn put_credentials(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<PutCredentials>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body)?;
+    let control = control(&state)?;
+    let now = state.inner.clock.now_ms();
+    let expires_at = body.expires_in.map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2000) * 1000));
+    let report = control.update_credentials(&id, body.credentials, expires_at).await?;
+    tracing::info!(connection = %id, "credentials updated");
+    connection_answer(&state, &id, Some(("probe", report))).await
+}
+
+async fn probe_connection(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let report = control(&state)?.probe(&id).await?;
+    Ok(Json(json!({ "connection": id, "report": report })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendBody {
+    reason: String,
+}
+
+async fn suspend_connection(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<SuspendBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body)?;
+    if body.reason.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_reason", "`reason` is empty: say why, it is shown on the dashboard and sent to the app"));
+    }
+    let changed = control(&state)?.suspend(&id, body.reason.trim()).await?;
+    connection_answer(&state, &id, Some(("changed", json!(changed)))).await
+}
+
+async fn resume_connection(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let changed = control(&state)?.resume(&id).await?;
+    connection_answer(&state, &id, Some(("changed", json!(changed)))).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -382,9 +382,17 @@ impl CredentialManager {
                 return Ok(RefreshOutcome::AlreadyRefreshed(cred.version));
             }
         }
-        let (CredentialSecret::OAuth { refresh_token: Some(rt), .. }, Some(client)) = (&cred.secret, &self.inner.oauth_client) else {
+        let CredentialSecret::OAuth { refresh_token: Some(rt), client: stored_client, .. } = &cred.secret else {
             return Ok(RefreshOutcome::NotRefreshable);
         };
+        // The client given at construction wins; otherwise the one stored with the pair.
+        let stored_client = stored_client
+            .as_ref()
+            .map(|c| OAuthClient { client_id: c.client_id.clone(), client_secret: c.client_secret.clone() });
+        let Some(client) = self.inner.oauth_client.clone().or(stored_client) else {
+            return Ok(RefreshOutcome::NotRefreshable);
+        };
+        let client = &client;
         let Some(token_path) = self.inner.adapter.descriptor().auth.iter().find_map(|s| match s {
             AuthScheme::Oauth2(o) => Some(o.token_path.clone()),
             _ => None,
@@ -416,6 +424,10 @@ impl CredentialManager {
                 let secret = CredentialSecret::OAuth {
                     access_token: pair.access_token,
                     refresh_token: pair.refresh_token.or(Some(rt.clone()).filter(|_| !self.rotates())),
+                    client: match &cred.secret {
+                        CredentialSecret::OAuth { client, .. } => client.clone(),
+                        CredentialSecret::ApiKey { .. } => None,
+                    },
                 };
                 let lifetime = pair.expires_in.or_else(|| self.default_lifetime());
                 let expires_at = lifetime.map(|s| now + (s as Millis) * 1000);
@@ -783,6 +795,37 @@ impl CredentialManager {
             self.resume().await?;
         }
         Ok(report)
+    }
+
+    /// Learn the acting agent's id with who-am-i, when it is not known yet, and hand it to the
+    /// outbox worker: some platforms' writes must name it (Intercom's `admin_id`). Returns the
+    /// id, or `None` when who-am-i did not answer with one (the failure is logged; the next
+    /// write meets it with the full policy).
+    ///
+    /// # Errors
+    /// [`CredentialError`] when no credential is loaded or the request could not be driven.
+    pub async fn identify(&self) -> Result<Option<String>, CredentialError> {
+        if let Some(id) = lock(&self.inner.connection).agent_id.clone() {
+            return Ok(Some(id));
+        }
+        let target = self.target().ok_or_else(|| CredentialError::NoCredential(self.connection_id()))?;
+        match self.inner.driver.execute(&self.inner.adapter, &target, &Operation::WhoAmI, None, &mut NoHooks).await? {
+            Ok(Outcome::Identity(me)) => {
+                lock(&self.inner.connection).agent_id = Some(me.agent_id.clone());
+                if let (Some(t), Some(w)) = (self.target(), lock(&self.inner.worker).as_ref()) {
+                    w.set_target(t);
+                }
+                Ok(Some(me.agent_id))
+            }
+            Ok(other) => {
+                tracing::warn!(connection = %self.connection_id(), "who-am-i answered {other:?}");
+                Ok(None)
+            }
+            Err(f) => {
+                tracing::warn!(connection = %self.connection_id(), "who-am-i failed: {}", f.explain());
+                Ok(None)
+            }
+        }
     }
 
     /// Probe the connection now with the current credentials (connect time, on demand).

@@ -22,7 +22,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot};
@@ -96,8 +95,7 @@ impl TokioSleeper {
 
 impl Sleeper for TokioSleeper {
     fn sleep_until(&self, at: Millis) -> impl Future<Output = ()> + Send {
-        let ms = at.saturating_sub(self.clock.now_ms()).max(0);
-        tokio::time::sleep(Duration::from_millis(ms as u64))
+        tokio::time::sleep(self.clock.real_wait(at.saturating_sub(self.clock.now_ms())))
     }
 }
 

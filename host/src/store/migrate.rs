@@ -38,15 +38,16 @@ impl Migration {
 }
 
 /// SQLite migrations, in order.
-pub(crate) const SQLITE: &[Migration] =
-    &[Migration { version: 1, name: "init", sql: include_str!("migrations/sqlite/0001_init.sql") }];
+pub(crate) const SQLITE: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("migrations/sqlite/0001_init.sql") },
+    Migration { version: 2, name: "marks", sql: include_str!("migrations/sqlite/0002_marks.sql") },
+];
 
 /// PostgreSQL migrations, in order.
-pub(crate) const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("migrations/postgres/0001_init.sql"),
-}];
+pub(crate) const POSTGRES: &[Migration] = &[
+    Migration { version: 1, name: "init", sql: include_str!("migrations/postgres/0001_init.sql") },
+    Migration { version: 2, name: "marks", sql: include_str!("migrations/postgres/0002_marks.sql") },
+];
 
 /// The SQLite schema version this binary writes.
 pub const SQLITE_SCHEMA_VERSION: i64 = SQLITE[SQLITE.len() - 1].version;

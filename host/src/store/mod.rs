@@ -448,7 +448,26 @@ pub enum CredentialSecret {
         access_token: String,
         /// The refresh token, if the grant issued one.
         refresh_token: Option<String>,
+        /// The OAuth client the pair was issued to (`client_id`, `client_secret`), needed to
+        /// refresh it. Kept with the pair, sealed like it, so a refresh works after a restart.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<OAuthClientSecret>,
     },
+}
+
+/// An OAuth client's id and secret, kept (sealed) with the token pair issued to it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OAuthClientSecret {
+    /// `client_id`.
+    pub client_id: String,
+    /// `client_secret`.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for OAuthClientSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClientSecret").field("client_id", &self.client_id).field("client_secret", &"<redacted>").finish()
+    }
 }
 
 impl CredentialSecret {
@@ -1223,6 +1242,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         name: &str,
         owner: &str,
     ) -> Result<bool, StoreError>;
+
+    // -- marks -----------------------------------------------------------------------------
+
+    /// A connection's durable mark `name` (the sweep's high-water mark), if one was written.
+    async fn get_mark(&self, connection_id: &str, name: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Write mark `name` of a connection. A mark only moves forward: a smaller `value` than the
+    /// stored one is ignored (two replicas finishing sweeps out of order cannot move it back).
+    /// Returns the stored value.
+    async fn put_mark(&self, connection_id: &str, name: &str, value: i64, now: Millis) -> Result<i64, StoreError>;
 }
 
 /// A duration as milliseconds, saturating.
@@ -1267,12 +1296,13 @@ mod tests {
         let s = CredentialSecret::OAuth {
             access_token: "tok-A".into(),
             refresh_token: Some("tok-R".into()),
+            client: Some(OAuthClientSecret { client_id: "cid".into(), client_secret: "csecret-X".into() }),
         };
         let k = CredentialSecret::ApiKey {
             fields: [("api_token".to_string(), "tok-K".to_string())].into(),
         };
         let out = format!("{s:?} {k:?}");
-        assert!(!out.contains("tok-"), "{out}");
+        assert!(!out.contains("tok-") && !out.contains("csecret"), "{out}");
         assert!(out.contains("api_token"), "{out}");
     }
 }

@@ -916,4 +916,32 @@ impl Store for PgStore {
         .await?;
         Ok(done.rows_affected() > 0)
     }
+
+    // -- marks -----------------------------------------------------------------------------
+
+    async fn get_mark(&self, connection_id: &str, name: &str) -> Result<Option<i64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT value FROM connection_marks WHERE connection_id = $1 AND name = $2")
+                .bind(connection_id)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v)
+    }
+
+    async fn put_mark(&self, connection_id: &str, name: &str, value: i64, now: Millis) -> Result<i64, StoreError> {
+        let v: i64 = sqlx::query_scalar(
+            "INSERT INTO connection_marks (connection_id, name, value, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (connection_id, name) DO UPDATE SET \
+             value = CASE WHEN excluded.value > connection_marks.value THEN excluded.value ELSE connection_marks.value END, \
+             updated_at = excluded.updated_at RETURNING value",
+        )
+        .bind(connection_id)
+        .bind(name)
+        .bind(value)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(v)
+    }
 }

@@ -49,8 +49,18 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Start one with the scope probe on create.
+    /// Start one with the scope probe on create (no workers: nothing is sent on its own).
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// Start one run by the supervisor, as `deskgate serve` runs it: connections are attached
+    /// (probed, their workers started), and credentials, probe, suspend and resume act on them.
+    pub async fn start_supervised() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(supervised: bool) -> Self {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("deskgate-ops-test-{}-{n}", std::process::id()));
@@ -60,10 +70,24 @@ impl Gateway {
             .expect("store");
         let adapters: Vec<_> = runtime().adapters().cloned().collect();
         let status = StatusRegistry::shared();
-        let hook = ProbeOnConnect::new(Driver::new(DriverConfig::default()).unwrap(), adapters.clone());
-        let state = AppState::new(store, Arc::new(SystemClock), Secret::new(TOKEN), adapters)
-            .with_connect_hook(Arc::new(hook))
-            .with_status(status.clone());
+        let clock: deskgate::clock::SharedClock = Arc::new(SystemClock);
+        let state = AppState::new(store.clone(), clock.clone(), Secret::new(TOKEN), adapters.clone()).with_status(status.clone());
+        let state = if supervised {
+            let gateway = deskgate::gateway::Gateway::new(deskgate::gateway::GatewayParts {
+                store,
+                clock,
+                driver: Driver::new(DriverConfig::default()).unwrap(),
+                adapters,
+                inbox: state.inbox().clone(),
+                metrics: state.ingest_metrics().clone(),
+                config: deskgate::gateway::GatewayConfig { owner: format!("ops-test-{n}"), ..Default::default() },
+            })
+            .expect("supervisor");
+            state.with_control(Arc::new(gateway))
+        } else {
+            let hook = ProbeOnConnect::new(Driver::new(DriverConfig::default()).unwrap(), adapters);
+            state.with_connect_hook(Arc::new(hook))
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = app(state.clone());

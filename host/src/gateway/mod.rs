@@ -1,0 +1,658 @@
+//! The supervisor: what runs for each connection, and the timers that keep it healthy.
+//!
+//! Every other module is a policy with no life of its own: the outbox worker sends when asked,
+//! the credential manager refreshes when ticked, the reconciler sweeps when called. [`Gateway`]
+//! is the one place that gives them a life, for `deskgate serve` and `deskgate demo` alike:
+//!
+//! - For each connection with credentials and a loaded adapter it keeps an [`Attached`] set:
+//!   a [`CredentialManager`] (started first, so a refresh interrupted by a crash is settled
+//!   before anything is sent), the connection's [`BudgetGate`], and an [`OutboxWorker`] whose
+//!   401/403 hook is the manager's. Connections created or deleted through the API are attached
+//!   or detached at once ([`crate::api::ConnectionControl`]); [`Gateway::sync`] also catches up
+//!   with the store every tick (another replica, or the config, may have changed it).
+//! - Timers, checked every [`GatewayConfig::tick`] of real time against the injected clock:
+//!   the credential's refresh or health check ([`CredentialManager::tick`]) and the
+//!   reconciliation sweep ([`SweepTimer`]), each per connection under a store timer lease so
+//!   that one replica runs them; alert delivery and the optional push to the app, gateway-wide,
+//!   under leases of their own.
+//!
+//! Tests drive the timers with [`Gateway::run_timers_once`] after moving a manual clock; nothing
+//! here sleeps for a policy's sake. A timer pass that fails is logged and retried at the next
+//! tick: the policies underneath keep their state in the store, so nothing is lost between.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::alerts::{AlertConfig, AlertDeliverer};
+use crate::api::{ApiError, ConnectionControl};
+use crate::auth::{AuthConfig, CredentialError, CredentialManager, ManagerParts, TickOutcome};
+use crate::budget::{BudgetConfig, BudgetGate, BudgetLayer};
+use crate::clock::{Millis, SharedClock};
+use crate::driver::Driver;
+use crate::ingest::push::{PushConfig, PushOutcome, Pusher};
+use crate::ingest::sweep::{Reconciler, SweepConfig, SweepMarks, SweepReport, SweepSchedule, SweepSource, SweepTimer};
+use crate::ingest::{IngestMetrics, Inbox};
+use crate::outbox::{OutboxConfig, OutboxWorker, WorkerParts};
+use crate::runtime::Adapter;
+use crate::store::{Connection, ConnectionState, CredentialSecret, Expect, SharedStore, StoreError};
+
+/// The timer lease under which a connection's credential timer (refresh, health check) runs.
+pub const AUTH_LEASE: &str = "auth";
+/// The gateway-wide lease for alert delivery.
+pub const ALERTS_LEASE: &str = "alerts";
+/// The gateway-wide lease for pushing events to the app.
+pub const PUSH_LEASE: &str = "push";
+/// Mark name of the sweep's high-water mark in the store.
+pub const SWEEP_MARK: &str = "sweep";
+
+/// How the supervisor runs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// This replica's name: lease owner and refresh-marker owner.
+    pub owner: String,
+    /// Real time between timer checks.
+    pub tick: Duration,
+    /// How long (on the clock) a timer lease is held: a dead replica's timers move to another
+    /// within this.
+    pub timer_lease: Duration,
+    /// Outbox settings for every worker.
+    pub outbox: OutboxConfig,
+    /// Credential policy settings (its `owner` is replaced by [`GatewayConfig::owner`]).
+    pub auth: AuthConfig,
+    /// Reconciliation sweeps.
+    pub sweep: SweepConfig,
+    /// Sweep interval, jittered between the two (5 and 10 minutes).
+    pub sweep_every: (Duration, Duration),
+    /// Budget settings for connections without an override.
+    pub budget: BudgetConfig,
+    /// Per-connection budget target share (the config's `budget_target`), overriding `budget`.
+    pub budget_targets: BTreeMap<String, crate::budget::Share>,
+    /// Alert delivery to admin contacts.
+    pub alerts: AlertConfig,
+    /// Push events to the app's own webhook, if set.
+    pub push: Option<PushConfig>,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            owner: format!("deskgate-{}", std::process::id()),
+            tick: Duration::from_secs(1),
+            timer_lease: Duration::from_secs(60),
+            outbox: OutboxConfig::default(),
+            auth: AuthConfig::default(),
+            sweep: SweepConfig::default(),
+            sweep_every: (Duration::from_secs(300), Duration::from_secs(600)),
+            budget: BudgetConfig::default(),
+            budget_targets: BTreeMap::new(),
+            alerts: AlertConfig::default(),
+            push: None,
+        }
+    }
+}
+
+/// Everything the supervisor needs, given at construction.
+pub struct GatewayParts {
+    /// The store.
+    pub store: SharedStore,
+    /// The clock every policy reads.
+    pub clock: SharedClock,
+    /// The HTTP driver.
+    pub driver: Driver,
+    /// The loaded adapters.
+    pub adapters: Vec<Arc<Adapter>>,
+    /// The inbox the API reads (sweeps write through it so long-polls wake).
+    pub inbox: Arc<Inbox>,
+    /// Ingestion counters shared with the webhook endpoint.
+    pub metrics: Arc<IngestMetrics>,
+    /// Settings.
+    pub config: GatewayConfig,
+}
+
+/// One attached connection's running parts.
+pub struct Attached {
+    /// The connection id.
+    pub id: String,
+    /// Its adapter.
+    pub adapter: Arc<Adapter>,
+    /// Its credential policy.
+    pub manager: CredentialManager,
+    /// Its write worker.
+    pub worker: OutboxWorker,
+    /// Its rate budget.
+    pub gate: BudgetGate,
+    sweep: tokio::sync::Mutex<SweepTimer>,
+    busy: Arc<tokio::sync::Mutex<()>>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Attached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attached").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// What one timer pass did for one connection (tests and logs).
+#[derive(Debug, Clone, Default)]
+pub struct TimerReport {
+    /// The credential timer's outcome, if this replica held its lease.
+    pub auth: Option<TickOutcome>,
+    /// The sweep's report, if one ran.
+    pub sweep: Option<SweepReport>,
+    /// Errors met (logged too).
+    pub errors: Vec<String>,
+}
+
+/// Sweep marks kept in the store, so a restart resumes from the last finished sweep instead of
+/// re-listing a whole day (or missing the changes made while the gateway was down).
+#[derive(Debug, Clone)]
+pub struct StoreMarks {
+    store: SharedStore,
+    clock: SharedClock,
+}
+
+impl StoreMarks {
+    /// Marks in `store`.
+    pub fn new(store: SharedStore, clock: SharedClock) -> Self {
+        Self { store, clock }
+    }
+}
+
+#[async_trait]
+impl SweepMarks for StoreMarks {
+    async fn get(&self, connection_id: &str) -> Result<Option<Millis>, String> {
+        self.store.get_mark(connection_id, SWEEP_MARK).await.map_err(|e| e.to_string())
+    }
+    async fn put(&self, connection_id: &str, mark: Millis) -> Result<(), String> {
+        self.store.put_mark(connection_id, SWEEP_MARK, mark, self.clock.now_ms()).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+struct Inner {
+    store: SharedStore,
+    clock: SharedClock,
+    driver: Driver,
+    adapters: BTreeMap<String, Arc<Adapter>>,
+    config: GatewayConfig,
+    budgets: BudgetLayer,
+    reconciler: Reconciler,
+    alerts: AlertDeliverer,
+    pusher: tokio::sync::Mutex<Option<(Pusher, Millis)>>,
+    conns: tokio::sync::Mutex<BTreeMap<String, Arc<Attached>>>,
+    stop: watch::Sender<bool>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The supervisor (see the module docs). Cheap to clone (a handle).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("owner", &self.inner.config.owner).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A stable per-connection seed, so each connection's sweep schedule is jittered differently.
+fn seed_of(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+impl Gateway {
+    /// A supervisor over these parts. Nothing runs until [`Gateway::sync`] (attach what the
+    /// store holds) and [`Gateway::spawn`] (start the timer loop).
+    ///
+    /// # Errors
+    /// When an HTTP client cannot be built.
+    pub fn new(parts: GatewayParts) -> anyhow::Result<Self> {
+        let GatewayParts { store, clock, driver, adapters, inbox, metrics, config } = parts;
+        let reconciler = Reconciler::new(inbox, driver.clone(), clock.clone(), config.sweep.clone())
+            .with_marks(Arc::new(StoreMarks::new(store.clone(), clock.clone())))
+            .with_metrics(metrics);
+        let alerts = AlertDeliverer::new(store.clone(), clock.clone(), config.alerts.clone())?;
+        let pusher = match &config.push {
+            Some(p) => Some((Pusher::new(store.clone(), clock.clone(), p.clone(), seed_of(&config.owner))?, 0)),
+            None => None,
+        };
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                budgets: BudgetLayer::new(clock.clone(), config.budget.clone()),
+                store,
+                clock,
+                driver,
+                adapters: adapters.into_iter().map(|a| (a.id().to_owned(), a)).collect(),
+                config,
+                reconciler,
+                alerts,
+                pusher: tokio::sync::Mutex::new(pusher),
+                conns: tokio::sync::Mutex::new(BTreeMap::new()),
+                stop,
+                background: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// The budgets of every attached connection (metrics, dashboard).
+    pub fn budgets(&self) -> &BudgetLayer {
+        &self.inner.budgets
+    }
+
+    /// The sweep counters.
+    pub fn ingest_metrics(&self) -> &Arc<IngestMetrics> {
+        self.inner.reconciler.metrics()
+    }
+
+    /// The attached connection `id`, if it is attached.
+    pub async fn attached(&self, id: &str) -> Option<Arc<Attached>> {
+        self.inner.conns.lock().await.get(id).cloned()
+    }
+
+    /// The ids of the attached connections.
+    pub async fn attached_ids(&self) -> Vec<String> {
+        self.inner.conns.lock().await.keys().cloned().collect()
+    }
+
+    /// Bring the attached set in line with the store: attach every connection with credentials
+    /// and an adapter that is not attached yet, detach deleted ones. Returns the ids attached by
+    /// this call.
+    ///
+    /// # Errors
+    /// The store's. A connection that cannot be attached (no adapter, bad settings) is logged and
+    /// skipped; it is tried again at the next sync.
+    pub async fn sync(&self) -> Result<Vec<String>, StoreError> {
+        let conns = self.inner.store.list_connections(true).await?;
+        let mut attached = Vec::new();
+        for conn in conns {
+            if conn.state == ConnectionState::Deleted {
+                self.detach(&conn.id).await;
+                continue;
+            }
+            if self.inner.conns.lock().await.contains_key(&conn.id) {
+                continue;
+            }
+            match self.attach(&conn).await {
+                Ok(true) => attached.push(conn.id.clone()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(connection = %conn.id, "not attached: {e}"),
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Attach one connection (see the module docs). `Ok(false)` when it has no credentials yet
+    /// or is already attached.
+    async fn attach(&self, conn: &Connection) -> Result<bool, String> {
+        let inner = &self.inner;
+        let adapter = inner
+            .adapters
+            .get(&conn.platform)
+            .cloned()
+            .ok_or_else(|| format!("no adapter is loaded for platform `{}`", conn.platform))?;
+        let Some(cred) = inner.store.get_credential(&conn.id).await.map_err(|e| e.to_string())? else {
+            return Ok(false);
+        };
+        let target = crate::api::target_for(&adapter, conn, &cred.secret)?;
+        let mut auth = inner.config.auth.clone();
+        auth.owner.clone_from(&inner.config.owner);
+        let manager = CredentialManager::new(ManagerParts {
+            store: inner.store.clone(),
+            clock: inner.clock.clone(),
+            driver: inner.driver.clone(),
+            adapter: adapter.clone(),
+            base_url: target.base_url.clone(),
+            connection: target.connection.clone(),
+            oauth_client: None,
+            config: auth,
+        })
+        .map_err(|e| e.to_string())?;
+        let report = manager.start().await.map_err(|e| e.to_string())?;
+        tracing::info!(connection = %conn.id, ?report, "credentials loaded");
+        let budget = match inner.config.budget_targets.get(&conn.id) {
+            Some(t) => inner.config.budget.clone().with_target(*t),
+            None => inner.config.budget.clone(),
+        };
+        let gate = inner.budgets.connect(&target.connection, adapter.descriptor(), Some(budget)).map_err(|e| e.to_string())?;
+        let worker = OutboxWorker::new(WorkerParts {
+            store: inner.store.clone(),
+            clock: inner.clock.clone(),
+            driver: inner.driver.clone(),
+            adapter: adapter.clone(),
+            target: manager.target().unwrap_or(target),
+            gate: gate.clone(),
+            owner: format!("{}/{}", inner.config.owner, conn.id),
+            config: OutboxConfig { seed: inner.config.outbox.seed ^ seed_of(&conn.id), ..inner.config.outbox.clone() },
+            events: None,
+            auth_hook: Some(manager.auth_hook()),
+        });
+        manager.attach_worker(worker.clone());
+        let (min, max) = inner.config.sweep_every;
+        let schedule = SweepSchedule::new(min, max, seed_of(&conn.id) ^ seed_of(&inner.config.owner));
+        let (stop, stop_rx) = watch::channel(false);
+        let attached = Arc::new(Attached {
+            id: conn.id.clone(),
+            adapter,
+            manager: manager.clone(),
+            worker: worker.clone(),
+            gate,
+            sweep: tokio::sync::Mutex::new(SweepTimer::new(conn.id.clone(), inner.config.owner.clone(), schedule, inner.clock.now_ms())),
+            busy: Arc::new(tokio::sync::Mutex::new(())),
+            stop,
+            task: Mutex::new(None),
+        });
+        {
+            let mut conns = inner.conns.lock().await;
+            if conns.contains_key(&conn.id) {
+                return Ok(false);
+            }
+            conns.insert(conn.id.clone(), attached.clone());
+        }
+        // The worker stops with its connection (detach) or with the gateway.
+        let mut gateway_stop = inner.stop.subscribe();
+        let mut own_stop = stop_rx.clone();
+        let (merged_tx, merged_rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let run = worker.run(merged_rx);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    () = &mut run => break,
+                    _ = gateway_stop.changed() => { let _ = merged_tx.send(true); }
+                    _ = own_stop.changed() => { let _ = merged_tx.send(true); }
+                }
+            }
+        });
+        *lock(&attached.task) = Some(task);
+        // Learn who we act as (some platforms' writes name the agent); a pending connection is
+        // probed, which takes it live when every capability is proved.
+        let live_or_pending = inner.store.get_connection(&conn.id).await.map_err(|e| e.to_string())?.map(|c| c.state);
+        match live_or_pending {
+            Some(ConnectionState::PendingProbe) => match manager.probe().await {
+                Ok(r) => tracing::info!(connection = %conn.id, passed = r.passed, "scope probe on attach"),
+                Err(e) => tracing::warn!(connection = %conn.id, "scope probe on attach failed: {e}"),
+            },
+            Some(ConnectionState::Live) => {
+                if let Err(e) = manager.identify().await {
+                    tracing::warn!(connection = %conn.id, "who-am-i on attach failed: {e}");
+                }
+            }
+            _ => {}
+        }
+        tracing::info!(connection = %conn.id, "attached: outbox worker and timers running");
+        Ok(true)
+    }
+
+    /// Stop a connection's worker and forget it (deleted connections).
+    pub async fn detach(&self, id: &str) {
+        let Some(a) = self.inner.conns.lock().await.remove(id) else { return };
+        let _ = a.stop.send(true);
+        let task = lock(&a.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+        tracing::info!(connection = %id, "detached");
+    }
+
+    /// One connection's timers, now: the credential timer under its lease, then the sweep if
+    /// one is due and the connection is live.
+    pub async fn connection_timers(&self, a: &Attached) -> TimerReport {
+        let inner = &self.inner;
+        let mut rep = TimerReport::default();
+        let now = inner.clock.now_ms();
+        match inner.store.acquire_lease(&a.id, AUTH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await {
+            Ok(Some(_)) => match a.manager.tick().await {
+                Ok(t) => {
+                    if t != TickOutcome::Idle && t != TickOutcome::Inactive {
+                        tracing::info!(connection = %a.id, outcome = ?t, "credential timer");
+                    }
+                    rep.auth = Some(t);
+                }
+                Err(e) => rep.errors.push(format!("credential timer: {e}")),
+            },
+            Ok(None) => {}
+            Err(e) => rep.errors.push(format!("credential timer lease: {e}")),
+        }
+        let live = matches!(inner.store.get_connection(&a.id).await, Ok(Some(c)) if c.state == ConnectionState::Live);
+        if live {
+            let due = {
+                let mut timer = a.sweep.lock().await;
+                timer.claim(&inner.store, inner.clock.now_ms()).await
+            };
+            match due {
+                Ok(true) => match a.manager.target() {
+                    Some(target) => {
+                        let source = SweepSource { adapter: &a.adapter, target: &target, gate: &a.gate, platform: a.adapter.id() };
+                        match inner.reconciler.sweep(source).await {
+                            Ok(r) => rep.sweep = Some(r),
+                            Err(e) => rep.errors.push(format!("sweep: {e}")),
+                        }
+                    }
+                    None => rep.errors.push("sweep: no credential loaded".into()),
+                },
+                Ok(false) => {}
+                Err(e) => rep.errors.push(format!("sweep lease: {e}")),
+            }
+        }
+        for e in &rep.errors {
+            tracing::warn!(connection = %a.id, "{e}");
+        }
+        rep
+    }
+
+    /// Sweep one connection now, whatever its schedule (an operator's request, tests).
+    ///
+    /// # Errors
+    /// A message saying why it could not run.
+    pub async fn sweep_now(&self, id: &str) -> Result<SweepReport, String> {
+        let a = self.attached(id).await.ok_or_else(|| format!("connection {id} is not attached"))?;
+        let target = a.manager.target().ok_or("no credential loaded")?;
+        let source = SweepSource { adapter: &a.adapter, target: &target, gate: &a.gate, platform: a.adapter.id() };
+        self.inner.reconciler.sweep(source).await.map_err(|e| e.to_string())
+    }
+
+    /// Gateway-wide timers: alert delivery and the push to the app, each under its lease.
+    async fn gateway_timers(&self) {
+        let inner = &self.inner;
+        let now = inner.clock.now_ms();
+        if let Ok(Some(_)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await {
+            if let Err(e) = inner.alerts.deliver_due().await {
+                tracing::warn!("alert delivery: {e}");
+            }
+        }
+        let mut pusher = inner.pusher.lock().await;
+        if let Some((p, next_at)) = pusher.as_mut() {
+            if now >= *next_at
+                && let Ok(Some(_)) = inner.store.acquire_lease("", PUSH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+            {
+                loop {
+                    match p.push_once().await {
+                        Ok(PushOutcome::Delivered(_)) => continue,
+                        Ok(PushOutcome::Idle) => break,
+                        Ok(PushOutcome::Retry { at, .. }) => {
+                            *next_at = at;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!("push: {e}");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every timer once, now, in order, waiting for each (tests move a manual clock, then call
+    /// this). Returns each connection's report.
+    pub async fn run_timers_once(&self) -> BTreeMap<String, TimerReport> {
+        if let Err(e) = self.sync().await {
+            tracing::warn!("sync: {e}");
+        }
+        let conns: Vec<Arc<Attached>> = self.inner.conns.lock().await.values().cloned().collect();
+        let mut out = BTreeMap::new();
+        for a in conns {
+            let _busy = a.busy.lock().await;
+            out.insert(a.id.clone(), self.connection_timers(&a).await);
+        }
+        self.gateway_timers().await;
+        out
+    }
+
+    /// Start the timer loop: every [`GatewayConfig::tick`], sync with the store and run each
+    /// connection's timers in a task of its own (a slow sweep does not hold up a refresh of
+    /// another connection; a connection whose previous pass is still running is skipped).
+    pub fn spawn(&self) {
+        let me = self.clone();
+        let mut stop = self.inner.stop.subscribe();
+        let task = tokio::spawn(async move {
+            let gateway_busy = Arc::new(tokio::sync::Mutex::new(()));
+            loop {
+                if *stop.borrow() {
+                    break;
+                }
+                if let Err(e) = me.sync().await {
+                    tracing::warn!("sync: {e}");
+                }
+                let conns: Vec<Arc<Attached>> = me.inner.conns.lock().await.values().cloned().collect();
+                for a in conns {
+                    let Ok(guard) = a.busy.clone().try_lock_owned() else { continue };
+                    let g = me.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        g.connection_timers(&a).await;
+                    });
+                }
+                if let Ok(guard) = gateway_busy.clone().try_lock_owned() {
+                    let g = me.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        g.gateway_timers().await;
+                    });
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(me.inner.config.tick) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        });
+        lock(&self.inner.background).push(task);
+    }
+
+    /// Stop the timer loop and every worker, and wait for them.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.background).drain(..).collect();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let conns: Vec<Arc<Attached>> = self.inner.conns.lock().await.values().cloned().collect();
+        for a in conns {
+            let task = lock(&a.task).take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        }
+    }
+
+    async fn require(&self, id: &str) -> Result<Arc<Attached>, ApiError> {
+        if let Some(a) = self.attached(id).await {
+            return Ok(a);
+        }
+        let conn = self.inner.store.get_connection(id).await?;
+        match conn {
+            None => Err(ApiError::connection_not_found(id)),
+            Some(c) if c.state == ConnectionState::Deleted => Err(ApiError::connection_not_found(id)),
+            Some(c) => {
+                self.attach(&c).await.map_err(|e| ApiError::conflict("not_attached", format!("connection {id} cannot run: {e}")))?;
+                self.attached(id).await.ok_or_else(|| {
+                    ApiError::conflict("no_credentials", format!("connection {id} has no credentials: PUT /v1/connections/{id}/credentials"))
+                })
+            }
+        }
+    }
+}
+
+fn credential_error(id: &str, e: CredentialError) -> ApiError {
+    match e {
+        CredentialError::Store(s) => s.into(),
+        CredentialError::Rejected(why) => ApiError::bad_request(
+            "credentials_rejected",
+            format!("the platform did not accept the new credentials for {id}: {why}. Nothing changed; check them and try again"),
+        ),
+        CredentialError::NoCredential(_) => {
+            ApiError::conflict("no_credentials", format!("connection {id} has no credentials: PUT /v1/connections/{id}/credentials"))
+        }
+        CredentialError::Unusable(e) => ApiError::bad_request("credentials_unusable", format!("{e}")),
+        other => ApiError::unavailable("platform_unreachable", format!("connection {id}: {other}; try again")),
+    }
+}
+
+#[async_trait]
+impl ConnectionControl for Gateway {
+    async fn connected(&self, id: &str) -> Result<(), ApiError> {
+        if self.attached(id).await.is_none()
+            && let Some(c) = self.inner.store.get_connection(id).await?
+        {
+            self.attach(&c).await.map_err(|e| ApiError::conflict("not_attached", format!("connection {id} cannot run: {e}")))?;
+        }
+        Ok(())
+    }
+
+    async fn deleted(&self, id: &str) {
+        self.detach(id).await;
+    }
+
+    async fn probe(&self, id: &str) -> Result<Value, ApiError> {
+        let a = self.require(id).await?;
+        let report = a.manager.probe().await.map_err(|e| credential_error(id, e))?;
+        Ok(serde_json::to_value(report).unwrap_or(Value::Null))
+    }
+
+    async fn update_credentials(&self, id: &str, secret: CredentialSecret, expires_at: Option<Millis>) -> Result<Value, ApiError> {
+        let now = self.inner.clock.now_ms();
+        if let Some(a) = self.attached(id).await {
+            let report = a.manager.update_credentials(secret, expires_at).await.map_err(|e| credential_error(id, e))?;
+            return Ok(serde_json::to_value(report).unwrap_or(Value::Null));
+        }
+        let conn = self.inner.store.get_connection(id).await?.ok_or_else(|| ApiError::connection_not_found(id))?;
+        if conn.state == ConnectionState::Deleted {
+            return Err(ApiError::connection_not_found(id));
+        }
+        // Not attached: it had no credentials. Store them and attach, which probes.
+        self.inner.store.put_credential(id, &secret, expires_at, Expect::Any, now).await?;
+        self.attach(&conn).await.map_err(|e| ApiError::conflict("not_attached", format!("connection {id} cannot run: {e}")))?;
+        let conn = self.inner.store.get_connection(id).await?.ok_or_else(|| ApiError::connection_not_found(id))?;
+        Ok(conn.probe_report.unwrap_or_else(|| json!({ "passed": false })))
+    }
+
+    async fn suspend(&self, id: &str, reason: &str) -> Result<bool, ApiError> {
+        let a = self.require(id).await?;
+        a.manager.suspend(reason, "operator").await.map_err(|e| credential_error(id, e))
+    }
+
+    async fn resume(&self, id: &str) -> Result<bool, ApiError> {
+        let a = self.require(id).await?;
+        // Never resume blind: the credential must work now.
+        let ok = a.manager.health_check().await.map_err(|e| credential_error(id, e))?;
+        if !ok {
+            return Err(ApiError::conflict(
+                "credentials_invalid",
+                format!("connection {id}: the platform refuses the stored credential; PUT /v1/connections/{id}/credentials with new ones (that resumes it)"),
+            ));
+        }
+        a.manager.resume().await.map_err(|e| credential_error(id, e))
+    }
+}
