@@ -388,3 +388,28 @@ fn oauth_credentials_are_spelled_as_the_openapi_document_says_and_old_rows_still
     let old: CredentialSecret = serde_json::from_value(json!({"scheme": "o_auth", "access_token": "a", "refresh_token": null})).unwrap();
     assert_eq!(old, oauth, "secrets stored as `o_auth` before the rename still decode");
 }
+
+/// The README's `deskgate.toml` example is a configuration the gateway accepts.
+#[test]
+fn the_readme_configuration_example_validates() {
+    const README: &str = include_str!("../../README.md");
+    let marker = "<!-- deskgate.toml example -->\n```toml\n";
+    let start = README.find(marker).expect("the README marks its deskgate.toml example") + marker.len();
+    let example = &README[start..start + README[start..].find("\n```\n").expect("closed block")];
+    let config = deskgate::config::Config::parse(example).unwrap_or_else(|e| panic!("{e}"));
+    config.runtime_config().unwrap_or_else(|e| panic!("{e}"));
+    let env = |k: &str| match k {
+        "DESKGATE_SECRET_KEY" => Some("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f".to_owned()),
+        "DESKGATE_API_TOKEN" => Some("an-api-token-long-enough".to_owned()),
+        k if k.starts_with("ACME_") => Some(format!("value-of-{k}")),
+        _ => None,
+    };
+    let v = config.validate(&env, &deskgate::config::BUILTIN_PLATFORMS).unwrap_or_else(|e| panic!("{e}"));
+    let ids: Vec<&str> = v.connections.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["acme-intercom", "acme-zendesk"]);
+    // And without the environment, every variable it names is reported missing.
+    let e = config.validate(&|_| None, &deskgate::config::BUILTIN_PLATFORMS).unwrap_err().to_string();
+    for var in ["ACME_ZENDESK_TOKEN", "ACME_INTERCOM_CLIENT_SECRET", "DESKGATE_SECRET_KEY"] {
+        assert!(e.contains(var), "{var} not named in {e}");
+    }
+}
