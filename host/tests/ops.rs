@@ -413,3 +413,16 @@ fn the_readme_configuration_example_validates() {
         assert!(e.contains(var), "{var} not named in {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_connection_leaves_the_view_and_its_counters_go_with_it() {
+    let (g, _z) = common::populated().await;
+    let (status, _) = g.send(g.req(reqwest::Method::DELETE, "/v1/connections/acme")).await;
+    assert_eq!(status, 200);
+    let (_, v) = g.get("/v1/status").await;
+    let ids: Vec<&str> = v["connections"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["acme-readonly"]);
+    assert!(g.status.get("acme").is_none(), "counters forgotten");
+    let text = g.req(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("connection=\"acme\""), "{text}");
+}

@@ -572,6 +572,8 @@ async fn delete_connection(State(state): State<AppState>, Path(id): Path<String>
     if let Some(control) = &s.control {
         control.deleted(&id).await;
     }
+    // Its live figures and counters go with it (the supervisor has stopped its workers).
+    s.status.forget(&id);
     tracing::info!(connection = %id, "connection deleted; credentials erased");
     Ok(Json(connection_json(&conn, Some(false))))
 }
