@@ -55,7 +55,7 @@ pub struct ConnectArgs {
     /// The helpdesk platform (`deskgate adapters list` shows them).
     #[arg(long, required_unless_present = "update", conflicts_with = "update")]
     pub platform: Option<String>,
-    /// The account's API base URL, e.g. https://acme.zendesk.com.
+    /// The account's API base URL, e.g. `https://acme.zendesk.com`.
     #[arg(long, required_unless_present = "update", conflicts_with = "update")]
     pub base_url: Option<String>,
     /// The account's plan, as the adapter names it (default: the adapter's default plan).
