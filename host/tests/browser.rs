@@ -92,8 +92,10 @@ struct Session<'d> {
 
 impl<'d> Session<'d> {
     async fn new(driver: &'d Driver, chromium: &Path) -> Self {
+        // Element look-ups wait (up to 10 s) for the element to appear: a form post navigates.
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
+            "timeouts": {"implicit": 10_000, "pageLoad": 30_000},
             "goog:chromeOptions": {
                 "binary": chromium.to_str().unwrap(),
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -122,6 +124,20 @@ impl<'d> Session<'d> {
         self.get(&format!("/element/{e}/text")).await.as_str().unwrap_or_default().to_owned()
     }
 
+    /// Wait for the page navigated to by a form post: its title (the machine is shared and
+    /// loaded, so the redirect may still be in flight when the click returns).
+    async fn wait_for_title(&self, title: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.get("/title").await;
+            if now == title {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the page's title stayed {now}, expected {title}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn close(self) {
         self.driver.call(reqwest::Method::DELETE, &format!("/session/{}", self.id), None).await;
     }
@@ -144,7 +160,7 @@ async fn the_dashboard_in_headless_chromium_shows_the_suspension_first_with_its_
 
     // Unsigned: the form, nothing else.
     s.post("/url", json!({"url": format!("{}/", g.base)})).await;
-    assert_eq!(s.get("/title").await, "deskgate: sign in");
+    s.wait_for_title("deskgate: sign in").await;
     let source = s.get("/source").await.as_str().unwrap().to_owned();
     assert!(!source.contains("acme"), "no data before sign-in");
 
@@ -160,7 +176,7 @@ async fn the_dashboard_in_headless_chromium_shows_the_suspension_first_with_its_
     s.post(&format!("/element/{field}/value"), json!({"text": TOKEN})).await;
     let button = s.element("#sign-in").await;
     s.post(&format!("/element/{button}/click"), json!({})).await;
-    assert_eq!(s.get("/title").await, "deskgate");
+    s.wait_for_title("deskgate").await;
 
     // The suspended connection comes first on the page, with the reason, the probe's
     // remediation and the command that fixes it.
