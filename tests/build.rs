@@ -28,6 +28,8 @@ fn main() {
         .to_path_buf();
     let mut dirs: Vec<&str> = COMPONENTS.iter().map(|(_, _, dir)| *dir).collect();
     dirs.push("components/sdk");
+    dirs.push("components/edge");
+    dirs.push("components/ingest-core");
     deskgate_component_build::rerun_if_changed(&workspace, &dirs);
 
     let packages: Vec<&str> = COMPONENTS.iter().map(|(_, p, _)| *p).collect();
@@ -60,6 +62,13 @@ fn main() {
         src.push_str(&format!("        $mac!({name});\n"));
     }
     src.push_str("    };\n}\n");
+    // The Spin edge component (not an adapter, so not in `ALL`): tests serve it through the
+    // host's wasi:http runtime, linked to an adapter or pre-composed with one.
+    let edge = deskgate_component_build::build_components(&workspace, "wasm-tests", &["deskgate-edge"]);
+    src.push_str(&format!(
+        "\n/// The edge component (`components/edge`), its adapter import not yet satisfied.\npub const EDGE: &str = {:?};\n",
+        edge[0].1.display().to_string()
+    ));
     let out =
         PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("artifacts.rs");
     std::fs::write(&out, src).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));

@@ -57,6 +57,57 @@ pub enum Command {
     Suspend(ops::SuspendArgs),
     /// Resume a suspended connection.
     Resume(ops::ResumeArgs),
+    /// Play a compressed high-volume day through three simulated helpdesks, with expired tokens,
+    /// 429 storms, lost webhooks and a missing scope injected, and report what happened.
+    Demo(DemoArgs),
+    /// Serve the webhook edge component (components/edge) the way Spin would (see `deskgate::edge`).
+    Edge(EdgeArgs),
+}
+
+/// `deskgate demo ...`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seeds the workload and every injected fault: the same seed plays the same day.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Real seconds the 24-hour day takes.
+    #[arg(long, default_value_t = 120.0)]
+    pub day_seconds: f64,
+    /// Accounts per platform.
+    #[arg(long, default_value_t = 2)]
+    pub accounts: u32,
+    /// New tickets per hour per account.
+    #[arg(long, default_value_t = 600)]
+    pub tickets_per_hour: u32,
+    /// Print only the report.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `deskgate edge ...`
+#[derive(Debug, Args)]
+pub struct EdgeArgs {
+    /// The edge component (.wasm): pre-composed with its adapter, or plain with --adapter.
+    #[arg(long)]
+    pub component: PathBuf,
+    /// Link the edge's adapter import to this adapter: a built-in id (zendesk, freshdesk,
+    /// intercom) or an adapter .wasm. Omit for a pre-composed edge.
+    #[arg(long)]
+    pub adapter: Option<String>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: String,
+    /// A configuration value (wasi:config/store), KEY=VALUE: core_url, core_token,
+    /// conn_{id}_platform, conn_{id}_secret, conn_{id}_allow_unsigned. Repeatable.
+    #[arg(long = "config-var")]
+    pub config_var: Vec<String>,
+    /// A flat TOML file of configuration values (keeps secrets off the command line);
+    /// --config-var entries override it.
+    #[arg(long)]
+    pub config_file: Option<PathBuf>,
 }
 
 /// `deskgate serve ...`
@@ -133,6 +184,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts { command } => ops::run(ops::Verb::Alerts(command)),
         Command::Suspend(args) => ops::run(ops::Verb::Suspend(args)),
         Command::Resume(args) => ops::run(ops::Verb::Resume(args)),
+        Command::Demo(args) => demo(args),
+        Command::Edge(args) => crate::edge::run(args),
     }
 }
 
@@ -218,4 +271,36 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(deskgate_sim::cli::run(platform, listen, args.seed))?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if !(args.day_seconds >= 10.0) {
+        eprintln!("--day-seconds {}: a day needs at least 10 real seconds (the default is 120)", args.day_seconds);
+        return Ok(ExitCode::from(2));
+    }
+    if args.accounts == 0 || args.tickets_per_hour == 0 {
+        eprintln!("--accounts and --tickets-per-hour must be at least 1");
+        return Ok(ExitCode::from(2));
+    }
+    let opts = crate::demo::DemoOptions {
+        seed: args.seed,
+        day_seconds: args.day_seconds,
+        accounts: args.accounts,
+        tickets_per_hour: args.tickets_per_hour,
+    };
+    let quiet = args.quiet;
+    let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = tokio.block_on(crate::demo::run(opts, &move |line: &str| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    }))?;
+    println!("{}", report.table());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
+        eprintln!("report written to {}", path.display());
+    }
+    let clean = report.duplicate_writes == 0 && report.lost_tickets == 0 && report.responses_429.write == 0;
+    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -33,6 +33,8 @@
 //!   metrics, health).
 //! - [`status`]: the live status registry (budget gates, credential timers, per-connection
 //!   counters) the supervisor fills and `/metrics`, `/v1/status` and the dashboard read.
+//! - [`edge`]: `deskgate edge`: serves the Spin edge component (`components/edge`) with
+//!   `wasmtime-wasi-http`, as Spin would.
 //! - [`cli`]: the `deskgate` command line.
 //! - [`client`]: a client of a running gateway's API (the CLI's operator verbs use it).
 //! - [`serve`]: `deskgate serve`: config, store, adapters, workers, the API, graceful shutdown.
@@ -60,8 +62,10 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod conformance;
+pub mod demo;
 pub mod config;
 pub mod driver;
+pub mod edge;
 pub mod gateway;
 pub mod outbox;
 pub mod probe;

@@ -126,7 +126,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("listen: cannot bind {}", validated.listen))?;
         eprintln!("deskgate listening on http://{}", listener.local_addr()?);
-        axum::serve(listener, api::app(state))
+        axum::serve(listener, api::edge_ingest::with_edge_token_from_env(api::app(state))?)
             .with_graceful_shutdown(async move {
                 let _ = tokio::signal::ctrl_c().await;
                 tracing::info!("shutting down: finishing requests, stopping workers");

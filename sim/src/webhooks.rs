@@ -304,6 +304,9 @@ fn retry_delay_ms(
     }
 }
 
+/// Webhook deliveries in flight at once, per simulator.
+const CONCURRENT_DELIVERIES: usize = 32;
+
 /// The delivery worker: runs until `stop`.
 pub(crate) async fn run(sim: Arc<SimInner>, mut stop: watch::Receiver<bool>) {
     let mut http = HttpConnector::new();
@@ -311,12 +314,22 @@ pub(crate) async fn run(sim: Arc<SimInner>, mut stop: watch::Receiver<bool>) {
     http.set_connect_timeout(Some(Duration::from_secs(5)));
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(http);
+    // Platforms deliver many webhooks at once; so does the sim, up to this many in flight
+    // (order across deliveries is then not guaranteed, as on the real platforms).
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DELIVERIES));
+    let mut running = tokio::task::JoinSet::new();
     loop {
         let now = sim.clock.now_ms();
         let (due, next) = sim.hooks.take_due(now);
         for p in due {
-            deliver(&sim, &client, p).await;
-            lock(&sim.hooks.state).in_flight -= 1;
+            let Ok(slot) = slots.clone().acquire_owned().await else { return };
+            let (sim, client) = (sim.clone(), client.clone());
+            running.spawn(async move {
+                let _slot = slot;
+                deliver(&sim, &client, p).await;
+                lock(&sim.hooks.state).in_flight -= 1;
+            });
+            while running.try_join_next().is_some() {}
         }
         let now = sim.clock.now_ms();
         let wait = sim.clock.real_wait(next.map_or(100, |n| n - now)).min(Duration::from_millis(100));

@@ -50,6 +50,7 @@ pub(crate) mod dashboard;
 mod error;
 mod metrics;
 mod view;
+pub mod edge_ingest;
 
 pub use dashboard::{SESSION_COOKIE, SESSION_MS, session_valid, session_value};
 pub use error::ApiError;
@@ -112,6 +113,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/alerts"),
     ("POST", "/v1/alerts/{id}/ack"),
     ("POST", "/webhooks/{connection}"),
+    ("POST", "/v1/ingest/{connection}"),
 ];
 
 /// The longest long-poll a client may ask for.
@@ -301,7 +303,8 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .route("/", get(dashboard::page))
         .route("/login", post(dashboard::login))
-        .route("/logout", post(dashboard::logout));
+        .route("/logout", post(dashboard::logout))
+        .route("/v1/ingest/{connection}", post(edge_ingest::ingest));
     let authed = Router::new()
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))

@@ -202,6 +202,8 @@ struct Inner {
     http: reqwest::Client,
     state: Mutex<State>,
     flight: tokio::sync::Mutex<()>,
+    /// Serializes suspend/resume, so concurrent 401s suspend (and alert) once.
+    transition: tokio::sync::Mutex<()>,
     worker: Mutex<Option<OutboxWorker>>,
 }
 
@@ -249,6 +251,7 @@ impl CredentialManager {
                     reported_forbidden: BTreeSet::new(),
                 }),
                 flight: tokio::sync::Mutex::new(()),
+                transition: tokio::sync::Mutex::new(()),
                 worker: Mutex::new(None),
             }),
         })
@@ -708,6 +711,7 @@ impl CredentialManager {
     /// # Errors
     /// A store error.
     pub async fn suspend(&self, reason: &str, kind: &str) -> Result<bool, CredentialError> {
+        let _transition = self.inner.transition.lock().await;
         let id = self.connection_id();
         let now = self.now();
         let conn = self.inner.store.get_connection(&id).await?;
@@ -729,6 +733,7 @@ impl CredentialManager {
     /// # Errors
     /// A store error.
     pub async fn resume(&self) -> Result<bool, CredentialError> {
+        let _transition = self.inner.transition.lock().await;
         let id = self.connection_id();
         let now = self.now();
         let conn = self.inner.store.get_connection(&id).await?;

@@ -412,7 +412,15 @@ impl Gateway {
         let inner = &self.inner;
         let mut rep = TimerReport::default();
         let now = inner.clock.now_ms();
-        match inner.store.acquire_lease(&a.id, AUTH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await {
+        // The lease is taken only when the credential timer has something to do: a lease write
+        // per connection per tick would keep the store's single writer busy for nothing.
+        let auth_due = a.manager.next_due_at().is_some_and(|at| now >= at);
+        let lease = if auth_due {
+            inner.store.acquire_lease(&a.id, AUTH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+        } else {
+            Ok(None)
+        };
+        match lease {
             Ok(Some(_)) => match a.manager.tick().await {
                 Ok(t) => {
                     if t != TickOutcome::Idle && t != TickOutcome::Inactive {
@@ -432,15 +440,25 @@ impl Gateway {
                 timer.claim(&inner.store, inner.clock.now_ms()).await
             };
             match due {
-                Ok(true) => match a.manager.target() {
-                    Some(target) => {
+                Ok(true) => match (a.manager.target(), a.manager.credential().map(|c| c.version)) {
+                    (Some(target), used) => {
                         let source = SweepSource { adapter: &a.adapter, target: &target, gate: &a.gate, platform: a.adapter.id() };
                         match inner.reconciler.sweep(source).await {
                             Ok(r) => rep.sweep = Some(r),
+                            Err(crate::ingest::sweep::SweepError::Platform(crate::bindings::Failure::Unauthenticated(d))) => {
+                                // The read lane meets the same credential policy as writes: one
+                                // refresh (OAuth), else suspension with an alert.
+                                rep.errors.push(format!("sweep: the platform refused the credential ({})", d.code));
+                                // The version the sweep used, not the current one: a refresh
+                                // may have replaced it mid-sweep, and must not run twice.
+                                if let Err(e) = a.manager.on_unauthenticated(used).await {
+                                    rep.errors.push(format!("handling the sweep's 401: {e}"));
+                                }
+                            }
                             Err(e) => rep.errors.push(format!("sweep: {e}")),
                         }
                     }
-                    None => rep.errors.push("sweep: no credential loaded".into()),
+                    (None, _) => rep.errors.push("sweep: no credential loaded".into()),
                 },
                 Ok(false) => {}
                 Err(e) => rep.errors.push(format!("sweep lease: {e}")),
@@ -467,7 +485,10 @@ impl Gateway {
     async fn gateway_timers(&self) {
         let inner = &self.inner;
         let now = inner.clock.now_ms();
-        if let Ok(Some(_)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await {
+        let alerts_due = matches!(inner.store.alerts_due(now, 1).await, Ok(due) if !due.is_empty());
+        if alerts_due
+            && let Ok(Some(_)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+        {
             if let Err(e) = inner.alerts.deliver_due().await {
                 tracing::warn!("alert delivery: {e}");
             }

@@ -136,6 +136,14 @@ impl Candidate {
     }
 }
 
+/// The tag every adapter puts on the ticket its scope probe creates (and deletes).
+pub const PROBE_TAG: &str = "deskgate-probe";
+
+/// Whether a ticket snapshot is a scope-probe ticket ([`PROBE_TAG`]).
+pub fn is_probe_ticket(ticket: &Value) -> bool {
+    ticket["tags"].as_array().is_some_and(|tags| tags.iter().any(|t| t.as_str() == Some(PROBE_TAG)))
+}
+
 fn ticket_json(t: &Ticket) -> Value {
     serde_json::to_value(t).unwrap_or_else(|_| json!({ "id": t.id, "updated_at": t.updated_at }))
 }
@@ -196,6 +204,11 @@ impl Inbox {
         {
             let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
             for c in candidates {
+                if is_probe_ticket(&c.event.ticket) {
+                    // deskgate's own scope-probe ticket (created and deleted by the probe): not
+                    // a customer's, nothing for the app to do.
+                    continue;
+                }
                 let ticket = c.event.ticket_id.as_str();
                 let known = seen
                     .get(ticket)

@@ -341,6 +341,15 @@ impl Inner {
         self.target.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// A fingerprint of the credential requests go out with now (never the secret itself), to
+    /// tell whether it changed while a request was in flight.
+    fn credential_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.target.read().unwrap_or_else(|e| e.into_inner()).authorization.hash(&mut h);
+        h.finish()
+    }
+
     fn backoff_at(&self, attempt: i64) -> Millis {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         let b: Backoff = self.config.backoff;
@@ -546,6 +555,7 @@ impl Inner {
 
     /// Work one claimed entry to a settlement (or a later due time).
     async fn process(&self, e: OutboxEntry, priority: Priority, rep: &mut PassReport) -> Result<Step, OutboxError> {
+        let sent_with = self.credential_fingerprint();
         let action = match decode_action(&e) {
             Ok(a) => a,
             Err(err) => {
@@ -649,7 +659,7 @@ impl Inner {
                         let not_before = self.backoff_at(e.attempts);
                         self.settle_later(&e, Settle::Ambiguous { detail, not_before }, rep).await
                     }
-                    _ if all.is_empty() => self.fail(&e, failure, rep).await,
+                    _ if all.is_empty() => self.fail(&e, failure, sent_with, rep).await,
                     _ => self.divergence(&e, &all, &part, &failure, &skipped, rep).await,
                 }
             }
@@ -681,7 +691,7 @@ impl Inner {
                 let not_before = self.backoff_at(e.attempts);
                 self.settle_later(&e, Settle::Ambiguous { detail, not_before }, rep).await
             }
-            Attempt::Failed { failure, .. } => self.fail(&e, failure, rep).await,
+            Attempt::Failed { failure, .. } => self.fail(&e, failure, sent_with, rep).await,
             Attempt::Unknown(why) => {
                 let detail = format!("[ambiguous] {why}; read back before any resend");
                 let not_before = self.now() + crate::store::ms(self.config.readback_delay);
@@ -716,7 +726,14 @@ impl Inner {
     }
 
     /// The platform refused the whole action.
-    async fn fail(&self, e: &OutboxEntry, failure: Failure, rep: &mut PassReport) -> Result<Step, OutboxError> {
+    async fn fail(&self, e: &OutboxEntry, failure: Failure, sent_with: u64, rep: &mut PassReport) -> Result<Step, OutboxError> {
+        if matches!(failure, Failure::Unauthenticated(_)) && sent_with != self.credential_fingerprint() {
+            // The token was refreshed while this request was in flight (a rotating refresh kills
+            // the old pair at once): the 401 is about the old token, not the connection. Send
+            // again with the new one; asking the credential policy would refresh a second time.
+            let detail = format!("[auth] {}; the credential was replaced while the request was in flight, resending with the new one", failure.explain());
+            return self.settle_later(e, Settle::Retry { detail, not_before: self.now() }, rep).await;
+        }
         if matches!(failure, Failure::Unauthenticated(_) | Failure::Forbidden(_)) {
             let af = AuthFailure { connection_id: e.connection_id.clone(), entry_id: e.id, ticket_id: e.ticket_id.clone(), failure: failure.clone() };
             let verdict = self.auth_hook.as_ref().map(|h| h(&af)).unwrap_or_default();

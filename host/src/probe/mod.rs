@@ -171,6 +171,18 @@ pub async fn probe_connection(
     }
     if !report.passed {
         tracing::warn!(connection = %id, "scope probe failed; the connection stays {}:\n{}", conn.state.name(), report.explain());
+        // People must hear of it: a connection that never goes live is as silent a failure as
+        // a write that is refused.
+        let missing: Vec<&ProbeEntry> = report.capabilities.iter().filter(|e| !e.granted).collect();
+        let text = format!(
+            "Connection {id}: re-scope needed. The scope probe found {} capabilit{} missing:\n{}\nThe connection stays {}: nothing is written for it until the probe passes. Fix the permissions, then probe again (POST /v1/connections/{id}/probe or `deskgate probe {id}`).",
+            missing.len(),
+            if missing.len() == 1 { "y" } else { "ies" },
+            report.explain(),
+            conn.state.name(),
+        );
+        let detail = serde_json::json!({ "probe": value, "during": "probe" });
+        crate::alerts::raise(store, now, Some(id), crate::alerts::SCOPE_MISSING, text, detail).await?;
     }
     Ok(report)
 }

@@ -86,6 +86,7 @@ pub type SharedStore = Arc<dyn Store>;
 pub async fn open(url: &str, key: SecretKey) -> Result<SharedStore, StoreError> {
     match Location::parse(url)? {
         Location::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path, key).await?)),
+        Location::SqliteRelaxed(path) => Ok(Arc::new(sqlite::SqliteStore::open_with(&path, key, false).await?)),
         Location::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(&url, key).await?)),
     }
 }
@@ -94,6 +95,8 @@ pub async fn open(url: &str, key: SecretKey) -> Result<SharedStore, StoreError> 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Location {
     Sqlite(std::path::PathBuf),
+    /// `?synchronous=normal`: commits survive a crash of the process, not of the machine.
+    SqliteRelaxed(std::path::PathBuf),
     Postgres(String),
 }
 
@@ -111,8 +114,26 @@ impl Location {
             return Ok(Self::Postgres(url.to_owned()));
         }
         if let Some(rest) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-            // Drop any ?mode=... query: options are ours to choose, not the URL's.
-            let path = rest.split('?').next().unwrap_or(rest);
+            let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let mut relaxed = false;
+            for opt in query.split('&').filter(|o| !o.is_empty()) {
+                match opt {
+                    "synchronous=full" => relaxed = false,
+                    "synchronous=normal" => relaxed = true,
+                    // sqlx's open mode: deskgate always opens read-write and creates the file.
+                    o if o.starts_with("mode=") => {}
+                    other => {
+                        return Err(StoreError::Open {
+                            url: url.to_owned(),
+                            reason: format!(
+                                "unknown SQLite option `{other}`: the only option is synchronous=full (the default: \
+                                 a commit survives power loss) or synchronous=normal (it survives a crash of \
+                                 deskgate, not of the machine; for throwaway stores such as the demo's)"
+                            ),
+                        });
+                    }
+                }
+            }
             if path.is_empty() || path == ":memory:" {
                 return Err(StoreError::Open {
                     url: url.to_owned(),
@@ -121,7 +142,7 @@ impl Location {
                             .into(),
                 });
             }
-            return Ok(Self::Sqlite(path.into()));
+            return Ok(if relaxed { Self::SqliteRelaxed(path.into()) } else { Self::Sqlite(path.into()) });
         }
         if let Some((scheme, _)) = url.split_once("://") {
             return Err(StoreError::Open {
@@ -439,9 +460,7 @@ pub enum CredentialSecret {
         /// Field name to value.
         fields: BTreeMap<String, String>,
     },
-    /// An OAuth 2 token pair. Spelled `oauth` as the OpenAPI document, the config and
-    /// [`CredentialSecret::scheme`] say (`rename_all` alone would make it `o_auth`, which is still
-    /// read, so secrets stored before are readable).
+    /// An OAuth 2 token pair.
     #[serde(rename = "oauth", alias = "o_auth")]
     OAuth {
         /// The bearer token.
@@ -1275,6 +1294,10 @@ mod tests {
             Location::Sqlite("x.db".into())
         );
         assert_eq!(Location::parse("sqlite:x.db").unwrap(), Location::Sqlite("x.db".into()));
+        assert_eq!(Location::parse("sqlite:///t/x.db?synchronous=normal").unwrap(), Location::SqliteRelaxed("/t/x.db".into()));
+        assert_eq!(Location::parse("sqlite:///t/x.db?synchronous=full").unwrap(), Location::Sqlite("/t/x.db".into()));
+        let err = Location::parse("sqlite:///t/x.db?cache=shared").unwrap_err().to_string();
+        assert!(err.contains("cache=shared") && err.contains("synchronous=full"), "{err}");
         assert!(matches!(Location::parse("postgres://u@h/db").unwrap(), Location::Postgres(_)));
         assert!(matches!(Location::parse("postgresql://u@h/db").unwrap(), Location::Postgres(_)));
         let err = Location::parse("mysql://u:pw@h/db").unwrap_err().to_string();

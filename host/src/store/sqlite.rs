@@ -48,6 +48,16 @@ impl SqliteStore {
     /// # Errors
     /// See [`open`].
     pub async fn open(path: &Path, key: SecretKey) -> Result<Self, StoreError> {
+        Self::open_with(path, key, true).await
+    }
+
+    /// [`SqliteStore::open`], choosing whether commits fsync the WAL (`full_sync`, the default
+    /// and what the durability promise rests on) or not (`synchronous=NORMAL`: a commit survives
+    /// a crash of the process, not of the machine).
+    ///
+    /// # Errors
+    /// As [`SqliteStore::open`].
+    pub async fn open_with(path: &Path, key: SecretKey, full_sync: bool) -> Result<Self, StoreError> {
         let shown = path.display().to_string();
         let fail = |reason: String| StoreError::Open { url: shown.clone(), reason };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -59,7 +69,7 @@ impl SqliteStore {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(if full_sync { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT);
         let writer = SqlitePoolOptions::new()

@@ -8,6 +8,8 @@
 //! - [`loading`]: bad files, wrong contracts, duplicate ids, directories, the compile cache.
 //! - [`conformance`]: the adapter check passes our adapters and the guide's example, and fails a wrong one.
 //! - [`docs`]: the guide shows the example adapter verbatim, and the example works.
+//! - [`edge`]: the Spin edge component served by the host: simulators' webhooks reach the gateway
+//!   through it once, forgeries stop at it, a down gateway means 503 and a later redelivery.
 
 /// Fails to compile unless the current module has an item called `$name`: with
 /// `deskgate_tests::foreach_component!`, it makes every component built by `tests/build.rs` need a
@@ -22,6 +24,7 @@ macro_rules! assert_test_exists {
 mod components;
 mod conformance;
 mod docs;
+mod edge;
 mod loading;
 mod platforms;
 mod sandbox;

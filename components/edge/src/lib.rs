@@ -1,0 +1,221 @@
+//! deskgate's webhook edge: a `wasi:http` 0.2 component, written with `spin-sdk` 5.x.
+//!
+//! On Fermyon Spin (and SpinKube, and deskgate's own host: `deskgate edge`), helpdesk webhooks
+//! terminate here, close to the sender. For `POST /webhooks/{connection}` the edge:
+//!
+//! 1. refuses bodies over [`deskgate_ingest_core::MAX_WEBHOOK_BYTES`] (413), reading no further;
+//! 2. reads the connection's configuration (its platform and webhook secret) from
+//!    `wasi:config/store` ([`keys`]), never from the request;
+//! 3. has the platform's adapter (the `deskgate:adapter/adapter` interface it *imports*, satisfied
+//!    by composition) parse the body into normalized events and say what to verify;
+//! 4. verifies the signature and the replay window with [`deskgate_ingest_core::verify`], the same
+//!    code the self-hosted gateway runs;
+//! 5. forwards the verified, normalized events to the core gateway's `POST /v1/ingest/{connection}`
+//!    with the core's edge token, retrying briefly ([`RETRY_DELAYS_MS`]);
+//! 6. answers 2xx only once the core has accepted (stored) them; 503 when the core cannot be
+//!    reached, so the platform redelivers (and the core's reconciliation sweep covers the rest).
+//!
+//! Every refusal is `{"error": {"code", "message"}}` with the code of
+//! [`deskgate_ingest_core::Reject`] (or one of [`EdgeError`]'s own), so a sender's admin sees why.
+//!
+//! # Why one edge per platform
+//!
+//! The edge imports the adapter interface once. WIT instance types are structural, so one
+//! component importing three adapters would need three differently named copies of the same
+//! interface, and a new platform would mean a new edge build. Instead the same `edge.wasm` is
+//! composed once per platform (Spin's `[component.<id>.dependencies]`, or
+//! `deskgate-edge-compose` for runtimes without dependency support): any adapter that meets the
+//! contract, third-party ones included, gets an edge without touching this crate. A connection
+//! configured for another platform is refused here with a 404 naming the right edge.
+//!
+//! # Imports
+//!
+//! Only what every `wasi:http` 0.2 host provides or can: `wasi:http/outgoing-handler`, the WASI
+//! clocks, and `wasi:config/store@0.2.0-draft-2024-09-27` (Spin 3.x and 4.x back it with Spin
+//! variables; deskgate's host with its own configuration). No Spin-only interface
+//! (`fermyon:spin/variables`, key-value) is used.
+
+#![deny(missing_docs)]
+
+pub mod keys;
+
+use serde_json::json;
+
+/// Bindings of the edge's imports (`wit/world.wit`: the adapter interface).
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "deskgate:edge/edge@0.1.0",
+        path: ["../../wit", "wit"],
+        additional_derives: [serde::Serialize],
+        generate_all,
+    });
+}
+
+/// Pauses between attempts to reach the core: three attempts in about a quarter of a second.
+/// Short on purpose: the platform's own redelivery (minutes) is the long retry, and a webhook
+/// sender waits for our answer.
+pub const RETRY_DELAYS_MS: [u64; 2] = [50, 200];
+
+/// A refusal or failure of the edge, answered as `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeError {
+    /// The HTTP status.
+    pub status: u16,
+    /// A stable machine-readable code: a [`deskgate_ingest_core::Reject`] code, or
+    /// `method-not-allowed`, `route-not-found`, `wrong-edge`, `edge-misconfigured`,
+    /// `adapter-failed`, `core-unreachable`, `core-refused`.
+    pub code: &'static str,
+    /// What was wrong and what to do.
+    pub message: String,
+}
+
+impl EdgeError {
+    /// An error with this status, code and message.
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        json!({ "error": { "code": self.code, "message": self.message } }).to_string().into_bytes()
+    }
+}
+
+impl From<deskgate_ingest_core::Reject> for EdgeError {
+    fn from(r: deskgate_ingest_core::Reject) -> Self {
+        Self::new(r.status(), r.code(), r.to_string())
+    }
+}
+
+impl std::fmt::Display for EdgeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for EdgeError {}
+
+/// The connection id of a webhook path: `/webhooks/{connection}`, or
+/// `/webhooks/{platform}/{connection}` (the shape a Spin app with one edge per platform routes),
+/// where `platform` must be `served`, the platform of this edge's adapter. A query string is
+/// ignored.
+///
+/// # Errors
+/// 404 `route-not-found` for any other path, 404 `wrong-edge` for another platform's prefix.
+pub fn connection_of_path<'a>(path: &'a str, served: &str) -> Result<&'a str, EdgeError> {
+    let path = path.split('?').next().unwrap_or("");
+    let not_found = || {
+        EdgeError::new(
+            404,
+            "route-not-found",
+            format!("no such route `{path}`: webhooks go to POST /webhooks/{{connection}}"),
+        )
+    };
+    let rest = path.strip_prefix("/webhooks/").ok_or_else(not_found)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    let id = match parts.as_slice() {
+        [id] => *id,
+        [platform, id] if *platform == served => *id,
+        [platform, _] => {
+            return Err(EdgeError::new(
+                404,
+                "wrong-edge",
+                format!("this edge serves {served} webhooks, not {platform}: point the platform at /webhooks/{platform}/..."),
+            ));
+        }
+        _ => return Err(not_found()),
+    };
+    if !keys::valid_connection_id(id) {
+        return Err(not_found());
+    }
+    Ok(id)
+}
+
+/// What the core's answer to a forward means for the delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreVerdict {
+    /// 2xx: stored; answer the sender with this status and body.
+    Accepted,
+    /// Worth another attempt (5xx, 429): the core is restarting or its store is busy.
+    Retry(String),
+    /// Final: answer the sender with this error.
+    Final(EdgeError),
+}
+
+/// Classify the core's answer to `POST /v1/ingest/{connection}`.
+pub fn core_verdict(status: u16, body: &[u8], connection: &str) -> CoreVerdict {
+    let said = || {
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned())
+    };
+    match status {
+        200..=299 => CoreVerdict::Accepted,
+        429 | 500..=599 => CoreVerdict::Retry(format!("the core answered {status}: {}", said())),
+        401 | 403 => CoreVerdict::Final(EdgeError::new(
+            503,
+            "core-refused",
+            format!(
+                "the core gateway refused the edge's token ({status}: {}): set the edge's `core_token` to the core's edge ingest token; the platform will redeliver",
+                said()
+            ),
+        )),
+        404 => CoreVerdict::Final(EdgeError::new(
+            404,
+            "unknown-connection",
+            format!("the core gateway has no connection `{connection}` ({})", said()),
+        )),
+        _ => CoreVerdict::Final(EdgeError::new(
+            502,
+            "core-refused",
+            format!("the core gateway refused the events ({status}: {}): the edge and the core disagree; check both versions", said()),
+        )),
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+mod component;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(connection_of_path("/webhooks/zd-main", "zendesk"), Ok("zd-main"));
+        assert_eq!(connection_of_path("/webhooks/zd-main?x=1", "zendesk"), Ok("zd-main"));
+        assert_eq!(connection_of_path("/webhooks/zendesk/zd-main", "zendesk"), Ok("zd-main"));
+        let wrong = connection_of_path("/webhooks/intercom/ic", "zendesk").unwrap_err();
+        assert_eq!((wrong.status, wrong.code), (404, "wrong-edge"));
+        for bad in ["/", "/webhooks/", "/webhooks", "/other/zd", "/webhooks/a/b/c", "/webhooks/Bad Id"] {
+            let e = connection_of_path(bad, "zendesk").unwrap_err();
+            assert_eq!((e.status, e.code), (404, "route-not-found"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        assert_eq!(core_verdict(200, b"{}", "c"), CoreVerdict::Accepted);
+        assert!(matches!(core_verdict(503, b"{}", "c"), CoreVerdict::Retry(_)));
+        assert!(matches!(core_verdict(429, b"", "c"), CoreVerdict::Retry(_)));
+        let CoreVerdict::Final(e) = core_verdict(401, br#"{"error":{"code":"unauthorized","message":"bad token"}}"#, "c") else {
+            panic!("401 is final")
+        };
+        assert_eq!((e.status, e.code), (503, "core-refused"));
+        assert!(e.message.contains("bad token") && e.message.contains("core_token"), "{e}");
+        let CoreVerdict::Final(e) = core_verdict(404, b"", "c") else { panic!("404 is final") };
+        assert_eq!((e.status, e.code), (404, "unknown-connection"));
+        let CoreVerdict::Final(e) = core_verdict(400, b"nope", "c") else { panic!("400 is final") };
+        assert_eq!((e.status, e.code), (502, "core-refused"));
+    }
+
+    #[test]
+    fn error_bodies_are_json() {
+        let e = EdgeError::from(deskgate_ingest_core::Reject::Forged);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["code"], "forged-signature");
+        assert_eq!(e.status, 401);
+    }
+}

@@ -1,0 +1,972 @@
+//! `deskgate demo`: a compressed high-volume day on the embedded default, with the failures that
+//! break support automation at volume injected on schedule, and a report of what happened.
+//!
+//! # What runs
+//!
+//! Everything is real and in this process, talking over HTTP on 127.0.0.1: the three platform
+//! simulators ([`deskgate_sim`]), the gateway (API, webhooks, the supervisor with its workers
+//! and timers, on a temporary SQLite file), an admin contact that receives alerts, and an
+//! automation client that only uses the public API: it long-polls `/v1/events`, submits one
+//! resolution (reply + solved) per new ticket with an `Idempotency-Key`, and acknowledges.
+//!
+//! # The compressed day
+//!
+//! One clock ([`deskgate_sim::SimClock`] running [`DemoOptions::rate`] times faster than real
+//! time) drives the simulators and the gateway alike, so rate windows, token lifetimes, the
+//! 4-hour health checks, 5-10 minute sweeps and webhook retry schedules all keep their real
+//! proportions; a day passes in [`DemoOptions::day_seconds`]. Tickets arrive at
+//! [`DemoOptions::tickets_per_hour`] per account, spread over the day by a seeded generator.
+//!
+//! # The failures, on the day's clock
+//!
+//! - 00:00: the first Zendesk account connects with OAuth; its access token expires at 02:00.
+//!   deskgate refreshes it at 80% of its lifetime (01:36), before anything fails.
+//! - 00:00: the second Freshdesk account's API key belongs to an agent without the
+//!   `edit_ticket_properties` privilege (no status changes): the scope probe finds it, raises a
+//!   `scope-missing` alert naming the privilege, and nothing is written (resolutions queue
+//!   durably) until the operator restores the privilege at 05:00 and probes again.
+//! - All day: 20% of webhooks are lost, 5% are duplicated and 5% reordered; 2% of writes time
+//!   out after they were applied.
+//! - 06:00, 13:00, 19:00: a 429 storm: another client of the same accounts spends most of each
+//!   account's rate limit for half an hour.
+//! - 10:00: the first Zendesk account's refresh token is revoked (someone uninstalled and
+//!   reinstalled the app): the next use fails, the refresh is refused for good, the connection is
+//!   suspended with a `refresh-failed` alert. At 11:00 the operator re-authenticates through
+//!   the API; deskgate validates, resumes and drains what queued meanwhile.
+//!
+//! # Deterministic
+//!
+//! The workload (ticket times and texts), every injected fault decision (seeded simulators) and
+//! the failure schedule depend only on `--seed`. The invariants the report carries (tickets
+//! created and delivered, resolutions confirmed, duplicate writes, lost tickets, write-lane 429s,
+//! alerts per kind, suspensions) are the same on every run with that seed; latencies and the
+//! read lane's 429 count depend on the machine and are reported, not asserted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::api::AppState;
+use crate::clock::{Clock, Millis, SharedClock};
+use crate::config::Secret;
+use crate::driver::{Driver, DriverConfig};
+use crate::gateway::{Gateway, GatewayConfig, GatewayParts};
+use crate::ingest::webhook::WebhookSecret;
+use crate::runtime::{AdapterRuntime, RuntimeConfig};
+use crate::store::{self, ActionQuery, OutboxState, SecretKey};
+use deskgate_sim::{
+    AccountSpec, AgentPatch, AgentSpec, ContactSpec, CredKind, CredentialInfo, CredentialSpec, FaultConfig, Platform,
+    SimClock, SimConfig, SimHandle, TicketSpec, TimeoutMode, WebhookTarget,
+};
+
+/// Midnight of the demo's day: 2026-11-30 00:00 UTC.
+pub const DAY_START_MS: Millis = 1_795_996_800_000;
+const HOUR: Millis = 3_600_000;
+const MINUTE: Millis = 60_000;
+
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Seeds the workload and every injected fault.
+    pub seed: u64,
+    /// Real seconds the 24-hour day takes.
+    pub day_seconds: f64,
+    /// Accounts per platform.
+    pub accounts: u32,
+    /// New tickets per hour per account.
+    pub tickets_per_hour: u32,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self { seed: 42, day_seconds: 120.0, accounts: 2, tickets_per_hour: 600 }
+    }
+}
+
+impl DemoOptions {
+    /// Day-clock milliseconds per real millisecond.
+    pub fn rate(&self) -> f64 {
+        86_400.0 / self.day_seconds.max(1.0)
+    }
+}
+
+/// p50 and p99, milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+
+/// 429 answers the platforms gave deskgate, per lane.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct LaneCounts {
+    /// Reads (GET).
+    pub read: u64,
+    /// Writes (POST, PUT, PATCH, DELETE).
+    pub write: u64,
+}
+
+/// One connection's line in the report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionReport {
+    /// The connection id.
+    pub id: String,
+    /// Its platform.
+    pub platform: String,
+    /// What the demo does to it.
+    pub scenario: String,
+    /// Tickets the simulator created.
+    pub tickets_created: u64,
+    /// Distinct tickets the app received.
+    pub tickets_delivered: u64,
+    /// Resolutions confirmed on the platform.
+    pub resolutions_confirmed: u64,
+    /// State at the end.
+    pub state: String,
+}
+
+/// The demo's report (`--json FILE` writes it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DemoReport {
+    /// The seed.
+    pub seed: u64,
+    /// Day-clock hours played.
+    pub hours: u32,
+    /// Real seconds the run took (set-up and drain included).
+    pub wall_seconds: f64,
+    /// Tickets the simulators created.
+    pub tickets_created: u64,
+    /// Distinct tickets the app received as events.
+    pub tickets_delivered: u64,
+    /// Resolutions the app submitted (accepted by the API).
+    pub resolutions_submitted: u64,
+    /// Resolutions confirmed on the platform.
+    pub resolutions_confirmed: u64,
+    /// Resolutions still queued or failed at the end (explained by alerts).
+    pub resolutions_unsettled: u64,
+    /// The unsettled ones by state, with one example of why for each.
+    pub unsettled_by_state: BTreeMap<String, (u64, String)>,
+    /// Writes applied twice to one ticket, as the simulators' write logs count them.
+    pub duplicate_writes: u64,
+    /// Tickets created but never delivered to the app.
+    pub lost_tickets: u64,
+    /// 429s deskgate received, per lane.
+    pub responses_429: LaneCounts,
+    /// 429s the other clients of the same accounts received during storms.
+    pub storm_responses_429: u64,
+    /// Alerts raised, per kind.
+    pub alerts: BTreeMap<String, u64>,
+    /// Alerts delivered to the admin contact (its HTTP endpoint).
+    pub alerts_delivered: u64,
+    /// Suspensions (connection.suspended events).
+    pub suspensions: u64,
+    /// Resumptions (connection.resumed events).
+    pub resumptions: u64,
+    /// Changes the reconciliation sweeps caught that webhooks had missed.
+    pub reconciliation_catches: u64,
+    /// Webhook deliveries the simulators dropped on purpose.
+    pub webhooks_dropped: u64,
+    /// OAuth refreshes that succeeded.
+    pub token_refreshes: u64,
+    /// Submit to confirmed, real milliseconds (the day's clock runs faster; see `rate`).
+    pub resolution_latency_ms: Percentiles,
+    /// Day-clock milliseconds per real millisecond.
+    pub rate: f64,
+    /// Per connection.
+    pub connections: Vec<ConnectionReport>,
+    /// The injected failures and what deskgate did about each.
+    pub failures: Vec<FailureNote>,
+}
+
+/// One injected failure and how it was handled.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureNote {
+    /// When (day clock, `HH:MM`).
+    pub at: String,
+    /// What was injected.
+    pub injected: String,
+    /// What deskgate did (from the store's alerts and events).
+    pub handled: String,
+}
+
+/// A clock adapter so the gateway reads the simulators' (compressed) time.
+#[derive(Debug, Clone)]
+struct DemoClock(SimClock);
+
+impl Clock for DemoClock {
+    fn now_ms(&self) -> Millis {
+        self.0.now_ms()
+    }
+    fn real_wait(&self, ms: Millis) -> Duration {
+        self.0.real_wait(ms)
+    }
+}
+
+/// A small deterministic generator (SplitMix64), so the workload depends only on the seed.
+#[derive(Debug, Clone)]
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The account and connection of one demo tenant.
+#[derive(Debug, Clone)]
+struct Tenant {
+    conn: String,
+    platform: Platform,
+    sim: usize,
+    account: u64,
+    customer: u64,
+    cred: CredentialInfo,
+    scenario: &'static str,
+    /// The agent whose privilege is missing, for the scope scenario.
+    restricted_agent: Option<u64>,
+}
+
+fn hhmm(ms: Millis) -> String {
+    let m = (ms - DAY_START_MS).div_euclid(MINUTE);
+    format!("{:02}:{:02}", m / 60, m % 60)
+}
+
+fn secret_for(platform: Platform, cred: &CredentialInfo) -> store::CredentialSecret {
+    let fields = |pairs: &[(&str, &str)]| store::CredentialSecret::ApiKey {
+        fields: pairs.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
+    };
+    match platform {
+        _ if cred.kind == CredKind::Oauth => store::CredentialSecret::OAuth {
+            access_token: cred.token.clone(),
+            refresh_token: cred.refresh_token.clone(),
+            client: match (&cred.client_id, &cred.client_secret) {
+                (Some(id), Some(s)) => Some(store::OAuthClientSecret { client_id: id.clone(), client_secret: s.clone() }),
+                _ => None,
+            },
+        },
+        Platform::Zendesk => fields(&[("email", &cred.email), ("token", &cred.token)]),
+        Platform::Freshdesk => fields(&[("api_key", &cred.token)]),
+        Platform::Intercom => fields(&[("access_token", &cred.token)]),
+    }
+}
+
+/// The admin contact: counts alerts posted to it.
+async fn alert_receiver(count: Arc<AtomicU64>) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let app = axum::Router::new().route(
+        "/alerts",
+        axum::routing::post(move |_body: axum::body::Bytes| {
+            let c = count.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/alerts", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
+}
+
+/// What the automation client saw and did.
+#[derive(Debug, Default)]
+struct AppView {
+    /// Tickets delivered, per connection.
+    delivered: BTreeMap<String, BTreeSet<String>>,
+    /// Tickets submitted, per connection.
+    submitted: BTreeMap<String, BTreeSet<String>>,
+    suspended_events: u64,
+    resumed_events: u64,
+    submit_errors: u64,
+}
+
+/// The automation client: pull, resolve, acknowledge, until told to stop.
+async fn automation_client(
+    api: String,
+    token: String,
+    view: Arc<Mutex<AppView>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
+    let limiter = Arc::new(tokio::sync::Semaphore::new(48));
+    let mut cursor = 0i64;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let resp = http
+            .get(format!("{api}/v1/events?after={cursor}&limit=500&wait_ms=200"))
+            .bearer_auth(&token)
+            .send()
+            .await;
+        let body: Value = match resp {
+            Ok(r) if r.status().is_success() => r.json().await?,
+            Ok(r) => anyhow::bail!("pulling events: the gateway answered {}", r.status()),
+            Err(e) => {
+                tracing::warn!("pulling events: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        let mut submits = tokio::task::JoinSet::new();
+        for ev in &events {
+            let kind = ev["kind"].as_str().unwrap_or_default();
+            let conn = ev["connection_id"].as_str().unwrap_or_default().to_string();
+            let ticket = ev["ticket_id"].as_str().unwrap_or_default().to_string();
+            match kind {
+                "connection.suspended" => {
+                    view.lock().unwrap_or_else(|e| e.into_inner()).suspended_events += 1;
+                    continue;
+                }
+                "connection.resumed" => {
+                    view.lock().unwrap_or_else(|e| e.into_inner()).resumed_events += 1;
+                    continue;
+                }
+                _ if ticket.is_empty() => continue,
+                _ => {}
+            }
+            let first = {
+                let mut v = view.lock().unwrap_or_else(|e| e.into_inner());
+                v.delivered.entry(conn.clone()).or_default().insert(ticket.clone());
+                v.submitted.entry(conn.clone()).or_default().insert(ticket.clone())
+            };
+            // Resolve each ticket once; later events about it (our own reply, duplicates,
+            // sweeps) need nothing.
+            if !first {
+                continue;
+            }
+            let permit = limiter.clone().acquire_owned().await?;
+            let (http, api, token, view) = (http.clone(), api.clone(), token.clone(), view.clone());
+            submits.spawn(async move {
+                let _permit = permit;
+                let body = json!({
+                    "ticket_id": ticket,
+                    "action": {
+                        "type": "resolve",
+                        "reply": format!("Hello! This is resolved now (ticket {ticket}). Reply if anything is still wrong."),
+                        "status": "solved",
+                        "tags": ["deskgate-demo"],
+                    }
+                });
+                for attempt in 0..5 {
+                    let r = http
+                        .post(format!("{api}/v1/connections/{conn}/actions"))
+                        .bearer_auth(&token)
+                        .header("idempotency-key", format!("demo-{conn}-{ticket}"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status().is_success() => return,
+                        Ok(r) => tracing::warn!(attempt, status = %r.status(), "submitting a resolution"),
+                        Err(e) => tracing::warn!(attempt, "submitting a resolution: {e}"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20 << attempt)).await;
+                }
+                view.lock().unwrap_or_else(|e| e.into_inner()).submit_errors += 1;
+            });
+        }
+        while submits.join_next().await.is_some() {}
+        if let Some(last) = events.last().and_then(|e| e["id"].as_i64()) {
+            cursor = last;
+            let r = http
+                .post(format!("{api}/v1/events/ack"))
+                .bearer_auth(&token)
+                .json(&json!({ "through": cursor }))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "acknowledging events: the gateway answered {}", r.status());
+        } else if stop.has_changed().unwrap_or(true) && *stop.borrow_and_update() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Another client of the same accounts, spending most of their rate limit for a while.
+async fn storm(base_url: String, authorization: String, path: String, per_minute: u32, until: Millis, clock: SimClock) -> (u64, u64) {
+    let http = reqwest::Client::new();
+    let spacing_sim_ms = 60_000.0 / f64::from(per_minute.max(1));
+    let (mut sent, mut limited) = (0u64, 0u64);
+    let mut next = clock.now_ms() as f64;
+    while clock.now_ms() < until {
+        let now = clock.now_ms() as f64;
+        while next <= now {
+            next += spacing_sim_ms;
+            if let Ok(r) = http.get(format!("{base_url}{path}")).header("authorization", &authorization).send().await {
+                sent += 1;
+                if r.status().as_u16() == 429 {
+                    limited += 1;
+                }
+            }
+        }
+        tokio::time::sleep(clock.real_wait((next - now) as Millis).min(Duration::from_millis(5))).await;
+    }
+    (sent, limited)
+}
+
+/// Run the demo. `progress` gets one line per day-clock hour and per injected failure.
+///
+/// # Errors
+/// When a part cannot start (ports, the store, the adapters) or the gateway misbehaves
+/// (the API refuses the demo's own valid requests).
+#[allow(clippy::too_many_lines)]
+pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> anyhow::Result<DemoReport> {
+    let started = Instant::now();
+    let rate = opts.rate();
+    let clock = SimClock::with_rate(Some(DAY_START_MS), true, rate);
+    let gw_clock: SharedClock = Arc::new(DemoClock(clock.clone()));
+
+    // The simulators, on one clock.
+    let mut sims: Vec<SimHandle> = Vec::new();
+    for (i, p) in [Platform::Zendesk, Platform::Freshdesk, Platform::Intercom].into_iter().enumerate() {
+        let mut cfg = SimConfig::new(p).seed(opts.seed.wrapping_add(i as u64)).shared_clock(clock.clone());
+        cfg.request_log_capacity = 2_000_000;
+        sims.push(deskgate_sim::start(cfg).await.with_context(|| format!("starting the {p} simulator"))?);
+    }
+
+    // The gateway on a temporary SQLite file.
+    let dir = std::env::temp_dir().join(format!("deskgate-demo-{}-{}", std::process::id(), opts.seed));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key_bytes: [u8; 32] = std::array::from_fn(|i| (opts.seed.wrapping_mul(31).wrapping_add(i as u64) & 0xff) as u8);
+    // A throwaway store: commits survive a crash of deskgate but are not fsynced one by one
+    // (`deskgate serve` keeps the default, synchronous=full).
+    let url = format!("sqlite://{}?synchronous=normal", dir.join("deskgate.db").display());
+    let store = store::open(&url, SecretKey::from_bytes(key_bytes)).await?;
+    let mut rt = AdapterRuntime::new(RuntimeConfig {
+        cache_dir: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("deskgate")),
+        ..RuntimeConfig::default()
+    })?;
+    rt.load_builtin()?;
+    let adapters: Vec<_> = rt.adapters().cloned().collect();
+    let api_token = format!("demo-{:016x}", Rng(opts.seed).next());
+    let state = AppState::new(store.clone(), gw_clock.clone(), Secret::new(api_token.clone()), adapters.clone());
+    let alerts_posted = Arc::new(AtomicU64::new(0));
+    let (alert_url, alert_task) = alert_receiver(alerts_posted.clone()).await?;
+    let mut config = GatewayConfig { owner: "demo".into(), tick: Duration::from_millis(20), ..GatewayConfig::default() };
+    // Real-time waits the compressed clock cannot shorten: keep them short so a day of
+    // minutes is not held up by a poll interval meant for wall-clock hours.
+    config.outbox.poll_interval = Duration::from_millis(10);
+    // Leases and the wait for fixed credentials are on the day's clock: stretch them so they
+    // mean in real time what they mean in production (a lease outlives a send; a write that met
+    // a 401 waits out the operator's fix).
+    let day = |real_secs: f64| Duration::from_secs_f64(real_secs * rate);
+    config.outbox.lease_for = day(60.0);
+    config.outbox.auth_wait = Duration::from_secs(6 * 3600);
+    config.timer_lease = day(10.0);
+    config.alerts.retry_base = Duration::from_secs(10);
+    let gateway = Gateway::new(GatewayParts {
+        store: store.clone(),
+        clock: gw_clock.clone(),
+        driver: Driver::new(DriverConfig::default())?,
+        adapters,
+        inbox: state.inbox().clone(),
+        metrics: state.ingest_metrics().clone(),
+        config,
+    })?;
+    let state = state.with_control(Arc::new(gateway.clone()));
+    let routes = state.webhook_routes().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api = format!("http://{}", listener.local_addr()?);
+    let (server_stop_tx, server_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, crate::api::app(state))
+            .with_graceful_shutdown(async move {
+                let _ = server_stop_rx.await;
+            })
+            .await;
+    });
+    let http = reqwest::Client::new();
+
+    // The tenants: `accounts` per platform, each connected through the API.
+    let mut tenants: Vec<Tenant> = Vec::new();
+    for (si, sim) in sims.iter().enumerate() {
+        let p = sim.platform();
+        for k in 1..=opts.accounts {
+            let conn = format!("{p}-{k}");
+            let account = sim.create_account(AccountSpec { name: Some(conn.clone()), ..AccountSpec::default() })?.id;
+            let admin = sim.create_agent(
+                account,
+                AgentSpec { name: Some("Ada Admin".into()), email: Some(format!("ada@{conn}.example.com")), role: Some("admin".into()) },
+            )?;
+            let customer = sim
+                .create_contact(account, ContactSpec { name: Some("Casey Customer".into()), email: Some(format!("casey@{conn}.example.org")), role: None })?
+                .id;
+            let (scenario, spec, restricted) = match (p, k) {
+                (Platform::Zendesk, 1) => (
+                    "OAuth token expiring at 02:00; refresh token revoked at 10:00, fixed by the operator at 11:00",
+                    CredentialSpec { kind: Some(CredKind::Oauth), agent_id: Some(admin.id), access_ttl_secs: Some(2 * 3600), refresh_ttl_secs: Some(30 * 86_400), ..CredentialSpec::default() },
+                    None,
+                ),
+                (Platform::Freshdesk, 2) => {
+                    let agent = sim.create_agent(
+                        account,
+                        AgentSpec { name: Some("Alan Agent".into()), email: Some(format!("alan@{conn}.example.com")), role: Some("agent".into()) },
+                    )?;
+                    sim.update_agent(account, agent.id, AgentPatch { remove_privileges: vec!["edit_ticket_properties".into()], ..AgentPatch::default() })?;
+                    (
+                        "API key without the status permission until 05:00",
+                        CredentialSpec { agent_id: Some(agent.id), ..CredentialSpec::default() },
+                        Some(agent.id),
+                    )
+                }
+                (Platform::Intercom, _) => ("access token checked every 4 hours", CredentialSpec { agent_id: Some(admin.id), ..CredentialSpec::default() }, None),
+                _ => ("API token; 429 storms from other clients", CredentialSpec { agent_id: Some(admin.id), ..CredentialSpec::default() }, None),
+            };
+            let cred = sim.create_credential(account, spec)?;
+            let webhook_secret = format!("whsec-{conn}-{:x}", Rng(opts.seed ^ account).next());
+            routes.set_secret(conn.clone(), WebhookSecret { secret: webhook_secret.clone().into_bytes(), allow_unsigned: false });
+            sim.set_webhook(account, Some(WebhookTarget { url: format!("{api}/webhooks/{conn}"), secret: webhook_secret }))?;
+            let expires_in = cred.expires_at_ms.map(|x| ((x - clock.now_ms()) / 1000).max(0));
+            let r = http
+                .post(format!("{api}/v1/connections"))
+                .bearer_auth(&api_token)
+                .json(&json!({
+                    "id": conn,
+                    "platform": p.to_string(),
+                    "base_url": sim.base_url(),
+                    "display_name": format!("{p} account {k}"),
+                    "admin_contact_url": alert_url,
+                    "credentials": secret_for(p, &cred),
+                    "expires_in": expires_in,
+                }))
+                .send()
+                .await?;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            anyhow::ensure!(status.is_success(), "connecting {conn}: {status} {body}");
+            progress(&format!(
+                "00:00 connected {conn:<12} {:<13} {}",
+                body["state"].as_str().unwrap_or("?"),
+                if body["state"] == "live" { String::new() } else { "(scope probe failed: see the scope-missing alert)".into() }
+            ));
+            tenants.push(Tenant { conn, platform: p, sim: si, account, customer, cred, scenario, restricted_agent: restricted });
+        }
+    }
+    for sim in &sims {
+        sim.set_faults(FaultConfig {
+            webhook_drop: 0.20,
+            webhook_duplicate: 0.05,
+            webhook_reorder: 0.05,
+            timeout_after_apply: if std::env::var_os("DEMO_NO_TIMEOUT").is_some() { 0.0 } else { 0.02 },
+            timeout_mode: TimeoutMode::Close,
+            ..FaultConfig::default()
+        })?;
+    }
+
+    // The workload: each account's tickets over the day, at seeded times.
+    let mut rng = Rng(opts.seed);
+    let per_day = u64::from(opts.tickets_per_hour) * 24;
+    let mut arrivals: Vec<(Millis, usize)> = Vec::new();
+    for (ti, _) in tenants.iter().enumerate() {
+        let spacing = (24 * HOUR) as u64 / per_day.max(1);
+        for n in 0..per_day {
+            let at = DAY_START_MS + (n * spacing) as Millis + rng.below(spacing) as Millis;
+            arrivals.push((at, ti));
+        }
+    }
+    arrivals.sort_unstable();
+
+    // The app, the gateway's timers, and the clock: go.
+    gateway.sync().await?;
+    gateway.spawn();
+    let view = Arc::new(Mutex::new(AppView::default()));
+    let (app_stop_tx, app_stop_rx) = tokio::sync::watch::channel(false);
+    let app = tokio::spawn(automation_client(api.clone(), api_token.clone(), view.clone(), app_stop_rx));
+    clock.set_frozen(false);
+
+    let mut failures: Vec<FailureNote> = Vec::new();
+    let mut created: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut storms: Vec<tokio::task::JoinHandle<(u64, u64)>> = Vec::new();
+    let mut next_arrival = 0usize;
+    let mut next_hour = DAY_START_MS + HOUR;
+    let day_end = DAY_START_MS + 24 * HOUR;
+    let mut events: BTreeSet<&'static str> = BTreeSet::new();
+    let zd1 = tenants.iter().position(|t| t.platform == Platform::Zendesk && t.cred.kind == CredKind::Oauth);
+    let fd2 = tenants.iter().position(|t| t.restricted_agent.is_some());
+    loop {
+        let now = clock.now_ms();
+        while next_arrival < arrivals.len() && arrivals[next_arrival].0 <= now {
+            let (_, ti) = arrivals[next_arrival];
+            next_arrival += 1;
+            let t = &tenants[ti];
+            let n = created.get(&t.conn).map_or(0, Vec::len) + 1;
+            let spec = TicketSpec {
+                subject: Some(format!("{} question #{n}", t.conn)),
+                body: Some(format!("Hi, this is question #{n} for {}. Can you help?", t.conn)),
+                requester_id: Some(t.customer),
+                ..TicketSpec::default()
+            };
+            let ticket = sims[t.sim].create_ticket(t.account, spec)?;
+            let id = ticket["id"].as_u64().or_else(|| ticket["id"].as_str().and_then(|s| s.parse().ok())).unwrap_or_default();
+            created.entry(t.conn.clone()).or_default().push(id);
+        }
+        // The failure schedule.
+        let at = |h: Millis, m: Millis| DAY_START_MS + h * HOUR + m * MINUTE;
+        if let Some(i) = fd2
+            && now >= at(5, 0)
+            && events.insert("rescope")
+        {
+            let t = &tenants[i];
+            sims[t.sim].update_agent(t.account, t.restricted_agent.unwrap_or_default(), AgentPatch { add_privileges: vec!["edit_ticket_properties".into()], ..AgentPatch::default() })?;
+            let r = http.post(format!("{api}/v1/connections/{}/probe", t.conn)).bearer_auth(&api_token).send().await?;
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let passed = body["report"]["passed"].as_bool().unwrap_or(false);
+            progress(&format!("{} operator restored edit_ticket_properties on {} and probed: {}", hhmm(now), t.conn, if passed { "passed, live" } else { "still failing" }));
+            failures.push(FailureNote {
+                at: "00:00".into(),
+                injected: format!("{}: API key without the status permission", t.conn),
+                handled: format!("scope probe failed at connect, scope-missing alert named the privilege; nothing written; operator re-scoped and probed at {}, probe {}", hhmm(now), if passed { "passed and queued resolutions drained" } else { "failed" }),
+            });
+        }
+        for (h, name) in [(6, "storm-06"), (13, "storm-13"), (19, "storm-19")] {
+            if now >= at(h, 0) && events.insert(name) {
+                progress(&format!("{} 429 storm: other clients of the same accounts spend 60% of each rate limit for 30 minutes", hhmm(now)));
+                for t in &tenants {
+                    let sim = &sims[t.sim];
+                    let noisy = sim.create_credential(t.account, CredentialSpec::default())?;
+                    // 60% of each plan's per-minute limit (Zendesk Professional 400, Freshdesk
+                    // Pro 400, Intercom 10,000): heavy, but it leaves deskgate room, as a
+                    // neighbour that did not leave any would make 429s unavoidable for anyone.
+                    let (path, per_minute) = match t.platform {
+                        Platform::Zendesk => ("/api/v2/users/me.json", 240),
+                        Platform::Freshdesk => ("/api/v2/agents/me", 240),
+                        Platform::Intercom => ("/me", 6_000),
+                    };
+                    storms.push(tokio::spawn(storm(sim.base_url(), noisy.authorization.clone(), path.into(), per_minute, at(h, 30), clock.clone())));
+                }
+                failures.push(FailureNote {
+                    at: hhmm(at(h, 0)),
+                    injected: "429 storm: other clients of every account spend 60% of its rate limit for 30 minutes".into(),
+                    handled: "budgets corrected from the platforms' rate headers; reads waited, writes kept their reserved share".into(),
+                });
+            }
+        }
+        if let Some(i) = zd1
+            && now >= at(10, 0)
+            && events.insert("revoke")
+        {
+            let t = &tenants[i];
+            let sim = &sims[t.sim];
+            // The pair in use now is the refreshed one: revoke every OAuth credential of the account.
+            let mut revoked = 0;
+            for c in 1..=64u64 {
+                match sim.credential(t.account, c) {
+                    Ok(info) if info.kind == CredKind::Oauth && !info.revoked => {
+                        sim.revoke_credential(t.account, c)?;
+                        revoked += 1;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            progress(&format!("{} revoked {}'s OAuth grant ({revoked} token pair(s)): the next refresh is refused", hhmm(now), t.conn));
+        }
+        // The operator acts on the alert: at 11:00, or when the suspension comes (if deskgate only
+        // met the revoked grant later).
+        let zd1_suspended = match zd1 {
+            Some(i) if now >= at(11, 0) && !events.contains("reauth") => {
+                matches!(store.get_connection(&tenants[i].conn).await?.map(|c| c.state), Some(crate::store::ConnectionState::Suspended { .. }))
+            }
+            _ => false,
+        };
+        if let Some(i) = zd1
+            && zd1_suspended
+            && events.insert("reauth")
+        {
+            let t = &tenants[i];
+            let sim = &sims[t.sim];
+            let fresh = sim.create_credential(
+                t.account,
+                CredentialSpec { kind: Some(CredKind::Oauth), agent_id: Some(t.cred.agent_id), access_ttl_secs: Some(2 * 3600), refresh_ttl_secs: Some(30 * 86_400), client_id: t.cred.client_id.clone(), ..CredentialSpec::default() },
+            )?;
+            let expires_in = fresh.expires_at_ms.map(|x| ((x - clock.now_ms()) / 1000).max(0));
+            let r = http
+                .put(format!("{api}/v1/connections/{}/credentials", t.conn))
+                .bearer_auth(&api_token)
+                .json(&json!({ "credentials": secret_for(t.platform, &fresh), "expires_in": expires_in }))
+                .send()
+                .await?;
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            progress(&format!("{} operator re-authenticated {}: {status}, state {}", hhmm(now), t.conn, body["state"].as_str().unwrap_or("?")));
+            let suspended_at = store
+                .list_alerts(Some(&t.conn), true, 100)
+                .await?
+                .iter()
+                .find(|a| a.kind == crate::alerts::REFRESH_FAILED || a.kind == crate::alerts::CREDENTIAL_INVALID)
+                .map(|a| hhmm(a.created_at));
+            failures.push(FailureNote {
+                at: "10:00".into(),
+                injected: format!("{}: OAuth refresh token revoked", t.conn),
+                handled: format!(
+                    "suspended with a {} alert at {}; work kept durable; operator re-authenticated at {}, deskgate validated, resumed and drained the queue",
+                    "refresh-failed/credential-invalid",
+                    suspended_at.unwrap_or_else(|| "?".into()),
+                    hhmm(now)
+                ),
+            });
+        }
+        if now >= next_hour && next_hour <= day_end {
+            let (delivered, submitted) = {
+                let v = view.lock().unwrap_or_else(|e| e.into_inner());
+                (v.delivered.values().map(BTreeSet::len).sum::<usize>(), v.submitted.values().map(BTreeSet::len).sum::<usize>())
+            };
+            let alerts = store.list_alerts(None, true, 10_000).await?.len();
+            let suspended: Vec<String> = store
+                .list_connections(false)
+                .await?
+                .into_iter()
+                .filter(|c| c.state.name() != "live")
+                .map(|c| format!("{}={}", c.id, c.state.name()))
+                .collect();
+            progress(&format!(
+                "{} created {:>6}  delivered {:>6}  resolving {:>6}  alerts {:>3}  {}",
+                hhmm(next_hour),
+                created.values().map(Vec::len).sum::<usize>(),
+                delivered,
+                submitted,
+                alerts,
+                if suspended.is_empty() { "all live".to_string() } else { suspended.join(" ") }
+            ));
+            next_hour += HOUR;
+        }
+        if now >= day_end && next_arrival >= arrivals.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if let Some(i) = zd1 {
+        failures.insert(0, FailureNote {
+            at: "02:00".into(),
+            injected: format!("{}: OAuth access token expires", tenants[i].conn),
+            handled: "refreshed at 80% of its lifetime (01:36), before it expired; the rotated pair was stored before use".into(),
+        });
+    }
+    failures.push(FailureNote {
+        at: "all day".into(),
+        injected: "20% of webhooks lost, 5% duplicated, 5% reordered; 2% of writes time out after landing".into(),
+        handled: "duplicates dropped by event key; sweeps every 5-10 minutes caught the lost ones; timed-out writes read back before any retry".into(),
+    });
+
+    // Drain: the day's last tickets may have lost their webhook; the sweeps run on.
+    let total_created: usize = created.values().map(Vec::len).sum();
+    // Until everything is delivered and settled; stop early only when nothing moved for a while
+    // (the report then says what is left, and why).
+    let drain_deadline = clock.now_ms() + 12 * HOUR;
+    let mut last_progress = (0usize, usize::MAX, Instant::now());
+    loop {
+        let delivered: usize = view.lock().unwrap_or_else(|e| e.into_inner()).delivered.values().map(BTreeSet::len).sum();
+        let in_flight = store
+            .list_actions(&ActionQuery { connection_id: None, ticket_id: None, in_flight_only: true, after_id: 0, limit: 10_000 })
+            .await?
+            .len();
+        if delivered >= total_created && in_flight == 0 {
+            break;
+        }
+        if (delivered, in_flight) != (last_progress.0, last_progress.1) {
+            last_progress = (delivered, in_flight, Instant::now());
+        }
+        if clock.now_ms() >= drain_deadline || last_progress.2.elapsed() > Duration::from_secs(20) {
+            progress(&format!("{} drain stopped: {delivered} of {total_created} tickets delivered, {in_flight} resolution(s) in flight", hhmm(clock.now_ms())));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let end = clock.now_ms();
+    progress(&format!("{} (next day) drained; stopping", hhmm(end)));
+    if std::env::var_os("DESKGATE_DEMO_DEBUG").is_some() {
+        for (id, snap) in gateway.budgets().snapshots() {
+            eprintln!("gate {id}: {snap:#?}");
+        }
+    }
+    let _ = app_stop_tx.send(true);
+    let _ = app.await;
+    let mut storm_429 = 0;
+    for s in storms {
+        if let Ok((_, limited)) = s.await {
+            storm_429 += limited;
+        }
+    }
+    gateway.shutdown().await;
+    let _ = server_stop_tx.send(());
+    let _ = server.await;
+    alert_task.abort();
+
+    // The report.
+    let view = std::mem::take(&mut *view.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut report = DemoReport { seed: opts.seed, hours: 24, rate, failures, ..DemoReport::default() };
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut after = 0;
+    let mut confirmed_per: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let page = store
+            .list_actions(&ActionQuery { connection_id: None, ticket_id: None, in_flight_only: false, after_id: after, limit: 1000 })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for e in &page {
+            report.resolutions_submitted += 1;
+            if e.state == OutboxState::Confirmed {
+                report.resolutions_confirmed += 1;
+                *confirmed_per.entry(e.connection_id.clone()).or_default() += 1;
+                latencies.push((e.updated_at - e.created_at) as f64 / rate);
+            } else {
+                report.resolutions_unsettled += 1;
+                let entry = report.unsettled_by_state.entry(format!("{:?}", e.state).to_lowercase()).or_insert((0, String::new()));
+                entry.0 += 1;
+                if entry.1.is_empty() {
+                    entry.1 = format!("{} ticket {}: attempts {}, due in {} ms, result {}", e.connection_id, e.ticket_id, e.attempts, e.not_before - end, e.result.clone().unwrap_or_default());
+                }
+            }
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
+    report.resolution_latency_ms = Percentiles { p50: (pct(0.50) * 10.0).round() / 10.0, p99: (pct(0.99) * 10.0).round() / 10.0 };
+    let our_creds: BTreeSet<(usize, u64)> = BTreeSet::new();
+    let _ = our_creds;
+    for t in &tenants {
+        let sim = &sims[t.sim];
+        let made = created.get(&t.conn).cloned().unwrap_or_default();
+        let delivered = view.delivered.get(&t.conn).cloned().unwrap_or_default();
+        let lost = made.iter().filter(|id| !delivered.contains(&id.to_string())).count() as u64;
+        report.tickets_created += made.len() as u64;
+        report.tickets_delivered += made.len() as u64 - lost;
+        report.lost_tickets += lost;
+        // Duplicates: a kind of write applied more than once to one ticket.
+        let mut per: BTreeMap<(u64, String), u64> = BTreeMap::new();
+        for w in sim.writes(t.account, None)? {
+            // The kind of write (its variant), not its content: a second reply is a duplicate
+            // whatever it says.
+            let kind = format!("{:?}", w.kind);
+            let kind = kind.split([' ', '{', '(']).next().unwrap_or_default().to_string();
+            *per.entry((w.ticket_id, kind)).or_default() += 1;
+        }
+        report.duplicate_writes += per.values().map(|n| n.saturating_sub(1)).sum::<u64>();
+        // deskgate's 429s: requests with a credential the demo gave deskgate (the storm clients
+        // have credentials of their own).
+        let conn = store.get_connection(&t.conn).await?;
+        report.connections.push(ConnectionReport {
+            id: t.conn.clone(),
+            platform: t.platform.to_string(),
+            scenario: t.scenario.into(),
+            tickets_created: made.len() as u64,
+            tickets_delivered: made.len() as u64 - lost,
+            resolutions_confirmed: confirmed_per.get(&t.conn).copied().unwrap_or(0),
+            state: conn.map(|c| c.state.name().to_string()).unwrap_or_default(),
+        });
+    }
+    for (si, sim) in sims.iter().enumerate() {
+        let deskgate_creds: BTreeSet<u64> = tenants
+            .iter()
+            .filter(|t| t.sim == si)
+            .flat_map(|t| {
+                (1..=64u64)
+                    .map_while(move |c| sim.credential(t.account, c).ok())
+                    .filter(|c| c.kind == CredKind::Oauth || c.id == t.cred.id)
+                    .map(|c| c.account_id * 1_000 + c.id)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for r in sim.requests(deskgate_sim::RequestFilter::default()) {
+            let (Some(acct), Some(cred)) = (r.account_id, r.credential_id) else { continue };
+            if r.status != 429 || !deskgate_creds.contains(&(acct * 1_000 + cred)) {
+                continue;
+            }
+            if r.method == "GET" {
+                report.responses_429.read += 1;
+            } else {
+                report.responses_429.write += 1;
+            }
+        }
+        report.webhooks_dropped += sim.webhook_deliveries().iter().filter(|d| d.result == "dropped").count() as u64;
+    }
+    report.storm_responses_429 = storm_429;
+    for a in store.list_alerts(None, true, 100_000).await? {
+        *report.alerts.entry(a.kind).or_default() += 1;
+    }
+    report.alerts_delivered = alerts_posted.load(Ordering::Relaxed);
+    report.suspensions = view.suspended_events;
+    report.resumptions = view.resumed_events;
+    report.reconciliation_catches = gateway.ingest_metrics().snapshot().iter().find(|(k, _)| k == "sweep_caught").map_or(0, |(_, v)| *v);
+    for t in &tenants {
+        if t.cred.kind == CredKind::Oauth
+            && let Some(c) = store.get_credential(&t.conn).await?
+        {
+            // Versions: 1 stored at connect, +1 per refresh, +1 for the operator's new pair.
+            report.token_refreshes += u64::try_from(c.version - 2).unwrap_or(0);
+        }
+    }
+    store.close().await;
+    for s in sims {
+        s.shutdown().await;
+    }
+    if std::env::var_os("DESKGATE_DEMO_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        eprintln!("store kept in {}", dir.display());
+    }
+    report.wall_seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    Ok(report)
+}
+
+impl DemoReport {
+    /// The report as a table for people.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::new();
+        let _ = writeln!(s, "\ndeskgate demo: a 24-hour day in {:.0} s (clock x{:.0}), seed {}\n", self.wall_seconds, self.rate, self.seed);
+        let _ = writeln!(s, "{:<14}{:<11}{:>9}{:>11}{:>11}  {:<10}scenario", "connection", "platform", "created", "delivered", "confirmed", "state");
+        for c in &self.connections {
+            let _ = writeln!(s, "{:<14}{:<11}{:>9}{:>11}{:>11}  {:<10}{}", c.id, c.platform, c.tickets_created, c.tickets_delivered, c.resolutions_confirmed, c.state, c.scenario);
+        }
+        let rows: Vec<(&str, String)> = vec![
+            ("tickets created", self.tickets_created.to_string()),
+            ("tickets delivered to the app", self.tickets_delivered.to_string()),
+            ("lost tickets", self.lost_tickets.to_string()),
+            ("resolutions submitted", self.resolutions_submitted.to_string()),
+            ("resolutions confirmed", self.resolutions_confirmed.to_string()),
+            ("resolutions unsettled", self.resolutions_unsettled.to_string()),
+            ("duplicate writes (simulators' count)", self.duplicate_writes.to_string()),
+            ("429s to deskgate, read lane", self.responses_429.read.to_string()),
+            ("429s to deskgate, write lane", self.responses_429.write.to_string()),
+            ("429s to the storm clients", self.storm_responses_429.to_string()),
+            ("webhooks dropped by the platforms", self.webhooks_dropped.to_string()),
+            ("caught by reconciliation sweeps", self.reconciliation_catches.to_string()),
+            ("OAuth refreshes", self.token_refreshes.to_string()),
+            ("suspensions / resumptions", format!("{} / {}", self.suspensions, self.resumptions)),
+            ("alerts", self.alerts.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")),
+            ("alerts delivered to the admin contact", self.alerts_delivered.to_string()),
+            ("resolution latency p50 / p99 (real ms)", format!("{} / {}", self.resolution_latency_ms.p50, self.resolution_latency_ms.p99)),
+        ];
+        let _ = writeln!(s);
+        for (k, v) in rows {
+            let _ = writeln!(s, "  {k:<42}{v}");
+        }
+        let _ = writeln!(s, "\ninjected failures:");
+        for f in &self.failures {
+            let _ = writeln!(s, "  {:<8}{}\n          -> {}", f.at, f.injected, f.handled);
+        }
+        s
+    }
+}
