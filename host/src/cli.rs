@@ -1,4 +1,10 @@
 //! The `deskgate` command line: the operator's verbs.
+//!
+//! `adapters`, `adapter check`, `sim` and `serve` run here; `connect`, `probe`, `status`,
+//! `alerts`, `suspend` and `resume` are clients of a running gateway's API ([`ops`]).
+
+#[path = "cli_ops.rs"]
+pub mod ops;
 
 use crate::conformance;
 use crate::runtime::{AdapterRuntime, RuntimeConfig};
@@ -34,6 +40,23 @@ pub enum Command {
     Sim(SimArgs),
     /// Run the gateway: HTTP API, webhooks and the outbox workers, configured by deskgate.toml.
     Serve(ServeArgs),
+    /// Connect a helpdesk account to a running gateway (runs the scope probe), or with --update
+    /// replace a connection's credentials.
+    Connect(ops::ConnectArgs),
+    /// Run a connection's scope probe now and print what each capability needs.
+    Probe(ops::ProbeArgs),
+    /// Show connections: suspensions first, auth, queues, budgets, alerts.
+    Status(ops::StatusArgs),
+    /// List or acknowledge alerts.
+    Alerts {
+        /// What to do with alerts.
+        #[command(subcommand)]
+        command: ops::AlertsCommand,
+    },
+    /// Suspend a connection: nothing is sent for it until it is resumed (work waits durably).
+    Suspend(ops::SuspendArgs),
+    /// Resume a suspended connection.
+    Resume(ops::ResumeArgs),
     /// Play a compressed high-volume day through three simulated helpdesks, with expired tokens,
     /// 429 storms, lost webhooks and a missing scope injected, and report what happened.
     Demo(DemoArgs),
@@ -155,6 +178,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Adapter { command: AdapterCommand::Check { component, json } } => adapter_check(component, json),
         Command::Sim(args) => sim(args),
         Command::Serve(args) => crate::serve::serve(args),
+        Command::Connect(args) => ops::run(ops::Verb::Connect(args)),
+        Command::Probe(args) => ops::run(ops::Verb::Probe(args)),
+        Command::Status(args) => ops::run(ops::Verb::Status(args)),
+        Command::Alerts { command } => ops::run(ops::Verb::Alerts(command)),
+        Command::Suspend(args) => ops::run(ops::Verb::Suspend(args)),
+        Command::Resume(args) => ops::run(ops::Verb::Resume(args)),
         Command::Demo(args) => demo(args),
         Command::Edge(args) => crate::edge::run(args),
     }

@@ -771,7 +771,7 @@ fn resolve_credentials(
                 )),
             }
         } else if v.expose().is_empty() {
-            errs.push(ConfigError::new(at(k), "the value is empty", "give the value, or use `{k}_env` to read it from the environment"));
+            errs.push(ConfigError::new(at(k), "the value is empty", format!("give the value, or use `{k}_env` to read it from the environment")));
         } else {
             fields.insert(k.clone(), v.expose().to_string());
         }
@@ -990,5 +990,50 @@ token_env = "ZENDESK_TOKEN"
         for key in ["connections.acme.platform", "connections.acme.budget_target", SECRET_KEY_ENV, API_TOKEN_ENV] {
             assert!(e.get(key).is_some(), "{key} missing from {e}");
         }
+    }
+
+    #[test]
+    fn impossible_sandbox_limits_name_the_runtime_key() {
+        let c = Config::parse(&format!("{GOOD}[runtime]\ncall_deadline_ms = 0\nmemory_cap_mb = 5000\nmax_instances = 0\n")).unwrap();
+        let e = c.runtime_config().unwrap_err();
+        for key in ["runtime.call_deadline_ms", "runtime.memory_cap_mb", "runtime.max_instances"] {
+            let x = e.get(key).unwrap_or_else(|| panic!("{key} missing from {e}"));
+            assert!(!x.fix.is_empty(), "{x}");
+        }
+        let ok = Config::parse(&format!("{GOOD}[runtime]\ncall_deadline_ms = 500\nmemory_cap_mb = 128\n")).unwrap();
+        let r = ok.runtime_config().unwrap();
+        assert_eq!((r.call_deadline, r.memory_cap), (Duration::from_millis(500), 128 << 20));
+    }
+
+    #[test]
+    fn connection_ids_that_cannot_name_a_webhook_url_are_refused() {
+        let e = errors(&GOOD.replace("[connections.acme]", "[connections.Acme-Support]").replace("connections.acme.credentials", "connections.Acme-Support.credentials"), &base_env());
+        let x = e.get("connections.Acme-Support").expect("id error");
+        assert!(x.problem.contains("lowercase") && x.fix.contains("[connections."), "{x}");
+    }
+
+    #[test]
+    fn a_secret_given_twice_or_empty_is_refused() {
+        let e = errors(&format!("api_token = \"a-long-enough-api-token\"\napi_token_env = \"X\"\n{GOOD}"), &base_env());
+        assert!(e.get("api_token").unwrap().problem.contains("both"), "{e}");
+        let e = errors(&with("webhook_secret_env = \"ACME_WH\""), &base_env());
+        assert!(e.get("connections.acme.webhook_secret").unwrap().problem.contains("both"), "{e}");
+        let e = errors(&GOOD.replace("email = \"bot@acme.com\"", "email = \"\""), &base_env());
+        let x = e.get("connections.acme.credentials.email").expect("empty field");
+        assert!(x.fix.contains("`email_env`"), "the fix names the key: {x}");
+        let e = errors(&format!("store = \"  \"\n{GOOD}"), &base_env());
+        assert!(e.get("store").is_some(), "{e}");
+    }
+
+    #[test]
+    fn credential_schemes_are_checked() {
+        let e = errors(&GOOD.replace("email = \"bot@acme.com\"", "scheme = \"kerberos\""), &base_env());
+        let x = e.get("connections.acme.credentials.scheme").expect("scheme error");
+        assert!(x.problem.contains("kerberos") && x.fix.contains("oauth"), "{x}");
+        let e = errors(&GOOD.replace("email = \"bot@acme.com\"", "scheme = \"oauth\""), &base_env());
+        assert!(e.get("connections.acme.credentials.access_token").is_some(), "{e}");
+        let oauth = GOOD.replace("email = \"bot@acme.com\"\ntoken_env = \"ZENDESK_TOKEN\"", "scheme = \"oauth\"\naccess_token_env = \"ZENDESK_TOKEN\"");
+        let v = Config::parse(&oauth).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert!(matches!(v.connections[0].credentials, Some(CredentialSecret::OAuth { .. })));
     }
 }

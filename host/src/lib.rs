@@ -31,9 +31,12 @@
 //!   the key, the problem and the fix; secrets redacted.
 //! - [`api`]: the HTTP API (`app()` factory, bearer auth, one `ApiError`, OpenAPI document,
 //!   metrics, health).
+//! - [`status`]: the live status registry (budget gates, credential timers, per-connection
+//!   counters) the supervisor fills and `/metrics`, `/v1/status` and the dashboard read.
 //! - [`edge`]: `deskgate edge`: serves the Spin edge component (`components/edge`) with
 //!   `wasmtime-wasi-http`, as Spin would.
 //! - [`cli`]: the `deskgate` command line.
+//! - [`client`]: a client of a running gateway's API (the CLI's operator verbs use it).
 //! - [`serve`]: `deskgate serve`: config, store, adapters, workers, the API, graceful shutdown.
 //!
 //! # Example
@@ -56,6 +59,7 @@ pub mod bindings;
 pub mod budget;
 pub mod builtin;
 pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod conformance;
 pub mod demo;
@@ -68,4 +72,5 @@ pub mod probe;
 pub mod ingest;
 pub mod runtime;
 pub mod serve;
+pub mod status;
 pub mod store;

@@ -129,7 +129,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             inbox: state.inbox().clone(),
             metrics: state.ingest_metrics().clone(),
             config,
-        })?;
+        })?
+        .with_status(state.status().clone());
         // Attach every connection (credential recovery, probes of pending ones), then start
         // the timers: refresh, health checks, sweeps, alert delivery.
         let attached = gateway.sync().await?;

@@ -7,11 +7,22 @@
 //!
 //! # Authentication
 //!
-//! Everything except `/healthz`, `/readyz`, `/openapi.json` and `/webhooks/{connection}` needs
-//! `Authorization: Bearer <token>`. The token is compared in constant time (`subtle`), so timing
+//! Everything except `/healthz`, `/readyz`, `/openapi.json`, `/webhooks/{connection}` and the
+//! dashboard's own routes (`/`, `/login`, `/logout`) needs `Authorization: Bearer <token>`. The token is compared in constant time (`subtle`), so timing
 //! does not reveal how much of a guess was right. Webhooks authenticate by their signature
 //! instead ([`crate::ingest::webhook`]). `/metrics` needs the token too: its labels name
 //! connections.
+//!
+//! The dashboard (`GET /`, see `api/dashboard.rs`) cannot use a bearer header: it signs
+//! in with the same token through a form and keeps a signed, expiring, `HttpOnly` session cookie;
+//! without one it shows only the sign-in form (401).
+//!
+//! # Live figures
+//!
+//! Budgets, gate queues, credential timers and per-connection counters come from the
+//! [`crate::status::StatusRegistry`] installed with [`AppState::with_status`]; everything else
+//! from the store. `GET /v1/status` is that view as JSON, `GET /` renders it, `/metrics`
+//! exposes it.
 //!
 //! # Errors
 //!
@@ -35,13 +46,16 @@
 //! connection as soon as it is created. Without one (tests of the API alone) those routes answer
 //! 503 `no_gateway`.
 
+pub(crate) mod dashboard;
 mod error;
+mod metrics;
+mod view;
 pub mod edge_ingest;
 
+pub use dashboard::{SESSION_COOKIE, SESSION_MS, session_valid, session_value};
 pub use error::ApiError;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +79,7 @@ use crate::ingest::webhook::{StoreRoutes, WebhookIngestor, webhook_routes};
 use crate::ingest::{IngestMetrics, Inbox};
 use crate::outbox::{ActionRecord, Outbox, OutboxConfig};
 use crate::runtime::Adapter;
+use crate::status::{SharedStatus, StatusRegistry};
 use crate::store::{
     Connection, ConnectionState, CredentialSecret, Expect, NewConnection, Pull, SharedStore,
 };
@@ -79,6 +94,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/"),
+    ("POST", "/login"),
+    ("POST", "/logout"),
+    ("GET", "/v1/status"),
     ("GET", "/v1/connections"),
     ("POST", "/v1/connections"),
     ("GET", "/v1/connections/{id}"),
@@ -173,6 +192,7 @@ struct Inner {
     ingest_metrics: Arc<IngestMetrics>,
     adapters: BTreeMap<String, Arc<Adapter>>,
     connect_hook: Option<Arc<dyn ConnectHook>>,
+    status: SharedStatus,
     control: Option<Arc<dyn ConnectionControl>>,
     replica: Option<Replica>,
 }
@@ -223,6 +243,7 @@ impl AppState {
                 adapters,
                 connect_hook: None,
                 replica: None,
+                status: StatusRegistry::shared(),
                 control: None,
             }),
         }
@@ -246,6 +267,22 @@ impl AppState {
         Arc::get_mut(&mut self.inner).expect("set the replica before sharing the state").replica =
             Some(Replica { id: replica_id.to_owned(), shared });
         self
+    }
+
+    /// Read live figures (budget gates, credential timers, counters) from `status`, the registry
+    /// the supervisor registers each connection's parts into (see [`crate::status`]). Without
+    /// this, the state holds an empty registry of its own ([`AppState::status`]).
+    ///
+    /// # Panics
+    /// If called after the state was cloned.
+    pub fn with_status(mut self, status: SharedStatus) -> Self {
+        Arc::get_mut(&mut self.inner).expect("set the status registry before sharing the state").status = status;
+        self
+    }
+
+    /// The live status registry the API reads (and counts duplicate submissions into).
+    pub fn status(&self) -> &SharedStatus {
+        &self.inner.status
     }
 
     /// Act on running connections through `control` (see the module docs).
@@ -284,9 +321,13 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/", get(dashboard::page))
+        .route("/login", post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
         .route("/v1/ingest/{connection}", post(edge_ingest::ingest));
     let authed = Router::new()
         .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
         .route("/v1/connections", get(list_connections).post(create_connection))
         .route("/v1/connections/{id}", get(get_connection).delete(delete_connection))
         .route("/v1/connections/{id}/credentials", axum::routing::put(put_credentials))
@@ -399,82 +440,50 @@ async fn openapi() -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    use std::sync::atomic::Ordering::Relaxed;
     let s = &state.inner;
-    let mut out = String::new();
-    let conns = s.store.list_connections(false).await?;
-    let mut by_state: BTreeMap<&str, u64> =
-        ["pending_probe", "live", "suspended"].into_iter().map(|k| (k, 0)).collect();
-    for c in &conns {
-        *by_state.entry(c.state.name()).or_default() += 1;
-    }
-    out.push_str("# HELP deskgate_connections Connections by state (deleted excluded).\n# TYPE deskgate_connections gauge\n");
-    for (k, n) in &by_state {
-        let _ = writeln!(out, "deskgate_connections{{state=\"{k}\"}} {n}");
-    }
-    // In-flight outbox entries by state (paged; a store-side count is a requested store change).
+    let view = view::build(&s.store, &s.status.snapshot(), s.clock.now_ms()).await?;
+    // In-flight outbox entries by state, gateway-wide (kept from the first metrics set).
     let mut in_flight: BTreeMap<&'static str, u64> =
         ["pending", "sent", "ambiguous"].into_iter().map(|k| (k, 0)).collect();
-    let mut after_id = 0;
-    for _ in 0..100 {
-        let page = s
-            .store
-            .list_actions(&crate::store::ActionQuery { in_flight_only: true, after_id, limit: 100, ..Default::default() })
-            .await?;
-        for e in &page {
-            *in_flight.entry(e.state.name()).or_default() += 1;
-        }
-        match page.last() {
-            Some(e) if page.len() == 100 => after_id = e.id,
-            _ => break,
+    for c in &view.connections {
+        for (k, n) in &c.queues.outbox {
+            *in_flight.entry(k).or_default() += n;
         }
     }
-    out.push_str("# HELP deskgate_outbox_in_flight Outbox entries still owed an outcome, by state.\n# TYPE deskgate_outbox_in_flight gauge\n");
-    for (k, n) in &in_flight {
-        let _ = writeln!(out, "deskgate_outbox_in_flight{{state=\"{k}\"}} {n}");
-    }
-    out.push_str("# HELP deskgate_inbox_pending Inbox events not yet acknowledged by the app.\n# TYPE deskgate_inbox_pending gauge\n");
-    for c in &conns {
-        let n = s.store.inbox_pending(&c.id).await?;
-        let _ = writeln!(out, "deskgate_inbox_pending{{connection=\"{}\"}} {n}", label(&c.id));
-    }
+    let open_alerts = s.store.list_alerts(None, false, 10_000).await?;
+    let extra = metrics::Extra {
+        in_flight,
+        open_alerts: &open_alerts,
+        adapters: s
+            .adapters
+            .iter()
+            .map(|(id, a)| (id.clone(), a.stats().calls.load(Relaxed), a.stats().call_errors.load(Relaxed)))
+            .collect(),
+        ingest: s.ingest_metrics.snapshot(),
+    };
+    let mut out = metrics::render(&view, &extra);
+    use std::fmt::Write as _;
     if let Some(r) = &s.replica {
         out.push_str("# HELP deskgate_replica_info This replica's id.\n# TYPE deskgate_replica_info gauge\n");
-        let _ = writeln!(out, "deskgate_replica_info{{replica=\"{}\"}} 1", label(&r.id));
+        let _ = writeln!(out, "deskgate_replica_info{{replica=\"{}\"}} 1", metrics::label(&r.id));
         if let Some(sh) = &r.shared {
             let st = sh.status();
             out.push_str("# HELP deskgate_shared_budget_up Whether the shared budget backend answered the last call.\n# TYPE deskgate_shared_budget_up gauge\n");
-            let _ = writeln!(out, "deskgate_shared_budget_up{{replica=\"{}\"}} {}", label(&r.id), u8::from(st.up));
+            let _ = writeln!(out, "deskgate_shared_budget_up{{replica=\"{}\"}} {}", metrics::label(&r.id), u8::from(st.up));
             out.push_str("# HELP deskgate_shared_budget_outages_total Outages of the shared budget backend seen by this replica.\n# TYPE deskgate_shared_budget_outages_total counter\n");
-            let _ = writeln!(out, "deskgate_shared_budget_outages_total{{replica=\"{}\"}} {}", label(&r.id), st.outages);
+            let _ = writeln!(out, "deskgate_shared_budget_outages_total{{replica=\"{}\"}} {}", metrics::label(&r.id), st.outages);
         }
     }
-    let alerts = s.store.list_alerts(None, false, 10_000).await?;
-    out.push_str("# HELP deskgate_alerts_open Alerts not yet acknowledged.\n# TYPE deskgate_alerts_open gauge\n");
-    let _ = writeln!(out, "deskgate_alerts_open {}", alerts.len());
-    out.push_str("# HELP deskgate_adapter_calls_total Calls into each adapter component.\n# TYPE deskgate_adapter_calls_total counter\n");
-    use std::sync::atomic::Ordering::Relaxed;
-    for (id, a) in &s.adapters {
-        let _ = writeln!(out, "deskgate_adapter_calls_total{{adapter=\"{}\"}} {}", label(id), a.stats().calls.load(Relaxed));
-    }
-    out.push_str("# HELP deskgate_adapter_call_errors_total Adapter calls that trapped or overran a limit.\n# TYPE deskgate_adapter_call_errors_total counter\n");
-    for (id, a) in &s.adapters {
-        let _ = writeln!(out, "deskgate_adapter_call_errors_total{{adapter=\"{}\"}} {}", label(id), a.stats().call_errors.load(Relaxed));
-    }
-    for (name, n) in s.ingest_metrics.snapshot() {
-        match name.split_once('.') {
-            Some((base, code)) => {
-                let _ = writeln!(out, "deskgate_ingest_{base}_total{{code=\"{}\"}} {n}", label(code));
-            }
-            None => {
-                let _ = writeln!(out, "deskgate_ingest_{name}_total {n}");
-            }
-        }
-    }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out).into_response())
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+/// `GET /v1/status`: the operator's view as JSON (what `deskgate status` prints and the dashboard
+/// renders).
+async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let s = &state.inner;
+    let view = view::build(&s.store, &s.status.snapshot(), s.clock.now_ms()).await?;
+    Ok(Json(serde_json::to_value(view).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the status could not be encoded: {e}")))?))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -615,6 +624,8 @@ async fn delete_connection(State(state): State<AppState>, Path(id): Path<String>
     if let Some(control) = &s.control {
         control.deleted(&id).await;
     }
+    // Its live figures and counters go with it (the supervisor has stopped its workers).
+    s.status.forget(&id);
     tracing::info!(connection = %id, "connection deleted; credentials erased");
     Ok(Json(connection_json(&conn, Some(false))))
 }
@@ -862,6 +873,9 @@ async fn submit_action(
         _ => return Err(ApiError::connection_not_found(&id)),
     }
     let rec = s.outbox.submit(&id, &body.ticket_id, &action, app_key).await?;
+    if rec.duplicate {
+        s.status.counters(&id).record_duplicate_submission();
+    }
     tracing::info!(connection = %id, ticket = %body.ticket_id, action = rec.id, duplicate = rec.duplicate, "action accepted");
     Ok((StatusCode::ACCEPTED, Json(action_json(&rec))).into_response())
 }

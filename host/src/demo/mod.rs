@@ -483,6 +483,7 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         metrics: state.ingest_metrics().clone(),
         config,
     })?;
+    let gateway = gateway.with_status(state.status().clone());
     let state = state.with_control(Arc::new(gateway.clone()));
     let routes = state.webhook_routes().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -190,6 +190,7 @@ struct Inner {
     alerts: AlertDeliverer,
     pusher: tokio::sync::Mutex<Option<(Pusher, Millis)>>,
     conns: tokio::sync::Mutex<BTreeMap<String, Arc<Attached>>>,
+    status: crate::status::SharedStatus,
     stop: watch::Sender<bool>,
     background: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -247,10 +248,28 @@ impl Gateway {
                 alerts,
                 pusher: tokio::sync::Mutex::new(pusher),
                 conns: tokio::sync::Mutex::new(BTreeMap::new()),
+                status: crate::status::StatusRegistry::shared(),
                 stop,
                 background: Mutex::new(Vec::new()),
             }),
         })
+    }
+
+    /// Register each attached connection's live parts (budget gate, credential manager) and
+    /// counters in `status`, the registry the API's metrics and dashboard read
+    /// ([`crate::api::AppState::with_status`]).
+    ///
+    /// # Panics
+    /// If called after the gateway was cloned.
+    #[must_use]
+    pub fn with_status(mut self, status: crate::status::SharedStatus) -> Self {
+        Arc::get_mut(&mut self.inner).expect("set the status registry before sharing the gateway").status = status;
+        self
+    }
+
+    /// The live status registry.
+    pub fn status(&self) -> &crate::status::SharedStatus {
+        &self.inner.status
     }
 
     /// The budgets of every attached connection (metrics, dashboard).
@@ -367,6 +386,7 @@ impl Gateway {
             }
             conns.insert(conn.id.clone(), attached.clone());
         }
+        inner.status.register(&conn.id, Some(attached.gate.clone()), Some(manager.clone()));
         // The worker stops with its connection (detach) or with the gateway.
         let mut gateway_stop = inner.stop.subscribe();
         let mut own_stop = stop_rx.clone();
@@ -405,6 +425,7 @@ impl Gateway {
     /// Stop a connection's worker and forget it (deleted connections).
     pub async fn detach(&self, id: &str) {
         let Some(a) = self.inner.conns.lock().await.remove(id) else { return };
+        self.inner.status.unregister(id);
         let _ = a.stop.send(true);
         let task = lock(&a.task).take();
         if let Some(t) = task {
@@ -444,14 +465,19 @@ impl Gateway {
         if live {
             let due = {
                 let mut timer = a.sweep.lock().await;
-                timer.claim(&inner.store, inner.clock.now_ms()).await
+                let due = timer.claim(&inner.store, inner.clock.now_ms()).await;
+                inner.status.set_next_sweep(&a.id, Some(timer.next_at()));
+                due
             };
             match due {
                 Ok(true) => match (a.manager.target(), a.manager.credential().map(|c| c.version)) {
                     (Some(target), used) => {
                         let source = SweepSource { adapter: &a.adapter, target: &target, gate: &a.gate, platform: a.adapter.id() };
                         match inner.reconciler.sweep(source).await {
-                            Ok(r) => rep.sweep = Some(r),
+                            Ok(r) => {
+                                inner.status.counters(&a.id).record_sweep(&r);
+                                rep.sweep = Some(r);
+                            }
                             Err(crate::ingest::sweep::SweepError::Platform(crate::bindings::Failure::Unauthenticated(d))) => {
                                 // The read lane meets the same credential policy as writes: one
                                 // refresh (OAuth), else suspension with an alert.
