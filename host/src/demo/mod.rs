@@ -845,8 +845,6 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
     latencies.sort_by(f64::total_cmp);
     let pct = |q: f64| latencies.get(((latencies.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0.0);
     report.resolution_latency_ms = Percentiles { p50: (pct(0.50) * 10.0).round() / 10.0, p99: (pct(0.99) * 10.0).round() / 10.0 };
-    let our_creds: BTreeSet<(usize, u64)> = BTreeSet::new();
-    let _ = our_creds;
     for t in &tenants {
         let sim = &sims[t.sim];
         let made = created.get(&t.conn).cloned().unwrap_or_default();
@@ -865,8 +863,6 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             *per.entry((w.ticket_id, kind)).or_default() += 1;
         }
         report.duplicate_writes += per.values().map(|n| n.saturating_sub(1)).sum::<u64>();
-        // deskgate's 429s: requests with a credential the demo gave deskgate (the storm clients
-        // have credentials of their own).
         let conn = store.get_connection(&t.conn).await?;
         report.connections.push(ConnectionReport {
             id: t.conn.clone(),
@@ -878,6 +874,8 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             state: conn.map(|c| c.state.name().to_string()).unwrap_or_default(),
         });
     }
+    // deskgate's 429s: requests made with a credential the demo gave deskgate (the storm clients
+    // have credentials of their own).
     for (si, sim) in sims.iter().enumerate() {
         let deskgate_creds: BTreeSet<u64> = tenants
             .iter()
