@@ -69,7 +69,7 @@ fn the_demo_day_keeps_every_promise() {
 #[test]
 fn a_seed_plays_the_same_day() {
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let args = ["--seed", "99", "--day-seconds", "20", "--tickets-per-hour", "10", "--accounts", "1"];
+    let args = ["--seed", "99", "--day-seconds", "40", "--tickets-per-hour", "10", "--accounts", "1"];
     let a = demo(&args, &dir.join("demo-seed-a.json"));
     let b = demo(&args, &dir.join("demo-seed-b.json"));
     for key in ["tickets_created", "tickets_delivered", "lost_tickets", "duplicate_writes"] {
