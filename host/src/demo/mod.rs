@@ -775,20 +775,23 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
     // Until everything is delivered and settled; stop early only when nothing moved for a while
     // (the report then says what is left, and why).
     let drain_deadline = clock.now_ms() + 12 * HOUR;
-    let mut last_progress = (0usize, usize::MAX, Instant::now());
+    // Progress is any change in what is delivered or in flight (the in-flight page is capped, so
+    // the ids on it stand for it: one settles, the next one enters the page).
+    let mut last_progress = ((0usize, usize::MAX, 0i64), Instant::now());
     loop {
         let delivered: usize = view.lock().unwrap_or_else(|e| e.into_inner()).delivered.values().map(BTreeSet::len).sum();
-        let in_flight = store
+        let page = store
             .list_actions(&ActionQuery { connection_id: None, ticket_id: None, in_flight_only: true, after_id: 0, limit: 10_000 })
-            .await?
-            .len();
+            .await?;
+        let in_flight = page.len();
         if delivered >= total_created && in_flight == 0 {
             break;
         }
-        if (delivered, in_flight) != (last_progress.0, last_progress.1) {
-            last_progress = (delivered, in_flight, Instant::now());
+        let seen = (delivered, in_flight, page.iter().fold(0i64, |h, e| h.wrapping_add(e.id)));
+        if seen != last_progress.0 {
+            last_progress = (seen, Instant::now());
         }
-        if clock.now_ms() >= drain_deadline || last_progress.2.elapsed() > Duration::from_secs(20) {
+        if clock.now_ms() >= drain_deadline || last_progress.1.elapsed() > Duration::from_secs(20) {
             progress(&format!("{} drain stopped: {delivered} of {total_created} tickets delivered, {in_flight} resolution(s) in flight", hhmm(clock.now_ms())));
             break;
         }
