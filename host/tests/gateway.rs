@@ -57,6 +57,10 @@ fn oauth_body(cred: &CredentialInfo) -> Value {
 
 impl Rig {
     async fn start(name: &str) -> Rig {
+        Self::start_with(name, |_| {}).await
+    }
+
+    async fn start_with(name: &str, tune: impl FnOnce(&mut GatewayConfig)) -> Rig {
         let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(11).frozen_at(T0)).await.unwrap();
         let account = sim.create_account(AccountSpec::default()).unwrap().id;
         let agent = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), role: Some("admin".into()), ..Default::default() }).unwrap().id;
@@ -70,6 +74,7 @@ impl Rig {
         let state = AppState::new(store.clone(), shared.clone(), Secret::new(TOKEN), adapters.clone());
         let mut config = GatewayConfig { owner: "test".into(), ..GatewayConfig::default() };
         config.outbox.poll_interval = Duration::from_millis(5);
+        tune(&mut config);
         let gateway = Gateway::new(GatewayParts {
             store: store.clone(),
             clock: shared,
@@ -293,4 +298,43 @@ async fn control_routes_explain_their_errors() {
     let now = rig.clock.now_ms();
     rig.store.put_mark("bare", SWEEP_MARK, now, now).await.unwrap();
     assert_eq!(rig.store.get_mark("bare", SWEEP_MARK).await.unwrap(), Some(now));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_that_keeps_rate_limiting_raises_one_alert() {
+    // No sweep in this test: it would rightly wait in the blocked read lane for the manual clock.
+    let rig = Rig::start_with("sustained", |c| c.sweep_every = (Duration::from_secs(86_400), Duration::from_secs(86_400))).await;
+    let cred = rig.oauth();
+    rig.connect(&cred).await;
+    let attached = rig.gateway.attached("zd").await.unwrap();
+    let count = |alerts: &Value| alerts["alerts"].as_array().unwrap().iter().filter(|a| a["kind"] == "sustained-rate-limiting").count();
+    // The platform's 429s block the account bucket for 15 minutes (as a penalty does).
+    let start = rig.clock.now_ms();
+    attached.gate.penalize(None, None, start + 15 * MIN);
+    for minutes in [0, 5, 9] {
+        rig.clock.set(start + minutes * MIN);
+        rig.gateway.run_timers_once().await;
+    }
+    let (_, alerts) = rig.call(reqwest::Method::GET, "/v1/alerts", None).await;
+    assert_eq!(count(&alerts), 0, "not yet sustained: {alerts}");
+    for minutes in [10, 12, 14] {
+        rig.clock.set(start + minutes * MIN);
+        rig.gateway.run_timers_once().await;
+    }
+    let (_, alerts) = rig.call(reqwest::Method::GET, "/v1/alerts", None).await;
+    assert_eq!(count(&alerts), 1, "one alert per episode: {alerts}");
+    let text = alerts["alerts"].as_array().unwrap().iter().find(|a| a["kind"] == "sustained-rate-limiting").unwrap()["text"].as_str().unwrap().to_string();
+    assert!(text.contains("zd") && text.contains("10 minutes"), "{text}");
+    // The block lifts; a new episode later alerts again.
+    rig.clock.set(start + 16 * MIN);
+    rig.gateway.run_timers_once().await;
+    let again = rig.clock.now_ms();
+    attached.gate.penalize(None, None, again + 30 * MIN);
+    for minutes in [0, 11] {
+        rig.clock.set(again + minutes * MIN);
+        rig.gateway.run_timers_once().await;
+    }
+    let (_, alerts) = rig.call(reqwest::Method::GET, "/v1/alerts", None).await;
+    assert_eq!(count(&alerts), 2, "{alerts}");
+    rig.gateway.shutdown().await;
 }

@@ -75,6 +75,9 @@ pub struct GatewayConfig {
     pub budget_targets: BTreeMap<String, crate::budget::Share>,
     /// Alert delivery to admin contacts.
     pub alerts: AlertConfig,
+    /// A connection whose platform keeps a bucket blocked (429s) this long, on the clock, raises
+    /// a `sustained-rate-limiting` alert (once per episode).
+    pub sustained_rate_limit: Duration,
     /// Push events to the app's own webhook, if set.
     pub push: Option<PushConfig>,
     /// Rate budgets shared with the other replicas (Redis), if configured: every connection's
@@ -95,6 +98,7 @@ impl Default for GatewayConfig {
             budget: BudgetConfig::default(),
             budget_targets: BTreeMap::new(),
             alerts: AlertConfig::default(),
+            sustained_rate_limit: Duration::from_secs(10 * 60),
             push: None,
             shared_budgets: None,
         }
@@ -132,6 +136,8 @@ pub struct Attached {
     /// Its rate budget.
     pub gate: BudgetGate,
     sweep: tokio::sync::Mutex<SweepTimer>,
+    /// Since when the platform has kept a bucket blocked (429s), and whether that was alerted.
+    rate_limited_since: Mutex<Option<(Millis, bool)>>,
     busy: Arc<tokio::sync::Mutex<()>>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -375,6 +381,7 @@ impl Gateway {
             worker: worker.clone(),
             gate,
             sweep: tokio::sync::Mutex::new(SweepTimer::new(conn.id.clone(), inner.config.owner.clone(), schedule, inner.clock.now_ms())),
+            rate_limited_since: Mutex::new(None),
             busy: Arc::new(tokio::sync::Mutex::new(())),
             stop,
             task: Mutex::new(None),
@@ -461,6 +468,9 @@ impl Gateway {
             Ok(None) => {}
             Err(e) => rep.errors.push(format!("credential timer lease: {e}")),
         }
+        if let Err(e) = self.watch_rate_limiting(a, now).await {
+            rep.errors.push(format!("rate-limit watch: {e}"));
+        }
         let live = matches!(inner.store.get_connection(&a.id).await, Ok(Some(c)) if c.state == ConnectionState::Live);
         if live {
             let due = {
@@ -501,6 +511,44 @@ impl Gateway {
             tracing::warn!(connection = %a.id, "{e}");
         }
         rep
+    }
+
+    /// Raise `sustained-rate-limiting` when the platform has kept one of the connection's buckets
+    /// blocked (its 429s) for [`GatewayConfig::sustained_rate_limit`]: other clients of the
+    /// account, or a plan too small for the volume, leave deskgate waiting, and people must know.
+    async fn watch_rate_limiting(&self, a: &Attached, now: Millis) -> Result<(), StoreError> {
+        let snap = a.gate.snapshot();
+        let blocked: Vec<&str> = snap
+            .budget
+            .buckets
+            .iter()
+            .filter(|b| b.blocked_until.is_some_and(|u| u > now) || b.lanes.iter().any(|l| l.blocked_until.is_some_and(|u| u > now)))
+            .map(|b| b.bucket.as_str())
+            .collect();
+        let raise = {
+            let mut since = lock(&a.rate_limited_since);
+            if blocked.is_empty() {
+                *since = None;
+                false
+            } else {
+                let (start, alerted) = *since.get_or_insert((now, false));
+                let due = !alerted && now - start >= crate::store::ms(self.inner.config.sustained_rate_limit);
+                if due {
+                    *since = Some((start, true));
+                }
+                due
+            }
+        };
+        if raise {
+            let minutes = self.inner.config.sustained_rate_limit.as_secs() / 60;
+            let text = format!(
+                "Connection {}: the platform has been rate limiting it for {minutes} minutes or more (bucket {}). Writes wait in the write-retry queue and nothing is lost, but work is delayed: look for other clients spending the same account's limit, or a plan too small for the volume.",
+                a.id,
+                blocked.join(", ")
+            );
+            crate::alerts::raise(&self.inner.store, now, Some(&a.id), crate::alerts::SUSTAINED_RATE_LIMITING, text, json!({ "buckets": blocked })).await?;
+        }
+        Ok(())
     }
 
     /// Sweep one connection now, whatever its schedule (an operator's request, tests).
