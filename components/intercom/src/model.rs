@@ -277,6 +277,24 @@ impl Conversation {
         tag_names(&self.tags)
     }
 
+    /// Tag names, plus the probe's tag on the probe's own conversation even before the probe
+    /// attached it: its `conversation.user.created` webhook is sent before any tag exists, and the
+    /// host recognises probe tickets by that tag ([`crate::ops::probe::PROBE_TAG`]). The probe
+    /// conversation is the one whose source message, from a contact (the probe's lead), is exactly
+    /// [`crate::ops::probe::PROBE_TEXT`].
+    pub fn tags_with_probe_mark(&self) -> Vec<String> {
+        use crate::ops::probe::{PROBE_TAG, PROBE_TEXT};
+        let mut tags = self.tag_names();
+        let is_probe = self.source.as_ref().is_some_and(|s| {
+            s.body.as_deref().map(|b| text::visible_text(b)).as_deref().map(str::trim) == Some(PROBE_TEXT)
+                && s.author.as_ref().is_some_and(|a| matches!(a.kind.as_deref(), Some("lead" | "user" | "contact")))
+        });
+        if is_probe && !tags.iter().any(|t| t == PROBE_TAG) {
+            tags.push(PROBE_TAG.to_string());
+        }
+        tags
+    }
+
     /// The customer: the source message's author when a contact wrote it, otherwise the first
     /// contact of the conversation.
     pub fn requester(&self) -> Option<String> {
@@ -337,7 +355,7 @@ impl Conversation {
             requester_id: self.requester(),
             assignee_id: assigned(&self.admin_assignee_id),
             group_id: assigned(&self.team_assignee_id),
-            tags: self.tag_names(),
+            tags: self.tags_with_probe_mark(),
             created_at: secs_to_ms(self.created_at.unwrap_or(0)),
             updated_at: secs_to_ms(self.updated_at.or(self.created_at).unwrap_or(0)),
             comments: self.comments(),
@@ -392,6 +410,23 @@ mod tests {
             TicketStatus::Solved
         );
         assert_eq!(normalize_state(None, None), TicketStatus::Open);
+    }
+
+    #[test]
+    fn the_probe_conversation_carries_the_probe_tag_before_it_is_tagged() {
+        let conv = |body: &str, author: &str| -> Conversation {
+            serde_json::from_value(serde_json::json!({
+                "id": "77", "created_at": 1700000000, "open": true, "state": "open",
+                "source": {"body": body, "author": {"type": author, "id": "lead-9"}},
+            }))
+            .unwrap()
+        };
+        let probe = conv("<p>deskgate permission probe</p>", "lead");
+        assert_eq!(probe.to_ticket().unwrap().tags, vec!["deskgate-probe".to_string()]);
+        assert_eq!(conv("deskgate permission probe", "user").to_ticket().unwrap().tags.len(), 1);
+        // A customer's conversation, or an admin quoting the text: untouched.
+        assert!(conv("<p>my order is late</p>", "lead").to_ticket().unwrap().tags.is_empty());
+        assert!(conv("deskgate permission probe", "admin").to_ticket().unwrap().tags.is_empty());
     }
 
     #[test]

@@ -779,7 +779,15 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
     // the ids on it stand for it: one settles, the next one enters the page).
     let mut last_progress = ((0usize, usize::MAX, 0i64), Instant::now());
     loop {
-        let delivered: usize = view.lock().unwrap_or_else(|e| e.into_inner()).delivered.values().map(BTreeSet::len).sum();
+        // The demo's own tickets only: a ticket deskgate's scope probe made and the app was
+        // shown must not stand in for a customer's ticket still waiting for its sweep.
+        let delivered: usize = {
+            let v = view.lock().unwrap_or_else(|e| e.into_inner());
+            created
+                .iter()
+                .map(|(conn, ids)| v.delivered.get(conn).map_or(0, |d| ids.iter().filter(|id| d.contains(&id.to_string())).count()))
+                .sum()
+        };
         let page = store
             .list_actions(&ActionQuery { connection_id: None, ticket_id: None, in_flight_only: true, after_id: 0, limit: 10_000 })
             .await?;
