@@ -751,6 +751,42 @@ async fn inbox_stores_each_version_once_and_never_goes_backwards() {
     assert_eq!(events[0].dedupe_key, format!("ticket:1@{}", T0 + 2_000));
 }
 
+/// deskgate's own scope-probe tickets never reach the app: the tagged snapshot, and every later
+/// event about that ticket (the probe's deletion carries no snapshot, hence no tag).
+#[tokio::test]
+async fn probe_tickets_and_their_later_events_are_not_delivered() {
+    use deskgate::bindings::{Ticket, TicketEvent, TicketStatus};
+    use deskgate::ingest::Candidate;
+    let store = store::open(temp_path("probe").to_str().unwrap(), SecretKey::from_bytes(KEY)).await.unwrap();
+    store.create_connection(&NewConnection::new("c", "intercom", "c"), T0).await.unwrap();
+    let inbox = Inbox::new(store.clone());
+    let ticket = |id: &str, tags: &[&str]| Ticket {
+        id: id.into(),
+        subject: None,
+        status: TicketStatus::Open,
+        raw_status: "open".into(),
+        requester_id: None,
+        assignee_id: None,
+        group_id: None,
+        tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        created_at: T0,
+        updated_at: T0 + 1_000,
+        comments: vec![],
+    };
+    let event = |id: &str, kind: &str, t: Option<Ticket>| {
+        Candidate::from_webhook("c", "intercom", &TicketEvent { event_id: None, ticket_id: id.into(), kind: kind.into(), occurred_at: T0 + 2_000, ticket: t })
+    };
+    let r = inbox
+        .insert("c", &[event("1", "created", Some(ticket("1", &[deskgate::ingest::PROBE_TAG]))), event("2", "created", Some(ticket("2", &[])))], T0)
+        .await
+        .unwrap();
+    assert_eq!(r.new, 1, "only the customer's ticket is stored");
+    let r = inbox.insert("c", &[event("1", "deleted", None), event("2", "deleted", None)], T0).await.unwrap();
+    assert_eq!(r.new, 1, "the probe's deletion is the probe's too");
+    let got: Vec<(String, String)> = pull_all(&store, "c", T0).await.iter().map(|e| (e.ticket_id.clone(), e.kind.clone())).collect();
+    assert_eq!(got, vec![("2".into(), "ticket.created".into()), ("2".into(), "ticket.deleted".into())]);
+}
+
 /// Push to the app's webhook: a failing app gets the same batch again after a jittered,
 /// growing backoff, events stay unacknowledged until a 2xx, then arrive once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,8 +349,8 @@ async fn automation_client(
                 v.submitted.entry(conn.clone()).or_default().insert(ticket.clone())
             };
             // Resolve each ticket once; later events about it (our own reply, duplicates,
-            // sweeps) need nothing.
-            if !first {
+            // sweeps) need nothing, and a deleted ticket needs no answer.
+            if !first || kind == "ticket.deleted" {
                 continue;
             }
             let permit = limiter.clone().acquire_owned().await?;

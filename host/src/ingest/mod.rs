@@ -164,13 +164,16 @@ pub struct Inbox {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Events stored so far by this process: long-polls wait for it to move.
     stored: tokio::sync::watch::Sender<u64>,
+    /// Tickets seen carrying [`PROBE_TAG`], per connection: later events about them (the probe's
+    /// deletion, which carries no snapshot and so no tag) are the probe's too.
+    probes: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Inbox {
     /// A writer over `store`.
     pub fn new(store: SharedStore) -> Self {
         let (stored, _) = tokio::sync::watch::channel(0);
-        Self { store, newest: Mutex::new(HashMap::new()), locks: Mutex::new(HashMap::new()), stored }
+        Self { store, newest: Mutex::new(HashMap::new()), locks: Mutex::new(HashMap::new()), stored, probes: Mutex::default() }
     }
 
     /// The store.
@@ -203,10 +206,18 @@ impl Inbox {
         let mut stale = 0;
         {
             let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
+            let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
             for c in candidates {
+                let key = (connection_id.to_owned(), c.event.ticket_id.clone());
                 if is_probe_ticket(&c.event.ticket) {
                     // deskgate's own scope-probe ticket (created and deleted by the probe): not
                     // a customer's, nothing for the app to do.
+                    if probes.len() < NEWEST_CAP {
+                        probes.insert(key);
+                    }
+                    continue;
+                }
+                if probes.contains(&key) {
                     continue;
                 }
                 let ticket = c.event.ticket_id.as_str();
