@@ -81,6 +81,13 @@ impl ConnectionCounters {
         }
     }
 
+    /// A gate leaves the registry: keep the 429s it counted.
+    fn fold_gate(&self, gate: &BudgetGate) {
+        let l = gate.responses_429();
+        bump(&self.rate_limited_read, l.read);
+        bump(&self.rate_limited_write, l.write);
+    }
+
     /// The connection was suspended (by the credential policy or an operator).
     pub fn record_suspension(&self) {
         bump(&self.suspensions, 1);
@@ -219,6 +226,9 @@ impl StatusRegistry {
     ) -> Arc<ConnectionCounters> {
         let mut entries = self.write();
         let e = entries.entry(connection_id.to_owned()).or_default();
+        if let Some(old) = e.gate.take() {
+            e.counters.fold_gate(&old);
+        }
         e.gate = gate;
         e.credentials = credentials;
         e.running = true;
@@ -231,7 +241,9 @@ impl StatusRegistry {
         let mut entries = self.write();
         match entries.get_mut(connection_id) {
             Some(e) if e.running => {
-                e.gate = None;
+                if let Some(old) = e.gate.take() {
+                    e.counters.fold_gate(&old);
+                }
                 e.credentials = None;
                 e.next_sweep = None;
                 e.running = false;
@@ -267,7 +279,16 @@ impl StatusRegistry {
             next_credential_check: e.credentials.as_ref().and_then(CredentialManager::next_due_at),
             refresh_due_at: e.credentials.as_ref().and_then(CredentialManager::refresh_due_at),
             next_sweep: e.next_sweep,
-            counters: e.counters.snapshot(),
+            counters: {
+                // The gate counts the 429s of the requests it let through while registered.
+                let mut c = e.counters.snapshot();
+                if let Some(g) = &e.gate {
+                    let l = g.responses_429();
+                    c.rate_limited_read += l.read;
+                    c.rate_limited_write += l.write;
+                }
+                c
+            },
         }
     }
 
@@ -358,6 +379,31 @@ mod tests {
         assert!(reg.forget("acme"));
         assert!(reg.get("acme").is_none());
         assert_eq!(reg.counters("acme").snapshot(), CounterSnapshot::default());
+    }
+
+    #[test]
+    fn the_gates_429_counts_show_live_and_are_kept_when_the_gate_goes() {
+        let clock = ManualClock::new(0);
+        let reg = StatusRegistry::shared();
+        let g = gate(&clock);
+        reg.register("acme", Some(g.clone()), None);
+        g.record_response(Lane::Write, 429);
+        g.record_response(Lane::Read, 429);
+        g.record_response(Lane::Read, 429);
+        g.record_response(Lane::Write, 200);
+        g.record_response(Lane::Read, 503);
+        let s = reg.get("acme").unwrap();
+        assert_eq!((s.counters.rate_limited_write, s.counters.rate_limited_read), (1, 2));
+        assert_eq!(s.gate.unwrap().responses_429, crate::budget::LaneCount { read: 2, write: 1 });
+        // A new gate (re-attach) starts at zero; the old one's counts stay in the counters.
+        let fresh = gate(&clock);
+        reg.register("acme", Some(fresh.clone()), None);
+        fresh.record_response(Lane::Write, 429);
+        let s = reg.get("acme").unwrap().counters;
+        assert_eq!((s.rate_limited_write, s.rate_limited_read), (2, 2));
+        reg.unregister("acme");
+        let s = reg.get("acme").unwrap().counters;
+        assert_eq!((s.rate_limited_write, s.rate_limited_read), (2, 2), "counted once, not twice, after the gate left");
     }
 
     #[test]

@@ -607,6 +607,37 @@ async fn a_401_refreshes_once_then_suspends() {
     assert!(matches!(rig.state().await, ConnectionState::Suspended { .. }));
 }
 
+/// A write sent with the old token returns its 401 after a refresh already replaced that token
+/// (writes in flight race the refresh): the policy resends it with the new token instead of
+/// judging the new token by it, so nothing refreshes twice and nothing is suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_about_a_replaced_token_resends_instead_of_suspending() {
+    use deskgate::bindings::{UnauthenticatedDetail};
+    use deskgate::outbox::{AuthFailure, AuthVerdict, credential_fingerprint};
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    rig.mgr.start().await.unwrap();
+    let old = credential_fingerprint(&rig.mgr.target().unwrap().authorization);
+    let v = rig.mgr.credential().unwrap().version;
+    rig.advance_to(T0 + 10 * 60_000);
+    rig.sim.expire_credential(rig.account, rig.cred.id).unwrap();
+    // One 401 refreshes (the first write's, through the policy).
+    assert!(rig.mgr.on_unauthenticated(Some(v)).await.unwrap());
+    assert_eq!(rig.mgr.credential().unwrap().version, v + 1);
+    let hook = rig.mgr.auth_hook();
+    let failure = Failure::Unauthenticated(UnauthenticatedDetail { code: "invalid_token".into(), message: "expired".into() });
+    let af = |sent_with| AuthFailure { connection_id: rig.conn.clone(), entry_id: 1, ticket_id: "1".into(), failure: failure.clone(), sent_with };
+    // A second write, sent with the old token before the refresh, answers 401 now.
+    assert_eq!(hook(&af(old)), AuthVerdict::Resend);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(rig.mgr.credential().unwrap().version, v + 1, "no second refresh");
+    assert!(!matches!(rig.state().await, ConnectionState::Suspended { .. }), "not suspended");
+    assert!(rig.alerts().await.is_empty());
+    // A 401 about the current token is the policy's business: it waits while the policy acts.
+    let current = credential_fingerprint(&rig.mgr.target().unwrap().authorization);
+    assert_ne!(current, old);
+    assert_eq!(hook(&af(current)), AuthVerdict::Wait);
+}
+
 /// Issue #5: a 401 on an outbox write keeps the action waiting durably while the hook refreshes
 /// the token once in the background; the replay lands the reply exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

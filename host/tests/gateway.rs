@@ -84,7 +84,8 @@ impl Rig {
             metrics: state.ingest_metrics().clone(),
             config,
         })
-        .unwrap();
+        .unwrap()
+        .with_status(state.status().clone());
         let state = state.with_control(Arc::new(gateway.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -265,6 +266,20 @@ async fn connect_refresh_suspend_resume_and_reauthenticate_through_the_api() {
     // On-demand probe.
     let (status, body) = rig.call(reqwest::Method::POST, "/v1/connections/zd/probe", None).await;
     assert_eq!((status, body["report"]["passed"].as_bool()), (200, Some(true)), "{body}");
+
+    // The operator's metrics counted what the supervised policies did: two suspensions (the
+    // operator's, the refused refresh) and the four confirmed writes.
+    let metrics = rig.http.get(format!("{}/metrics", rig.base)).bearer_auth(TOKEN).send().await.unwrap().text().await.unwrap();
+    let sample = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+    };
+    assert_eq!(sample("deskgate_suspensions_total{connection=\"zd\"}"), 2.0);
+    assert_eq!(sample("deskgate_writes_total{connection=\"zd\",outcome=\"confirmed\"}"), 4.0);
     rig.gateway.shutdown().await;
 }
 

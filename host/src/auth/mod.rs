@@ -223,6 +223,8 @@ struct Inner {
     /// Serializes suspend/resume, so concurrent 401s suspend (and alert) once.
     transition: tokio::sync::Mutex<()>,
     worker: Mutex<Option<OutboxWorker>>,
+    /// Called after each suspension this manager made (the operator's metrics count them).
+    on_suspend: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 /// One connection's credentials: the current token, its refresh, health checks, the 401/403
@@ -271,12 +273,18 @@ impl CredentialManager {
                 flight: tokio::sync::Mutex::new(()),
                 transition: tokio::sync::Mutex::new(()),
                 worker: Mutex::new(None),
+                on_suspend: Mutex::new(None),
             }),
         })
     }
 
     fn now(&self) -> Millis {
         self.inner.clock.now_ms()
+    }
+
+    /// Call `f` after every suspension this manager makes (the supervisor counts them).
+    pub fn on_suspend(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        *lock(&self.inner.on_suspend) = Some(f);
     }
 
     /// The connection's id.
@@ -695,7 +703,19 @@ impl CredentialManager {
         Arc::new(move |af: &AuthFailure| match &af.failure {
             Failure::Unauthenticated(_) => {
                 let m = me.clone();
-                let version = m.credential().map(|c| c.version);
+                // The credential the 401 is about is the one the request went out with. If the
+                // current one is another (a refresh finished meanwhile), resend with it: judging
+                // the current one by this 401 would refresh twice or suspend a working
+                // connection.
+                let current = m.credential();
+                let current_fp = current
+                    .as_ref()
+                    .and_then(|c| m.target_for(&c.secret).ok())
+                    .map(|t| crate::outbox::credential_fingerprint(&t.authorization));
+                if current_fp.is_some_and(|fp| fp != af.sent_with) {
+                    return AuthVerdict::Resend;
+                }
+                let version = current.map(|c| c.version);
                 tokio::spawn(async move {
                     if let Err(e) = m.on_unauthenticated(version).await {
                         tracing::error!("handling a 401 failed: {e}");
@@ -773,6 +793,10 @@ impl CredentialManager {
             .await?;
         self.connection_event("connection.suspended", json!({ "reason": reason, "kind": kind }), now).await?;
         tracing::error!(connection = %id, kind, "connection suspended: {reason}");
+        let hook = lock(&self.inner.on_suspend).clone();
+        if let Some(f) = hook {
+            f();
+        }
         Ok(true)
     }
 

@@ -189,6 +189,8 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes [`BudgetGate::drive`] when the next wake time may have changed.
     wake: Notify,
+    /// 429 responses the platform served this connection, per lane (read, write).
+    limited: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl Inner {
@@ -210,6 +212,15 @@ pub struct Waiting {
     pub read: usize,
 }
 
+/// A count per lane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LaneCount {
+    /// Read lane.
+    pub read: u64,
+    /// Write lane.
+    pub write: u64,
+}
+
 /// A gate's budget and queues at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GateSnapshot {
@@ -219,6 +230,8 @@ pub struct GateSnapshot {
     pub waiting: Waiting,
     /// When the next round is due, if anyone waits on time.
     pub next_wake: Option<Millis>,
+    /// 429 responses the platform served this connection through this gate, per lane.
+    pub responses_429: LaneCount,
     /// Where decisions are made: `local` (this process only), `shared` (with the other
     /// replicas, through the shared backend) or `fallback` (shared backend unreachable: a
     /// conservative local share).
@@ -263,7 +276,7 @@ impl BudgetGate {
 
     fn build(budget: RateBudget, clock: SharedClock, shared: Option<SharedLink>) -> Self {
         let state = State { budget, waiting: BTreeMap::new(), seq: 0, closed: false, fallback: None };
-        Self { inner: Arc::new(Inner { clock, shared, state: Mutex::new(state), wake: Notify::new() }) }
+        Self { inner: Arc::new(Inner { clock, shared, state: Mutex::new(state), wake: Notify::new(), limited: Default::default() }) }
     }
 
     fn now(&self) -> Millis {
@@ -462,6 +475,21 @@ impl BudgetGate {
         r
     }
 
+    /// Count a platform response to a request of `lane` (every policy that sends through the gate
+    /// calls this with every response): 429s are counted per lane for the operator's metrics.
+    pub fn record_response(&self, lane: Lane, status: u16) {
+        if status == 429 {
+            let i = usize::from(lane == Lane::Write);
+            self.inner.limited[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// 429 responses counted by [`BudgetGate::record_response`], per lane.
+    pub fn responses_429(&self) -> LaneCount {
+        let get = |i: usize| self.inner.limited[i].load(std::sync::atomic::Ordering::Relaxed);
+        LaneCount { read: get(0), write: get(1) }
+    }
+
     /// The budget and the queues, now.
     pub fn snapshot(&self) -> GateSnapshot {
         let now = self.now();
@@ -479,7 +507,7 @@ impl BudgetGate {
             (Some(_), None) => "shared",
             (Some(_), Some(_)) => "fallback",
         };
-        GateSnapshot { budget: st.budget.snapshot(now), waiting, next_wake: st.next_wake(), mode }
+        GateSnapshot { budget: st.budget.snapshot(now), waiting, next_wake: st.next_wake(), responses_429: self.responses_429(), mode }
     }
 
     /// Close the gate: every waiter ends with [`AcquireError::Closed`], new ones too, and

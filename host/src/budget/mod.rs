@@ -127,7 +127,7 @@ use std::sync::Mutex;
 
 pub use backoff::{Backoff, Jitter, SplitMix64};
 pub use config::{BudgetConfig, Share};
-pub use gate::{Acquire, AcquireError, BudgetGate, GateSnapshot, Priority, Sleeper, TokioSleeper, Waiting};
+pub use gate::{Acquire, AcquireError, BudgetGate, GateSnapshot, LaneCount, Priority, Sleeper, TokioSleeper, Waiting};
 pub use rate::{Blocked, Cause, CounterSpec, Denied, Drawn, Never, NotUntil, Permit, RateBudget, SharedCounter};
 pub use shared::{
     RedisBackend, SharedBackend, SharedBudgets, SharedDraw, SharedError, SharedSettings, SharedStatus, SharedVerdict,

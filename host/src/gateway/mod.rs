@@ -393,7 +393,12 @@ impl Gateway {
             }
             conns.insert(conn.id.clone(), attached.clone());
         }
-        inner.status.register(&conn.id, Some(attached.gate.clone()), Some(manager.clone()));
+        let counters = inner.status.register(&conn.id, Some(attached.gate.clone()), Some(manager.clone()));
+        {
+            let c = counters.clone();
+            worker.on_pass(Arc::new(move |rep| c.record_pass(rep)));
+            manager.on_suspend(Arc::new(move || counters.record_suspension()));
+        }
         // The worker stops with its connection (detach) or with the gateway.
         let mut gateway_stop = inner.stop.subscribe();
         let mut own_stop = stop_rx.clone();

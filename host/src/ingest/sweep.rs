@@ -212,7 +212,8 @@ impl StepHooks for ReadLane<'_> {
         }
     }
 
-    fn after_response(&mut self, _request: &HttpRequest, response: &HttpResponse) {
+    fn after_response(&mut self, request: &HttpRequest, response: &HttpResponse) {
+        self.gate.record_response(request.lane, response.status);
         let Ok(observations) = self.adapter.observe(&self.target.connection, response) else { return };
         match &self.permit {
             Some(p) => self.gate.observe_after(p, &observations),

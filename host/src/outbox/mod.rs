@@ -55,7 +55,7 @@ pub mod idempotency;
 mod worker;
 
 pub use idempotency::{action_kind, idempotency_key, status_name};
-pub use worker::{AuthFailure, AuthHook, AuthVerdict, EventSink, OutboxEvent, OutboxWorker, PassReport, WorkerParts};
+pub use worker::{AuthFailure, AuthHook, AuthVerdict, EventSink, OutboxEvent, OutboxWorker, PassHook, PassReport, WorkerParts, credential_fingerprint};
 
 use std::time::Duration;
 

@@ -38,6 +38,9 @@ use crate::store::{
 /// Where the outbox reports what people or other policies must know.
 pub type EventSink = Arc<dyn Fn(&OutboxEvent) + Send + Sync>;
 
+/// Told about each pass that claimed work ([`OutboxWorker::on_pass`]).
+pub type PassHook = Arc<dyn Fn(&PassReport) + Send + Sync>;
+
 /// Decides what a 401/403 on a write does to the action (the credential policy, issue #5).
 pub type AuthHook = Arc<dyn Fn(&AuthFailure) -> AuthVerdict + Send + Sync>;
 
@@ -52,6 +55,18 @@ pub struct AuthFailure {
     pub ticket_id: String,
     /// The platform's failure (`unauthenticated` or `forbidden`).
     pub failure: Failure,
+    /// [`credential_fingerprint`] of the `Authorization` the refused request went out with: a
+    /// 401 about a credential already replaced says nothing about the current one.
+    pub sent_with: u64,
+}
+
+/// A fingerprint of an `Authorization` header value (never the secret itself), to tell whether
+/// the credential changed while a request was in flight.
+pub fn credential_fingerprint(authorization: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    authorization.hash(&mut h);
+    h.finish()
 }
 
 /// What to do with an action that met a 401/403.
@@ -63,6 +78,8 @@ pub enum AuthVerdict {
     /// Keep it waiting durably ([`OutboxConfig::auth_wait`]); for a policy that suspends the
     /// connection and resumes it once credentials are fixed.
     Wait,
+    /// Send it again now: the credential it was refused with has been replaced already.
+    Resend,
 }
 
 /// Something the outbox did that the rest of the gateway may act on.
@@ -170,6 +187,7 @@ struct Inner {
     events: Option<EventSink>,
     auth_hook: Option<AuthHook>,
     rng: Mutex<SplitMix64>,
+    on_pass: RwLock<Option<PassHook>>,
 }
 
 /// How a claimed entry ended in this pass, for its group.
@@ -248,7 +266,8 @@ impl StepHooks for Hooks<'_> {
         Ok(())
     }
 
-    fn after_response(&mut self, _request: &HttpRequest, response: &HttpResponse) {
+    fn after_response(&mut self, request: &HttpRequest, response: &HttpResponse) {
+        self.w.gate.record_response(request.lane, response.status);
         let conn = self.w.target.read().unwrap_or_else(|e| e.into_inner()).connection.clone();
         match self.w.adapter.observe(&conn, response) {
             Ok(obs) => {
@@ -344,10 +363,7 @@ impl Inner {
     /// A fingerprint of the credential requests go out with now (never the secret itself), to
     /// tell whether it changed while a request was in flight.
     fn credential_fingerprint(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.target.read().unwrap_or_else(|e| e.into_inner()).authorization.hash(&mut h);
-        h.finish()
+        credential_fingerprint(&self.target.read().unwrap_or_else(|e| e.into_inner()).authorization)
     }
 
     fn backoff_at(&self, attempt: i64) -> Millis {
@@ -735,9 +751,13 @@ impl Inner {
             return self.settle_later(e, Settle::Retry { detail, not_before: self.now() }, rep).await;
         }
         if matches!(failure, Failure::Unauthenticated(_) | Failure::Forbidden(_)) {
-            let af = AuthFailure { connection_id: e.connection_id.clone(), entry_id: e.id, ticket_id: e.ticket_id.clone(), failure: failure.clone() };
+            let af = AuthFailure { connection_id: e.connection_id.clone(), entry_id: e.id, ticket_id: e.ticket_id.clone(), failure: failure.clone(), sent_with };
             let verdict = self.auth_hook.as_ref().map(|h| h(&af)).unwrap_or_default();
             self.emit(OutboxEvent::AuthFailure(af));
+            if verdict == AuthVerdict::Resend {
+                let detail = format!("[auth] {}; the credential was replaced since the request went out, resending with the new one", failure.explain());
+                return self.settle_later(e, Settle::Retry { detail, not_before: self.now() }, rep).await;
+            }
             if verdict == AuthVerdict::Wait {
                 let detail = format!("[auth] {}; waiting for the connection's credentials or permissions to be fixed", failure.explain());
                 let not_before = self.now() + crate::store::ms(self.config.auth_wait);
@@ -791,6 +811,7 @@ impl OutboxWorker {
                 events: parts.events,
                 auth_hook: parts.auth_hook,
                 rng: Mutex::new(SplitMix64::seeded(seed)),
+                on_pass: RwLock::new(None),
             }),
         }
     }
@@ -798,6 +819,12 @@ impl OutboxWorker {
     /// Replace where and as whom requests go (a refreshed token, a moved account).
     pub fn set_target(&self, target: Target) {
         *self.inner.target.write().unwrap_or_else(|e| e.into_inner()) = target;
+    }
+
+    /// Call `f` with the report of every pass [`OutboxWorker::run`] makes that claimed work (the
+    /// supervisor counts settled writes for the operator's metrics).
+    pub fn on_pass(&self, f: PassHook) {
+        *self.inner.on_pass.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// The connection's budget gate.
@@ -923,7 +950,14 @@ impl OutboxWorker {
                 break;
             }
             let busy = match self.run_once().await {
-                Ok(rep) => rep.claimed > 0,
+                Ok(rep) if rep.claimed > 0 => {
+                    let hook = self.inner.on_pass.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    if let Some(f) = hook {
+                        f(&rep);
+                    }
+                    true
+                }
+                Ok(_) => false,
                 Err(e) => {
                     tracing::warn!(owner = %self.inner.owner, "outbox pass failed: {e}");
                     false

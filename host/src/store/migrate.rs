@@ -41,12 +41,14 @@ impl Migration {
 pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/sqlite/0001_init.sql") },
     Migration { version: 2, name: "marks", sql: include_str!("migrations/sqlite/0002_marks.sql") },
+    Migration { version: 3, name: "inbox_unacked_by_id", sql: include_str!("migrations/sqlite/0003_inbox_unacked_by_id.sql") },
 ];
 
 /// PostgreSQL migrations, in order.
 pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/postgres/0001_init.sql") },
     Migration { version: 2, name: "marks", sql: include_str!("migrations/postgres/0002_marks.sql") },
+    Migration { version: 3, name: "inbox_unacked_by_id", sql: include_str!("migrations/postgres/0003_inbox_unacked_by_id.sql") },
 ];
 
 /// The SQLite schema version this binary writes.

@@ -532,39 +532,53 @@ impl Store for PgStore {
     }
 
     async fn list_actions(&self, q: &ActionQuery) -> Result<Vec<OutboxEntry>, StoreError> {
-        let r = sqlx::query(&format!(
-            "SELECT {OUTBOX_COLS} FROM outbox WHERE ($1::text IS NULL OR connection_id = $1) \
-             AND ($2::text IS NULL OR ticket_id = $2) \
-             AND (NOT $3::boolean OR state IN ('pending', 'sent', 'ambiguous')) AND id > $4 ORDER BY id LIMIT $5"
-        ))
-        .bind(&q.connection_id)
-        .bind(&q.ticket_id)
-        .bind(q.in_flight_only)
-        .bind(q.after_id)
-        .bind(codec::page(q.limit))
-        .fetch_all(&self.pool)
-        .await?;
+        // Only the filters asked for: a generic plan for `$1 IS NULL OR ...` cannot use the
+        // per-ticket index. Parameters are numbered in the order they are bound.
+        let mut sql = format!("SELECT {OUTBOX_COLS} FROM outbox WHERE id > $1");
+        let mut n = 1;
+        if q.connection_id.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND connection_id = ${n}"));
+        }
+        if q.ticket_id.is_some() {
+            n += 1;
+            sql.push_str(&format!(" AND ticket_id = ${n}"));
+        }
+        if q.in_flight_only {
+            sql.push_str(" AND state IN ('pending', 'sent', 'ambiguous')");
+        }
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", n + 1));
+        let mut query = sqlx::query(&sql).bind(q.after_id);
+        if let Some(c) = &q.connection_id {
+            query = query.bind(c);
+        }
+        if let Some(t) = &q.ticket_id {
+            query = query.bind(t);
+        }
+        let r = query.bind(codec::page(q.limit)).fetch_all(&self.pool).await?;
         rows(r, codec::outbox)
     }
 
     async fn claim_actions(&self, claim: &Claim) -> Result<Vec<OutboxEntry>, StoreError> {
-        let r = sqlx::query(&format!(
+        let one = if claim.connection_id.is_some() { "AND o.connection_id = $5 " } else { "" };
+        let sql = format!(
             "WITH due AS (\
                SELECT o.id AS due_id FROM outbox o JOIN connections c ON c.id = o.connection_id \
                WHERE o.state IN ('pending', 'sent', 'ambiguous') AND o.not_before <= $3 \
-               AND (o.lease_until IS NULL OR o.lease_until <= $3) AND c.state = 'live' \
-               AND ($4::text IS NULL OR o.connection_id = $4) \
-               ORDER BY o.not_before, o.id LIMIT $5 FOR UPDATE OF o SKIP LOCKED) \
+               AND (o.lease_until IS NULL OR o.lease_until <= $3) AND c.state = 'live' {one}\
+               ORDER BY o.not_before, o.id LIMIT $4 FOR UPDATE OF o SKIP LOCKED) \
              UPDATE outbox SET lease_owner = $1, lease_until = $2 FROM due WHERE outbox.id = due.due_id \
              RETURNING {OUTBOX_COLS}"
-        ))
-        .bind(&claim.owner)
-        .bind(claim.now.saturating_add(ms(claim.lease_for)))
-        .bind(claim.now)
-        .bind(&claim.connection_id)
-        .bind(i64::from(claim.limit))
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&claim.owner)
+            .bind(claim.now.saturating_add(ms(claim.lease_for)))
+            .bind(claim.now)
+            .bind(i64::from(claim.limit));
+        if let Some(c) = &claim.connection_id {
+            query = query.bind(c);
+        }
+        let r = query.fetch_all(&self.pool).await?;
         codec::due_order(rows(r, codec::outbox))
     }
 
@@ -697,15 +711,13 @@ impl Store for PgStore {
     }
 
     async fn pull_events(&self, pull: &Pull) -> Result<Vec<InboxEvent>, StoreError> {
-        let r = sqlx::query(&format!(
-            "SELECT {INBOX_COLS} FROM inbox WHERE id > $1 AND acked_at IS NULL \
-             AND ($2::text IS NULL OR connection_id = $2) ORDER BY id LIMIT $3"
-        ))
-        .bind(pull.after)
-        .bind(&pull.connection_id)
-        .bind(codec::page(pull.limit))
-        .fetch_all(&self.pool)
-        .await?;
+        let one = if pull.connection_id.is_some() { " AND connection_id = $3" } else { "" };
+        let sql = format!("SELECT {INBOX_COLS} FROM inbox WHERE id > $1 AND acked_at IS NULL{one} ORDER BY id LIMIT $2");
+        let mut query = sqlx::query(&sql).bind(pull.after).bind(codec::page(pull.limit));
+        if let Some(c) = &pull.connection_id {
+            query = query.bind(c);
+        }
+        let r = query.fetch_all(&self.pool).await?;
         let mut events = rows(r, codec::inbox)?;
         let first: Vec<i64> =
             events.iter().filter(|e| e.delivered_at.is_none()).map(|e| e.id).collect();
@@ -730,13 +742,13 @@ impl Store for PgStore {
         through: i64,
         now: Millis,
     ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE inbox SET acked_at = $3 WHERE id <= $2 AND acked_at IS NULL \
-             AND ($1::text IS NULL OR connection_id = $1)",
-        )
-        .bind(connection_id)
-        .bind(through)
-        .bind(now)
+        let done = match connection_id {
+            Some(c) => sqlx::query("UPDATE inbox SET acked_at = $2 WHERE id <= $1 AND acked_at IS NULL AND connection_id = $3")
+                .bind(through)
+                .bind(now)
+                .bind(c),
+            None => sqlx::query("UPDATE inbox SET acked_at = $2 WHERE id <= $1 AND acked_at IS NULL").bind(through).bind(now),
+        }
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
