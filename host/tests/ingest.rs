@@ -325,6 +325,25 @@ async fn lossy_webhooks_plus_one_sweep_deliver_every_change_once_in_order() {
     let again = reconciler.sweep(source).await.unwrap();
     assert_eq!((again.caught, again.alerted), (0, false), "{again:?}");
 
+    // More missed webhooks while the alert is still open: caught, counted, not alerted again.
+    // Once the operator acknowledged it, the next crossing alerts again.
+    let miss_more = |n: usize| {
+        sim.set_faults(FaultConfig { webhook_drop: 1.0, ..FaultConfig::default() }).unwrap();
+        for _ in 0..n {
+            sim.create_ticket(account.id, Default::default()).unwrap();
+        }
+        sim.clock().advance(Duration::from_secs(120));
+    };
+    miss_more(12);
+    let third = reconciler.sweep(source).await.unwrap();
+    assert_eq!((third.caught, third.alerted), (12, false), "{third:?}");
+    let open: Vec<_> = gw.store.list_alerts(Some("zd"), false, 100).await.unwrap().into_iter().filter(|a| a.kind == "webhooks-missed").collect();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert!(gw.store.ack_alert(open[0].id, sim.clock().now_ms()).await.unwrap());
+    miss_more(12);
+    let fourth = reconciler.sweep(source).await.unwrap();
+    assert_eq!((fourth.caught, fourth.alerted), (12, true), "{fourth:?}");
+
     gate.close();
     let _ = driving.await;
     sim.shutdown().await;

@@ -57,7 +57,8 @@ pub struct SweepConfig {
     pub list_open_first: bool,
     /// The most pages one listing may take; past it the sweep fails (a cursor that loops).
     pub max_pages: u32,
-    /// Raise a `webhooks-missed` alert when one sweep catches at least this many changes
+    /// Raise a `webhooks-missed` alert (unless one is open, not yet acknowledged, for the
+    /// connection) when one sweep catches at least this many changes
     /// (0: never). A first sweep (no mark) never alerts: it has nothing to compare with.
     pub miss_alert_threshold: u64,
     /// How often one page is retried after a `rate-limited` answer (the gate is penalized and
@@ -101,7 +102,7 @@ pub struct SweepReport {
     pub stale: u64,
     /// Wall time the sweep took.
     pub duration: Duration,
-    /// Whether a `webhooks-missed` alert was raised.
+    /// Whether a `webhooks-missed` alert was raised (not when one was open already).
     pub alerted: bool,
 }
 
@@ -302,7 +303,20 @@ impl Reconciler {
         report.stale = totals.stale;
         self.marks.put(&connection_id, mark).await.map_err(SweepError::Marks)?;
         let threshold = self.config.miss_alert_threshold;
-        if !report.first && threshold > 0 && report.caught >= threshold {
+        // One open alert per connection: while the operator has not acknowledged the last one,
+        // later sweeps that cross the threshold are the same broken webhook (the metrics keep
+        // counting every catch), not news worth another page at 2 am.
+        let crossed = !report.first && threshold > 0 && report.caught >= threshold;
+        let already_open = crossed
+            && self
+                .inbox
+                .store()
+                .list_alerts(Some(&connection_id), false, 1000)
+                .await
+                .map_err(SweepError::Store)?
+                .iter()
+                .any(|a| a.kind == "webhooks-missed");
+        if crossed && !already_open {
             let alert = NewAlert {
                 connection_id: Some(connection_id.clone()),
                 kind: "webhooks-missed".to_owned(),

@@ -949,7 +949,15 @@ impl OutboxWorker {
             if *stop.borrow() {
                 break;
             }
-            let busy = match self.run_once().await {
+            let started = std::time::Instant::now();
+            let pass = self.run_once().await;
+            if let Ok(rep) = &pass
+                && rep.claimed > 0
+            {
+                tracing::debug!(owner = %self.inner.owner, claimed = rep.claimed, held = rep.held, confirmed = rep.confirmed,
+                    took_ms = started.elapsed().as_millis() as u64, "outbox pass");
+            }
+            let busy = match pass {
                 Ok(rep) if rep.claimed > 0 => {
                     let hook = self.inner.on_pass.read().unwrap_or_else(|e| e.into_inner()).clone();
                     if let Some(f) = hook {
