@@ -87,6 +87,16 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     tokio.block_on(async move {
         let clock: SharedClock = Arc::new(SystemClock);
         let store = crate::store::open(&validated.store, validated.secret_key.clone()).await?;
+        if store.backend() == crate::store::Backend::Sqlite {
+            // The embedded store serves one gateway (several replicas need PostgreSQL, the
+            // config refuses otherwise): claims still held in it belong to a previous run of
+            // this gateway that died (kill -9, power cut). Release them now instead of waiting
+            // out their lease; entries it had sent are read back before anything is resent.
+            let released = release_claims_of_previous_runs(&store).await?;
+            if released > 0 {
+                tracing::warn!(released, "released outbox claims left by a previous run that did not stop cleanly; entries it had sent are read back before any resend");
+            }
+        }
         // Several replicas (issue #9): budgets shared in Redis, the replica id as lease owner and
         // in readiness and metrics, lease periods from [cluster].
         let shared = crate::budget::shared::from_cluster(&validated.cluster, Some(store.clone()))?;
@@ -210,4 +220,27 @@ async fn sync_connection(store: &SharedStore, c: &ConnectionSettings, now: crate
         }
     }
     Ok(())
+}
+
+/// Release every outbox claim in a store only this process uses (see the caller). Returns how
+/// many were released.
+async fn release_claims_of_previous_runs(store: &crate::store::SharedStore) -> Result<u64, crate::store::StoreError> {
+    let mut by_owner: std::collections::BTreeMap<String, Vec<i64>> = std::collections::BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let q = crate::store::ActionQuery { connection_id: None, ticket_id: None, in_flight_only: true, after_id: after, limit: 1000 };
+        let page = store.list_actions(&q).await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        for e in page {
+            if let Some(l) = e.lease {
+                by_owner.entry(l.owner).or_default().push(e.id);
+            }
+        }
+    }
+    let mut released = 0;
+    for (owner, ids) in by_owner {
+        released += store.unclaim_actions(&ids, &owner).await?;
+    }
+    Ok(released)
 }

@@ -1,0 +1,207 @@
+//! Durability of one self-hosted gateway (issue #4): `deskgate serve` on its embedded SQLite
+//! store is killed with SIGKILL while a burst of replies is in flight, some of them already
+//! applied by the platform with the answer still on the wire. A new process on the same file
+//! finishes every acknowledged action, and each reply lands on its ticket exactly once: the write
+//! log says which were sent, and those are read back before anything is resent.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, FaultConfig, Platform, SimConfig, TicketSpec, TimeoutMode, WriteKind};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "crash-test-api-token-0123456789abcdef";
+
+/// One `deskgate serve` process (killed with SIGKILL on drop).
+struct Serve {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl Serve {
+    fn start(dir: &Path, name: &str, config: &str) -> Serve {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}")).unwrap();
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_deskgate"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("DESKGATE_SECRET_KEY", "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100")
+            .env("DESKGATE_API_TOKEN", TOKEN)
+            .env("DESKGATE_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("crash-serve-cache"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("deskgate serve");
+        Serve { port, child: Some(child) }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// kill -9: no shutdown hook runs, nothing is flushed.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Wait (up to 120 s: a first start compiles the adapters) until the gateway is ready on SQLite
+/// and runs the connection live.
+async fn wait_ready(http: &reqwest::Client, s: &Serve, log: &Path) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(s.url("/readyz")).send().await
+            && r.status().is_success()
+        {
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["store"], "sqlite", "{body}");
+            let conn: Value = http.get(s.url("/v1/connections/acme")).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap_or_default();
+            if conn["state"] == "live" {
+                return;
+            }
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(120), "the gateway did not become ready; its log:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn action(http: &reqwest::Client, s: &Serve, id: i64) -> Value {
+    http.get(s.url(&format!("/v1/actions/{id}"))).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap()
+}
+
+/// The public replies on a ticket, oldest first, as the platform recorded them.
+fn replies_of(sim: &deskgate_sim::SimHandle, account: u64, ticket: u64) -> Vec<String> {
+    sim.writes(account, Some(ticket))
+        .unwrap()
+        .iter()
+        .filter_map(|w| match &w.kind {
+            WriteKind::Reply { body } => Some(body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("crash-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(31)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let cred = sim.create_credential(account, CredentialSpec { agent_id: Some(admin.id), ..Default::default() }).unwrap();
+    let tickets: Vec<u64> = (0..12)
+        .map(|i| sim.create_ticket(account, TicketSpec { subject: Some(format!("t{i}")), ..Default::default() }).unwrap()["id"].as_u64().unwrap())
+        .collect();
+    let config = format!(
+        "store = \"sqlite://{}\"\n[connections.acme]\nplatform = \"zendesk\"\nbase_url = \"{}\"\n\
+         [connections.acme.credentials]\nemail = \"{}\"\ntoken = \"{}\"\n",
+        dir.join("deskgate.db").display(),
+        sim.base_url(),
+        cred.email,
+        cred.token
+    );
+    let http = reqwest::Client::new();
+    let mut first = Serve::start(&dir, "first", &config);
+    wait_ready(&http, &first, &dir.join("first.log")).await;
+
+    // Slow platform; a third of the writes are applied and then answered only after 3 s, so the
+    // kill finds writes that landed while the gateway still has them as `sent`.
+    sim.set_faults(FaultConfig {
+        latency_ms: 40,
+        timeout_after_apply: 0.34,
+        timeout_mode: TimeoutMode::Hold,
+        timeout_hold_ms: 3_000,
+        ..FaultConfig::default()
+    })
+    .unwrap();
+    const N: usize = 60;
+    let mut acked: Vec<(i64, String, u64)> = Vec::new();
+    for i in 0..N {
+        let ticket = tickets[i % tickets.len()];
+        let body = format!("reply {i}");
+        let r = http
+            .post(first.url("/v1/connections/acme/actions"))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", format!("crash-{i}"))
+            .json(&json!({ "ticket_id": ticket.to_string(), "action": { "type": "reply", "body": body } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        acked.push((v["id"].as_i64().unwrap(), body, ticket));
+    }
+
+    // Kill once a write the platform has applied is still `sent` in the gateway's write log.
+    let start = Instant::now();
+    let in_flight_at_kill = loop {
+        let mut sent = Vec::new();
+        let mut landed = false;
+        for (id, body, ticket) in &acked {
+            if action(&http, &first, *id).await["state"] == "sent" {
+                sent.push((*id, *ticket));
+                landed |= replies_of(&sim, account, *ticket).contains(body);
+            }
+        }
+        if landed {
+            break sent;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no write was ever seen in flight");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    first.kill();
+    let done_before: usize = acked.iter().filter(|(_, body, t)| replies_of(&sim, account, *t).contains(body)).count();
+    println!("killed with {} actions sent and unanswered; {done_before} of {N} replies on the platform", in_flight_at_kill.len());
+    assert!(done_before < N, "the burst was over before the kill; the test proves nothing");
+
+    // A new process on the same file, with the platform healthy again.
+    sim.set_faults(FaultConfig::default()).unwrap();
+    let second = Serve::start(&dir, "second", &config);
+    wait_ready(&http, &second, &dir.join("second.log")).await;
+    let start = Instant::now();
+    for (id, _, _) in &acked {
+        loop {
+            let a = action(&http, &second, *id).await;
+            match a["state"].as_str() {
+                Some("confirmed") => break,
+                Some("pending" | "sent" | "ambiguous") => {}
+                _ => panic!("action {id} did not complete: {a}"),
+            }
+            let log = std::fs::read_to_string(dir.join("second.log")).unwrap_or_default();
+            assert!(start.elapsed() < Duration::from_secs(60), "action {id} still in flight: {a}\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Exactly once on the platform, and in submission order per ticket.
+    for ticket in &tickets {
+        let bodies = replies_of(&sim, account, *ticket);
+        let expected: Vec<String> = acked.iter().filter(|(_, _, t)| t == ticket).map(|(_, b, _)| b.clone()).collect();
+        assert_eq!(bodies, expected, "ticket {ticket}: every acknowledged reply once, in order");
+    }
+    // The writes caught in flight were settled by the second process, from a read-back where the
+    // platform had applied them.
+    let mut read_back = 0;
+    for (id, _) in &in_flight_at_kill {
+        let a = action(&http, &second, *id).await;
+        if a["result"]["confirmed_by"].as_str().is_some_and(|s| s.contains("read-back")) {
+            read_back += 1;
+        }
+    }
+    println!("{read_back} of {} in-flight actions confirmed by a read-back after the restart", in_flight_at_kill.len());
+    assert!(read_back >= 1, "a write applied before the kill must be found by a read-back, not resent");
+    drop(second);
+    sim.shutdown().await;
+}
