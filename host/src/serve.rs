@@ -86,6 +86,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let tokio = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     tokio.block_on(async move {
         let clock: SharedClock = Arc::new(SystemClock);
+        // One gateway per embedded store: a second `deskgate serve` on the same file would take
+        // the first one's claims for a dead run's. Held until the process exits.
+        let _single = match crate::store::sqlite_path(&validated.store) {
+            Some(path) => Some(lock_store_file(&path)?),
+            None => None,
+        };
         let store = crate::store::open(&validated.store, validated.secret_key.clone()).await?;
         if store.backend() == crate::store::Backend::Sqlite {
             // The embedded store serves one gateway (several replicas need PostgreSQL, the
@@ -243,4 +249,30 @@ async fn release_claims_of_previous_runs(store: &crate::store::SharedStore) -> R
         released += store.unclaim_actions(&ids, &owner).await?;
     }
     Ok(released)
+}
+
+/// Take the embedded store's lock file (`PATH.lock`, an OS advisory lock the kernel drops when
+/// the process dies, kill -9 included), or say which store is in use.
+fn lock_store_file(path: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let lock_path = std::path::PathBuf::from(format!("{}.lock", path.display()));
+    if let Some(dir) = lock_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening the store's lock file {}", lock_path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another deskgate serve is using the store {} (its lock {} is held). One gateway serves an \
+             embedded SQLite store; stop the other one, or run several replicas on PostgreSQL (see \
+             \"Running several replicas\" in the README)",
+            path.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(anyhow::Error::new(e).context(format!("locking {}", lock_path.display()))),
+    }
 }

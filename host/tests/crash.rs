@@ -116,6 +116,21 @@ async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
     let http = reqwest::Client::new();
     let mut first = Serve::start(&dir, "first", &config);
     wait_ready(&http, &first, &dir.join("first.log")).await;
+    // One gateway per embedded store: a second one on the same file refuses to start.
+    let mut twin = Serve::start(&dir, "twin", &config);
+    let status = {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = twin.child.as_mut().unwrap().try_wait().unwrap() {
+                break s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "a second gateway kept running on the same SQLite file");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    twin.child = None;
+    let said = std::fs::read_to_string(dir.join("twin.log")).unwrap();
+    assert!(!status.success() && said.contains("another deskgate serve is using the store"), "{status}: {said}");
 
     // Slow platform; a third of the writes are applied and then answered only after 3 s, so the
     // kill finds writes that landed while the gateway still has them as `sent`.

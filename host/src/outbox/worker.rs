@@ -755,8 +755,10 @@ impl Inner {
             let verdict = self.auth_hook.as_ref().map(|h| h(&af)).unwrap_or_default();
             self.emit(OutboxEvent::AuthFailure(af));
             if verdict == AuthVerdict::Resend {
+                // After the entry's backoff, so that a policy that kept answering Resend could
+                // never spin on the platform.
                 let detail = format!("[auth] {}; the credential was replaced since the request went out, resending with the new one", failure.explain());
-                return self.settle_later(e, Settle::Retry { detail, not_before: self.now() }, rep).await;
+                return self.settle_later(e, Settle::Retry { detail, not_before: self.backoff_at(e.attempts) }, rep).await;
             }
             if verdict == AuthVerdict::Wait {
                 let detail = format!("[auth] {}; waiting for the connection's credentials or permissions to be fixed", failure.explain());

@@ -92,6 +92,15 @@ pub async fn open(url: &str, key: SecretKey) -> Result<SharedStore, StoreError> 
 }
 
 /// Where a store lives, as parsed from its URL.
+/// The file of a SQLite store URL (a path, `sqlite://PATH[?options]`); `None` for PostgreSQL or
+/// a URL [`open`] would refuse.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    match Location::parse(url).ok()? {
+        Location::Sqlite(p) | Location::SqliteRelaxed(p) => Some(p),
+        Location::Postgres(_) => None,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Location {
     Sqlite(std::path::PathBuf),
