@@ -50,9 +50,16 @@
 //! [cluster]                          # optional: several replicas (README "Running several replicas")
 //! redis = "redis://127.0.0.1:6379/0" # budgets shared by every replica (also redis+unix:///PATH)
 //! replicas = 3                       # how many replicas share the limits (fallback share: 1/3 each)
-//! replica_id = "gw-a"                # optional: HOSTNAME-pid by default; in metrics, leases, alerts
+//! replica_id = "gw-a"                # optional: HOSTNAME-pid by default (HOSTNAME on SQLite); in metrics, leases, alerts
 //! redis_prefix = "deskgate"          # optional: prefix of every Redis key
 //! lease_secs = 60                    # optional: outbox claim and timer lease period
+//!
+//! [push]                             # optional: POST events to the app (besides GET /v1/events)
+//! url = "https://app.example.com/deskgate/events"
+//! secret_env = "DESKGATE_PUSH_SECRET" # signs each POST: x-deskgate-timestamp, x-deskgate-signature
+//! batch = 100                        # optional: events per POST
+//! timeout_secs = 10                  # optional
+//! connection = "acme"                # optional: only this connection's events
 //!
 //! [connections.acme.credentials]     # scheme = "api_key" (default) or "oauth"
 //! email = "bot@acme.com"
@@ -134,6 +141,41 @@ pub struct Config {
     /// Several replicas: shared budgets, replica identity.
     #[serde(default)]
     pub cluster: ClusterSection,
+    /// Push events to the app's own endpoint (besides the pull API).
+    pub push: Option<PushSection>,
+}
+
+/// `[push]`: POST inbox events to the app, signed, acknowledged on its 2xx.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushSection {
+    /// The app's endpoint.
+    pub url: Option<String>,
+    /// The signing secret, literally (prefer `secret_env`).
+    pub secret: Option<Secret>,
+    /// The environment variable holding the signing secret.
+    pub secret_env: Option<String>,
+    /// Events per POST (100 by default, 1..=1000).
+    pub batch: Option<u32>,
+    /// Seconds the app has to answer (10 by default, 1..=300).
+    pub timeout_secs: Option<u64>,
+    /// Push only this connection's events (all by default).
+    pub connection: Option<String>,
+}
+
+/// `[push]` after validation.
+#[derive(Debug, Clone)]
+pub struct PushSettings {
+    /// The app's endpoint.
+    pub url: String,
+    /// The signing secret.
+    pub secret: Secret,
+    /// Events per POST.
+    pub batch: u32,
+    /// Time the app has to answer.
+    pub timeout: Duration,
+    /// Only this connection's events.
+    pub connection: Option<String>,
 }
 
 /// `[cluster]`: running several replicas on one PostgreSQL store and one Redis.
@@ -144,7 +186,8 @@ pub struct ClusterSection {
     pub redis: Option<String>,
     /// How many replicas share each connection's limits (1 by default).
     pub replicas: Option<u32>,
-    /// This replica's id (`HOSTNAME-pid` by default).
+    /// This replica's id (`HOSTNAME-pid` by default; `HOSTNAME` on the embedded store, which one
+    /// gateway uses, so that a restart takes its timer leases back at once).
     pub replica_id: Option<String>,
     /// Prefix of every Redis key (`deskgate` by default).
     pub redis_prefix: Option<String>,
@@ -278,6 +321,8 @@ pub struct Validated {
     pub connections: Vec<ConnectionSettings>,
     /// Several replicas.
     pub cluster: ClusterSettings,
+    /// Push to the app, when configured.
+    pub push: Option<PushSettings>,
 }
 
 /// One connection after validation.
@@ -518,6 +563,7 @@ impl Config {
         });
 
         let cluster = validate_cluster(&self.cluster, &store, env, &mut errs);
+        let push = self.push.as_ref().and_then(|p| validate_push(p, env, &mut errs));
         let mut connections = Vec::new();
         for (id, c) in &self.connections {
             if let Some(s) = validate_connection(id, c, env, platforms, &mut errs) {
@@ -537,8 +583,76 @@ impl Config {
             runtime,
             connections,
             cluster,
+            push,
         })
     }
+}
+
+fn validate_push(p: &PushSection, env: &dyn Fn(&str) -> Option<String>, errs: &mut Vec<ConfigError>) -> Option<PushSettings> {
+    let before = errs.len();
+    let url = match p.url.as_deref().map(check_http_url) {
+        Some(Ok(u)) => u,
+        Some(Err(e)) => {
+            errs.push(ConfigError::new("push.url", e, "write the https URL of the app's endpoint that takes deskgate's events"));
+            String::new()
+        }
+        None => {
+            errs.push(ConfigError::new(
+                "push.url",
+                "[push] has no url",
+                "add url = \"https://app.example.com/deskgate/events\", or remove [push] and pull GET /v1/events",
+            ));
+            String::new()
+        }
+    };
+    let secret = match (&p.secret, &p.secret_env) {
+        (Some(_), Some(_)) => {
+            errs.push(ConfigError::new("push.secret", "both secret and secret_env are set", "keep one of them (secret_env keeps it out of the file)"));
+            None
+        }
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
+            Some(v) => Some(Secret(v)),
+            None => {
+                errs.push(ConfigError::new(
+                    "push.secret_env",
+                    format!("the environment variable {var} is not set"),
+                    format!("set {var} to a random secret shared with the app (`openssl rand -hex 32`)"),
+                ));
+                None
+            }
+        },
+        (None, None) => {
+            errs.push(ConfigError::new(
+                "push.secret_env",
+                "no signing secret: unsigned pushes would let anyone who finds the app's endpoint post forged tickets to it",
+                "set secret_env = \"DESKGATE_PUSH_SECRET\" and give the app the same secret to check x-deskgate-signature",
+            ));
+            None
+        }
+    };
+    if let Some(s) = &secret
+        && s.expose().len() < 16
+    {
+        errs.push(ConfigError::new("push.secret", format!("the secret is {} characters long, too short to resist guessing", s.expose().len()), "use at least 16 random characters (`openssl rand -hex 32`)"));
+    }
+    let batch = p.batch.unwrap_or(100);
+    if !(1..=1000).contains(&batch) {
+        errs.push(ConfigError::new("push.batch", format!("{batch} is outside 1..=1000"), "use 100 (events per POST), or less for a slow app"));
+    }
+    let timeout = p.timeout_secs.unwrap_or(10);
+    if !(1..=300).contains(&timeout) {
+        errs.push(ConfigError::new("push.timeout_secs", format!("{timeout} s is outside 1..=300"), "use 10: the app answers once the events are stored, before working on them"));
+    }
+    if let Some(c) = &p.connection
+        && !valid_connection_id(c)
+    {
+        errs.push(ConfigError::new("push.connection", format!("`{c}` is not a connection id"), "name a connection (lowercase letters, digits, `-`, `_`) or remove the key to push every connection's events"));
+    }
+    if errs.len() > before {
+        return None;
+    }
+    Some(PushSettings { url, secret: secret?, batch, timeout: Duration::from_secs(timeout), connection: p.connection.clone() })
 }
 
 /// Whether `id` can name a replica (it appears in lease owners, metrics and alerts).
@@ -605,7 +719,14 @@ fn validate_cluster(
                 .take(48)
                 .collect();
             let host = if host.is_empty() { "deskgate".to_string() } else { host };
-            format!("{host}-{}", std::process::id())
+            if crate::store::sqlite_path(store).is_some() {
+                // One gateway per embedded store (serve holds its lock file): the same id across
+                // restarts lets a restarted gateway take its timers back at once instead of
+                // waiting out the leases of the run that died.
+                host
+            } else {
+                format!("{host}-{}", std::process::id())
+            }
         }
     };
     let redis_prefix = c.redis_prefix.clone().unwrap_or_else(|| "deskgate".into());
@@ -888,7 +1009,9 @@ token_env = "ZENDESK_TOKEN"
     fn cluster_settings_validate_and_default() {
         let v = Config::parse(GOOD).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
         assert_eq!((v.cluster.redis.as_deref(), v.cluster.replicas, v.cluster.redis_prefix.as_str()), (None, 1, "deskgate"));
-        assert!(v.cluster.replica_id.ends_with(&format!("-{}", std::process::id())), "{}", v.cluster.replica_id);
+        assert!(!v.cluster.replica_id.contains(&std::process::id().to_string()), "stable on the embedded store: {}", v.cluster.replica_id);
+        let pg = Config::parse(&format!("store = \"postgres://dg@db/deskgate\"\n{GOOD}")).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert!(pg.cluster.replica_id.ends_with(&format!("-{}", std::process::id())), "{}", pg.cluster.replica_id);
         let text = format!(
             "store = \"postgres://dg:pw@db/deskgate\"\n{GOOD}\n[cluster]\nredis = \"redis://:pw@10.0.0.5:6379/2\"\nreplicas = 3\nreplica_id = \"gw-a\"\n"
         );
@@ -914,6 +1037,42 @@ token_env = "ZENDESK_TOKEN"
         assert!(e.get("cluster.replicas").unwrap().problem.contains("outside"), "{e}");
         let e = Config::parse(&format!("{GOOD}\n[cluster]\nredis_url = \"redis://x\"\n")).unwrap_err();
         assert!(e.0[0].key.contains("cluster.redis_url"), "{e}");
+    }
+
+    #[test]
+    fn push_validates_and_its_mistakes_name_the_key_and_the_fix() {
+        let v = Config::parse(GOOD).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert!(v.push.is_none(), "push is optional");
+        let push = |body: &str| format!("{GOOD}\n[push]\n{body}\n");
+        let with_secret = env(&[
+            (SECRET_KEY_ENV, KEY),
+            (API_TOKEN_ENV, "a-long-enough-api-token"),
+            ("ZENDESK_TOKEN", "zd-secret-token"),
+            ("PUSH_SECRET", "push-secret-0123456789"),
+        ]);
+        let text = push("url = \"https://app.example.com/deskgate/events/\"\nsecret_env = \"PUSH_SECRET\"\nbatch = 50\nconnection = \"acme\"");
+        let v = Config::parse(&text).unwrap().validate(&with_secret, &BUILTIN_PLATFORMS).unwrap();
+        let p = v.push.as_ref().unwrap();
+        assert_eq!((p.url.as_str(), p.batch, p.timeout, p.connection.as_deref()), ("https://app.example.com/deskgate/events", 50, Duration::from_secs(10), Some("acme")));
+        assert_eq!(p.secret.expose(), "push-secret-0123456789");
+        assert!(!format!("{v:?}").contains("push-secret-0123456789"), "the push secret leaked");
+        // No secret at all: refused, an unsigned push could be forged.
+        let e = errors(&push("url = \"https://app.example.com/e\""), &base_env());
+        let m = e.get("push.secret_env").expect("secret error");
+        assert!(m.problem.contains("forged") && m.fix.contains("x-deskgate-signature"), "{m}");
+        // The variable named but not set; a bad URL; ranges; a bad connection id; both secrets.
+        let e = errors(&push("url = \"ftp://app\"\nsecret_env = \"NOPE\"\nbatch = 0\ntimeout_secs = 900\nconnection = \"Acme Corp\""), &base_env());
+        assert!(e.get("push.secret_env").unwrap().problem.contains("NOPE"), "{e}");
+        for key in ["push.url", "push.batch", "push.timeout_secs", "push.connection"] {
+            assert!(e.get(key).is_some(), "{key} not reported: {e}");
+        }
+        let e = errors(&push("secret = \"short\""), &base_env());
+        assert!(e.get("push.url").unwrap().problem.contains("no url"), "{e}");
+        assert!(e.get("push.secret").unwrap().problem.contains("too short"), "{e}");
+        let e = errors(&push("url = \"https://a.example\"\nsecret = \"push-secret-0123456789\"\nsecret_env = \"PUSH_SECRET\""), &with_secret);
+        assert!(e.get("push.secret").unwrap().problem.contains("both"), "{e}");
+        let e = Config::parse(&push("url = \"https://a.example\"\nretries = 3")).unwrap_err();
+        assert!(e.0[0].key.contains("push.retries"), "{e}");
     }
 
     #[test]

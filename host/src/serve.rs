@@ -133,6 +133,14 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             // A replica meeting another replica's refresh waits for its pair (see crate::auth).
             config.auth.in_flight_wait = std::time::Duration::from_secs(30);
         }
+        if let Some(p) = &validated.push {
+            let mut push = crate::ingest::push::PushConfig::new(p.url.clone());
+            push.batch = p.batch;
+            push.timeout = p.timeout;
+            push.connection_id.clone_from(&p.connection);
+            push.secret = Some(p.secret.expose().as_bytes().to_vec());
+            config.push = Some(push);
+        }
         if let Some(lease) = validated.cluster.lease {
             config.timer_lease = lease;
             config.outbox.lease_for = lease;

@@ -2,15 +2,22 @@
 //! store is killed with SIGKILL while a burst of replies is in flight, some of them already
 //! applied by the platform with the answer still on the wire. A new process on the same file
 //! finishes every acknowledged action, and each reply lands on its ticket exactly once: the write
-//! log says which were sent, and those are read back before anything is resent.
+//! log says which were sent, and those are read back before anything is resent. The restarted
+//! gateway also pushes the resulting events to the app, signed, as `[push]` configures.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, FaultConfig, Platform, SimConfig, TicketSpec, TimeoutMode, WriteKind};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, FaultConfig, Platform, SimConfig, TicketSpec, TimeoutMode, WebhookTarget, WriteKind};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "crash-test-api-token-0123456789abcdef";
+const PUSH_SECRET: &str = "crash-test-push-secret-0123456789";
+const WEBHOOK_SECRET: &str = "crash-test-zendesk-webhook-secret";
 
 /// One `deskgate serve` process (killed with SIGKILL on drop).
 struct Serve {
@@ -105,8 +112,38 @@ async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
     let tickets: Vec<u64> = (0..12)
         .map(|i| sim.create_ticket(account, TicketSpec { subject: Some(format!("t{i}")), ..Default::default() }).unwrap()["id"].as_u64().unwrap())
         .collect();
+    // The app takes pushed events and checks their signatures as an app would.
+    let pushes = Arc::new(Mutex::new((0usize, 0usize))); // (signed right, refused)
+    let app = {
+        let pushes = pushes.clone();
+        axum::Router::new().route(
+            "/events",
+            axum::routing::post(move |headers: axum::http::HeaderMap, raw: axum::body::Bytes| {
+                let pushes = pushes.clone();
+                async move {
+                    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                    let mut mac = Hmac::<Sha256>::new_from_slice(PUSH_SECRET.as_bytes()).unwrap();
+                    mac.update(format!("{}.", h("x-deskgate-timestamp")).as_bytes());
+                    mac.update(&raw);
+                    let ok = h("x-deskgate-signature").strip_prefix("v1=").and_then(|x| hex::decode(x).ok()).is_some_and(|t| mac.verify_slice(&t).is_ok());
+                    let mut p = pushes.lock().unwrap();
+                    if ok {
+                        p.0 += 1;
+                        axum::http::StatusCode::OK
+                    } else {
+                        p.1 += 1;
+                        axum::http::StatusCode::UNAUTHORIZED
+                    }
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_url = format!("http://{}/events", listener.local_addr().unwrap());
+    let app_server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let config = format!(
-        "store = \"sqlite://{}\"\n[connections.acme]\nplatform = \"zendesk\"\nbase_url = \"{}\"\n\
+        "store = \"sqlite://{}\"\n[push]\nurl = \"{app_url}\"\nsecret = \"{PUSH_SECRET}\"\n\
+         [connections.acme]\nplatform = \"zendesk\"\nbase_url = \"{}\"\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n\
          [connections.acme.credentials]\nemail = \"{}\"\ntoken = \"{}\"\n",
         dir.join("deskgate.db").display(),
         sim.base_url(),
@@ -186,6 +223,9 @@ async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
     sim.set_faults(FaultConfig::default()).unwrap();
     let second = Serve::start(&dir, "second", &config);
     wait_ready(&http, &second, &dir.join("second.log")).await;
+    // The platform's webhooks now reach the gateway: the replies' ticket updates become events,
+    // which `[push]` delivers to the app, signed.
+    sim.set_webhook(account, Some(WebhookTarget { url: second.url("/webhooks/acme"), secret: WEBHOOK_SECRET.into() })).unwrap();
     let start = Instant::now();
     for (id, _, _) in &acked {
         loop {
@@ -217,6 +257,20 @@ async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
     }
     println!("{read_back} of {} in-flight actions confirmed by a read-back after the restart", in_flight_at_kill.len());
     assert!(read_back >= 1, "a write applied before the kill must be found by a read-back, not resent");
+    // A customer writes in: the platform's webhook, then the gateway's push.
+    sim.create_ticket(account, TicketSpec { subject: Some("after the restart".into()), ..Default::default() }).unwrap();
+    let start = Instant::now();
+    loop {
+        let (good, bad) = *pushes.lock().unwrap();
+        assert_eq!(bad, 0, "a push arrived without a valid signature");
+        if good > 0 {
+            break;
+        }
+        let log = std::fs::read_to_string(dir.join("second.log")).unwrap_or_default();
+        assert!(start.elapsed() < Duration::from_secs(30), "no event was pushed to the app; the gateway's log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app_server.abort();
     drop(second);
     sim.shutdown().await;
 }

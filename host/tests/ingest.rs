@@ -835,19 +835,33 @@ async fn push_retries_with_backoff_and_acks_only_on_2xx() {
         .collect();
     assert_eq!(inbox.insert("c", &batch, T0).await.unwrap().new, 5);
 
-    // The app: 503 twice, then 200; it records what it got.
+    // The app: checks the signature as an app would (its own HMAC over timestamp, '.', body),
+    // answers 503 twice, then 200; it records what it got.
+    const PUSH_SECRET: &str = "push-secret-for-the-test";
     let calls = Arc::new(AtomicU64::new(0));
+    let forged = Arc::new(AtomicU64::new(0));
     let got: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
     let app = {
-        let (calls, got) = (calls.clone(), got.clone());
+        let (calls, got, forged) = (calls.clone(), got.clone(), forged.clone());
         axum::Router::new().route(
             "/events",
-            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-                let (calls, got) = (calls.clone(), got.clone());
+            axum::routing::post(move |headers: axum::http::HeaderMap, raw: axum::body::Bytes| {
+                let (calls, got, forged) = (calls.clone(), got.clone(), forged.clone());
                 async move {
+                    let ts = headers.get("x-deskgate-timestamp").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                    let sig = headers.get("x-deskgate-signature").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(PUSH_SECRET.as_bytes()).unwrap();
+                    mac.update(format!("{ts}.").as_bytes());
+                    mac.update(&raw);
+                    let ok = sig.strip_prefix("v1=").and_then(|h| hex::decode(h).ok()).is_some_and(|tag| mac.verify_slice(&tag).is_ok());
+                    if !ok || ts.parse::<i64>().is_err() {
+                        forged.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::UNAUTHORIZED;
+                    }
                     if calls.fetch_add(1, Ordering::SeqCst) < 2 {
                         return axum::http::StatusCode::SERVICE_UNAVAILABLE;
                     }
+                    let body: Value = serde_json::from_slice(&raw).unwrap();
                     got.lock().unwrap().extend(body["events"].as_array().unwrap().iter().cloned());
                     axum::http::StatusCode::OK
                 }
@@ -859,7 +873,9 @@ async fn push_retries_with_backoff_and_acks_only_on_2xx() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let clock = ManualClock::new(T0 + 10_000);
-    let mut pusher = Pusher::new(store.clone(), Arc::new(clock.clone()), PushConfig::new(url), 7).unwrap();
+    let mut config = PushConfig::new(url.clone());
+    config.secret = Some(PUSH_SECRET.as_bytes().to_vec());
+    let mut pusher = Pusher::new(store.clone(), Arc::new(clock.clone()), config, 7).unwrap();
     let now = clock.now_ms();
     match pusher.push_once().await.unwrap() {
         PushOutcome::Retry { at, attempt: 1, .. } => assert!((now..=now + 1_000).contains(&at), "{at}"),
@@ -882,5 +898,14 @@ async fn push_retries_with_backoff_and_acks_only_on_2xx() {
         [("1", 1_000), ("2", 1_000), ("1", 2_000), ("2", 2_000), ("1", 3_000)].iter().map(|(t, v)| (t.to_string(), *v)).collect();
     assert_eq!(order, want, "once each, in order");
     assert!(got.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
+    assert_eq!(forged.load(Ordering::SeqCst), 0, "every push carried a valid signature");
+    // Signed with another secret, the same push is refused by the app and stays unacknowledged.
+    inbox.insert("c", &[Candidate::from_sweep("c", "zendesk", &ticket("3", T0 + 4_000))], T0).await.unwrap();
+    let mut wrong = PushConfig::new(url);
+    wrong.secret = Some(b"not-the-apps-secret".to_vec());
+    let mut impostor = Pusher::new(store.clone(), Arc::new(clock.clone()), wrong, 7).unwrap();
+    assert!(matches!(impostor.push_once().await.unwrap(), PushOutcome::Retry { .. }));
+    assert_eq!(forged.load(Ordering::SeqCst), 1);
+    assert_eq!(store.inbox_pending("c").await.unwrap(), 1);
     server.abort();
 }

@@ -9,6 +9,9 @@
 //! delivery is at least once (an app that took the batch but whose 2xx was lost gets it again);
 //! each event carries its stable inbox `id` and `dedupe_key` so the app can drop repeats.
 //!
+//! With a secret (required by `deskgate.toml`'s `[push]`), every POST is signed: see
+//! [`SIGNATURE_HEADER`].
+//!
 //! The pusher does not sleep: the caller schedules the next call at [`PushOutcome::Retry::at`]
 //! (or at once after a delivered batch), on its [`Clock`](crate::clock::Clock).
 
@@ -33,6 +36,26 @@ pub struct PushConfig {
     pub backoff: Backoff,
     /// Time the app has to answer.
     pub timeout: Duration,
+    /// Signs every POST ([`sign`]) so the app can tell deskgate's pushes from forgeries; the
+    /// configuration requires one, tests may go without.
+    pub secret: Option<Vec<u8>>,
+}
+
+/// Header with the signing time, milliseconds since the Unix epoch.
+pub const TIMESTAMP_HEADER: &str = "x-deskgate-timestamp";
+/// Header with the signature: `v1=` and the hex HMAC-SHA256, under the push secret, of the
+/// timestamp, a `.`, and the exact body bytes. The app recomputes it, compares in constant time and
+/// refuses timestamps older than a few minutes (replays).
+pub const SIGNATURE_HEADER: &str = "x-deskgate-signature";
+
+/// The [`SIGNATURE_HEADER`] value for `body` signed at `timestamp_ms` with `secret`.
+pub fn sign(secret: &[u8], timestamp_ms: Millis, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(timestamp_ms.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 impl PushConfig {
@@ -45,6 +68,7 @@ impl PushConfig {
             batch: 100,
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(300)),
             timeout: Duration::from_secs(10),
+            secret: None,
         }
     }
 }
@@ -117,8 +141,13 @@ impl Pusher {
         if events.is_empty() {
             return Ok(PushOutcome::Idle);
         }
-        let body = json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() });
-        let sent = self.client.post(&self.config.url).json(&body).send().await;
+        let body = serde_json::to_vec(&json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }))
+            .expect("JSON values always serialize");
+        let mut request = self.client.post(&self.config.url).header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(secret) = &self.config.secret {
+            request = request.header(TIMESTAMP_HEADER, now.to_string()).header(SIGNATURE_HEADER, sign(secret, now, &body));
+        }
+        let sent = request.body(body).send().await;
         let error = match sent {
             Ok(r) if r.status().is_success() => None,
             Ok(r) => Some(format!("the app answered {}", r.status())),
