@@ -88,12 +88,12 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let clock: SharedClock = Arc::new(SystemClock);
         // One gateway per embedded store: a second `deskgate serve` on the same file would take
         // the first one's claims for a dead run's. Held until the process exits.
-        let _single = match crate::store::sqlite_path(&validated.store) {
+        let store_lock = match crate::store::sqlite_path(&validated.store) {
             Some(path) => Some(lock_store_file(&path)?),
             None => None,
         };
         let store = crate::store::open(&validated.store, validated.secret_key.clone()).await?;
-        if store.backend() == crate::store::Backend::Sqlite {
+        if store_lock.is_some() {
             // The embedded store serves one gateway (several replicas need PostgreSQL, the
             // config refuses otherwise): claims still held in it belong to a previous run of
             // this gateway that died (kill -9, power cut). Release them now instead of waiting

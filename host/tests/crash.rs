@@ -15,53 +15,13 @@ use sha2::Sha256;
 use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, FaultConfig, Platform, SimConfig, TicketSpec, TimeoutMode, WebhookTarget, WriteKind};
 use serde_json::{Value, json};
 
+#[path = "support/serve.rs"]
+mod support_serve;
+use support_serve::Serve;
+
 const TOKEN: &str = "crash-test-api-token-0123456789abcdef";
 const PUSH_SECRET: &str = "crash-test-push-secret-0123456789";
 const WEBHOOK_SECRET: &str = "crash-test-zendesk-webhook-secret";
-
-/// One `deskgate serve` process (killed with SIGKILL on drop).
-struct Serve {
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Serve {
-    fn start(dir: &Path, name: &str, config: &str) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}")).unwrap();
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_deskgate"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("DESKGATE_SECRET_KEY", "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100")
-            .env("DESKGATE_API_TOKEN", TOKEN)
-            .env("DESKGATE_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("crash-serve-cache"))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("deskgate serve");
-        Serve { port, child: Some(child) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// kill -9: no shutdown hook runs, nothing is flushed.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Wait (up to 120 s: a first start compiles the adapters) until the gateway is ready on SQLite
 /// and runs the connection live.
@@ -151,10 +111,10 @@ async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
         cred.token
     );
     let http = reqwest::Client::new();
-    let mut first = Serve::start(&dir, "first", &config);
+    let mut first = Serve::start(&dir, "first", &config, TOKEN);
     wait_ready(&http, &first, &dir.join("first.log")).await;
     // One gateway per embedded store: a second one on the same file refuses to start.
-    let mut twin = Serve::start(&dir, "twin", &config);
+    let mut twin = Serve::start(&dir, "twin", &config, TOKEN);
     let status = {
         let start = Instant::now();
         loop {
@@ -221,7 +181,7 @@ async fn a_gateway_killed_mid_burst_applies_every_acknowledged_action_once() {
 
     // A new process on the same file, with the platform healthy again.
     sim.set_faults(FaultConfig::default()).unwrap();
-    let second = Serve::start(&dir, "second", &config);
+    let second = Serve::start(&dir, "second", &config, TOKEN);
     wait_ready(&http, &second, &dir.join("second.log")).await;
     // The platform's webhooks now reach the gateway: the replies' ticket updates become events,
     // which `[push]` delivers to the app, signed.

@@ -26,6 +26,10 @@ use deskgate::runtime::{Adapter, AdapterRuntime, RuntimeConfig};
 use deskgate::store::{self, SecretKey, SharedStore};
 use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, Platform, SimConfig, SimHandle, TicketSpec};
 
+#[path = "support/serve.rs"]
+mod support_serve;
+use support_serve::Serve;
+
 const T0: i64 = 1_800_000_000_000;
 
 fn runtime() -> &'static AdapterRuntime {
@@ -561,51 +565,6 @@ async fn token_refresh_racing_on_three_replicas_happens_once_per_rotation() {
     db.drop_db().await;
 }
 
-/// One `deskgate serve` process.
-struct Serve {
-    id: String,
-    port: u16,
-    child: Option<std::process::Child>,
-}
-
-impl Serve {
-    fn start(dir: &std::path::Path, id: &str, config: &str) -> Serve {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let path = dir.join(format!("{id}.toml"));
-        std::fs::write(&path, format!("listen = \"127.0.0.1:{port}\"\n{config}").replace("REPLICA_ID", id)).unwrap();
-        let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_deskgate"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("DESKGATE_SECRET_KEY", "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
-            .env("DESKGATE_API_TOKEN", SERVE_TOKEN)
-            .env("DESKGATE_CACHE_DIR", PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("replicas-serve-cache"))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("deskgate serve");
-        Serve { id: id.into(), port, child: Some(child) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// kill -9.
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 const SERVE_TOKEN: &str = "replicas-test-api-token-0123456789";
 
 /// Wait (up to 120 s: the first start compiles the adapters) until the replica is ready, reports
@@ -662,10 +621,10 @@ async fn a_replica_killed_mid_burst_loses_nothing_and_its_leases_move() {
         cred.token
     );
     let http = reqwest::Client::new();
-    let mut replicas = vec![Serve::start(&dir, "r1", &config)];
+    let mut replicas = vec![Serve::start(&dir, "r1", &config, SERVE_TOKEN)];
     wait_ready(&http, &replicas[0], &dir).await;
-    replicas.push(Serve::start(&dir, "r2", &config));
-    replicas.push(Serve::start(&dir, "r3", &config));
+    replicas.push(Serve::start(&dir, "r2", &config, SERVE_TOKEN));
+    replicas.push(Serve::start(&dir, "r3", &config, SERVE_TOKEN));
     for s in &replicas[1..] {
         wait_ready(&http, s, &dir).await;
     }

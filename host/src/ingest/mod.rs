@@ -166,7 +166,7 @@ pub struct Inbox {
     stored: tokio::sync::watch::Sender<u64>,
     /// Tickets seen carrying [`PROBE_TAG`], per connection: later events about them (the probe's
     /// deletion, which carries no snapshot and so no tag) are the probe's too.
-    probes: Mutex<std::collections::HashSet<(String, String)>>,
+    probes: Mutex<HashMap<String, std::collections::HashSet<String>>>,
 }
 
 impl Inbox {
@@ -208,16 +208,16 @@ impl Inbox {
             let newest = self.newest.lock().unwrap_or_else(|e| e.into_inner());
             let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
             for c in candidates {
-                let key = (connection_id.to_owned(), c.event.ticket_id.clone());
                 if is_probe_ticket(&c.event.ticket) {
                     // deskgate's own scope-probe ticket (created and deleted by the probe): not
-                    // a customer's, nothing for the app to do.
-                    if probes.len() < NEWEST_CAP {
-                        probes.insert(key);
+                    // a customer's, nothing for the app to do. A probe makes one per run.
+                    let seen = probes.entry(connection_id.to_owned()).or_default();
+                    if seen.len() < NEWEST_CAP {
+                        seen.insert(c.event.ticket_id.clone());
                     }
                     continue;
                 }
-                if probes.contains(&key) {
+                if probes.get(connection_id).is_some_and(|s| s.contains(&c.event.ticket_id)) {
                     continue;
                 }
                 let ticket = c.event.ticket_id.as_str();
