@@ -607,10 +607,11 @@ async fn accepted_events_survive_a_restart() {
 }
 
 /// A suspended connection (its credentials broke) still takes webhooks: they wait in the inbox,
-/// and an app long-polling for them wakes at once. A deleted one is unknown (404); one without a
-/// secret cannot verify anything (503, so the platform retries). Routes come from the store here.
+/// held from the app until the connection is live again, then come after the app's cursor. A
+/// deleted one is unknown (404); one without a secret cannot verify anything (503, so the
+/// platform retries). Routes come from the store here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn suspended_connections_still_take_webhooks() {
+async fn suspended_connections_still_take_webhooks_and_hold_them_until_resumed() {
     use deskgate::ingest::webhook::{StoreRoutes, WebhookSecret};
     use deskgate::store::ConnectionState;
     let rt = runtime();
@@ -635,20 +636,36 @@ async fn suspended_connections_still_take_webhooks() {
         ("x-zendesk-webhook-signature-timestamp".to_owned(), now.clone()),
     ];
 
-    // The app is long-polling when the delivery comes in.
-    let poll = tokio::spawn(async move {
-        let started = Instant::now();
-        let pull = Pull { after: 0, limit: 10, connection_id: Some("zd".into()), now: T0 };
-        let events = inbox.pull_wait(&pull, Duration::from_secs(20)).await.unwrap();
-        (events, started.elapsed())
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The delivery is accepted and stored, but held from the app while the connection is
+    // suspended: it is not processed until the connection is fixed.
     let report = ingestor.ingest("zd", &headers, body.as_bytes()).await.unwrap();
     assert_eq!(report.new, 1);
-    let (events, waited) = poll.await.unwrap();
-    assert_eq!(events.len(), 1);
-    assert!(waited < Duration::from_secs(5), "the long-poll woke on the insert, not the timeout: {waited:?}");
-    assert_eq!(store.inbox_pending("zd").await.unwrap(), 1);
+    let pull = |after: i64| Pull { after, limit: 10, connection_id: None, now: T0 };
+    assert!(inbox.pull_wait(&pull(0), Duration::from_millis(300)).await.unwrap().is_empty(), "held while suspended");
+    assert_eq!(store.inbox_pending("zd").await.unwrap(), 1, "kept durably");
+    // Meanwhile the app gets and acknowledges another connection's event, moving its cursor past
+    // the held one's id; the acknowledgement does not touch the held event.
+    store.set_connection_state("nosecret", &ConnectionState::Live, T0).await.unwrap();
+    let other = deskgate::store::NewEvent {
+        connection_id: "nosecret".into(),
+        platform: "zendesk".into(),
+        ticket_id: "77".into(),
+        kind: "ticket.created".into(),
+        ticket: json!({ "id": "77" }),
+        dedupe_key: "ticket:77@1".into(),
+    };
+    store.insert_events(&[other], T0).await.unwrap();
+    let got = inbox.pull_wait(&pull(0), Duration::ZERO).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.ticket_id.as_str()).collect::<Vec<_>>(), ["77"]);
+    let cursor = got[0].id;
+    store.ack_events_through(None, cursor, T0).await.unwrap();
+    assert_eq!(store.inbox_pending("zd").await.unwrap(), 1, "an acknowledgement past it does not drop it");
+    // The connection is fixed: its held event comes after the app's cursor, once.
+    store.set_connection_state("zd", &ConnectionState::Live, T0).await.unwrap();
+    let got = inbox.pull_wait(&pull(cursor), Duration::ZERO).await.unwrap();
+    assert_eq!(got.iter().map(|e| (e.connection_id.as_str(), e.ticket_id.as_str())).collect::<Vec<_>>(), [("zd", "9")]);
+    assert!(got[0].id > cursor);
+    store.set_connection_state("zd", &suspended, T0).await.unwrap();
 
     let gone = ingestor.ingest("gone", &headers, body.as_bytes()).await.unwrap_err();
     assert_eq!((gone.status(), gone.code()), (404, "unknown-connection"));

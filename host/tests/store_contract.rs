@@ -216,6 +216,7 @@ contract! {
     alerts_lifecycle,
     timer_leases_run_once_per_cluster,
     marks_only_move_forward,
+    a_suspended_connections_ticket_events_are_held_until_it_is_live,
     data_survives_close_and_reopen,
 }
 
@@ -1365,6 +1366,37 @@ mod cases {
             s.record_alert_delivery(987_654, &AlertDelivery::Delivered, T0).await,
             Err(StoreError::AlertNotFound(987_654))
         ));
+    }
+
+    pub async fn a_suspended_connections_ticket_events_are_held_until_it_is_live(c: Ctx) {
+        let s = &c.store;
+        live(s, "zd").await;
+        live(s, "fd").await;
+        let pull = |after: i64| Pull { after, limit: 100, connection_id: None, now: T0 };
+        let suspended = ConnectionState::Suspended { reason: "token revoked".into(), kind: "reauth".into() };
+        s.set_connection_state("zd", &suspended, T0).await.unwrap();
+        let mut notice = event("zd", "", "connection.suspended:1");
+        notice.kind = "connection.suspended".into();
+        s.insert_events(&[notice, event("zd", "1", "a"), event("zd", "1", "b")], T0).await.unwrap();
+        s.insert_events(&[event("fd", "7", "c")], T0).await.unwrap();
+        // The app sees the suspension notice and the other connection's event, not the held ones.
+        let got = s.pull_events(&pull(0)).await.unwrap();
+        let kinds: Vec<(&str, &str)> = got.iter().map(|e| (e.connection_id.as_str(), e.kind.as_str())).collect();
+        assert_eq!(kinds, [("zd", "connection.suspended"), ("fd", "ticket.updated")]);
+        let cursor = got.last().unwrap().id;
+        assert_eq!(s.ack_events_through(None, cursor, T0).await.unwrap(), 2, "the held events are not acknowledged");
+        assert_eq!(s.inbox_pending("zd").await.unwrap(), 2, "held events are pending, durably");
+        // Live again: they come after the cursor, once, in their order.
+        s.set_connection_state("zd", &ConnectionState::Live, T0 + 1).await.unwrap();
+        let got = s.pull_events(&pull(cursor)).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.dedupe_key.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(got.iter().all(|e| e.id > cursor));
+        // New events take ids after them; nothing is held any more.
+        s.insert_events(&[event("zd", "1", "d")], T0).await.unwrap();
+        let after: Vec<String> = s.pull_events(&pull(got[1].id)).await.unwrap().into_iter().map(|e| e.dedupe_key).collect();
+        assert_eq!(after, ["d"]);
+        // A duplicate of a released event is still a duplicate.
+        assert_eq!(s.insert_events(&[event("zd", "1", "a")], T0).await.unwrap().duplicates, 1);
     }
 
     pub async fn marks_only_move_forward(c: Ctx) {

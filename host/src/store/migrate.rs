@@ -42,6 +42,7 @@ pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/sqlite/0001_init.sql") },
     Migration { version: 2, name: "marks", sql: include_str!("migrations/sqlite/0002_marks.sql") },
     Migration { version: 3, name: "inbox_unacked_by_id", sql: include_str!("migrations/sqlite/0003_inbox_unacked_by_id.sql") },
+    Migration { version: 4, name: "inbox_held", sql: include_str!("migrations/sqlite/0004_inbox_held.sql") },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -49,6 +50,7 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 1, name: "init", sql: include_str!("migrations/postgres/0001_init.sql") },
     Migration { version: 2, name: "marks", sql: include_str!("migrations/postgres/0002_marks.sql") },
     Migration { version: 3, name: "inbox_unacked_by_id", sql: include_str!("migrations/postgres/0003_inbox_unacked_by_id.sql") },
+    Migration { version: 4, name: "inbox_held", sql: include_str!("migrations/postgres/0004_inbox_held.sql") },
 ];
 
 /// The SQLite schema version this binary writes.

@@ -1039,7 +1039,9 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Connection, StoreError>;
 
     /// Move a connection to `state`. Moving to [`ConnectionState::Deleted`] also erases its
-    /// credentials in the same transaction.
+    /// credentials in the same transaction; moving to [`ConnectionState::Live`] releases the
+    /// ticket events held while it was suspended (see [`Store::insert_events`]), giving them new
+    /// ids after every id issued so far, in their old order.
     ///
     /// # Errors
     /// [`StoreError::ConnectionNotFound`].
@@ -1180,6 +1182,9 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Store events, skipping those whose (connection, dedupe key) is already stored. Ids are
     /// assigned in insertion order and become visible in id order, so a cursor never skips one.
+    /// Ticket events of a suspended connection are stored *held*: kept, counted as pending, but
+    /// not pulled nor acknowledged until the connection is live again (connection events, such as
+    /// `connection.suspended` itself, are never held).
     ///
     /// # Errors
     /// [`StoreError::ConnectionNotFound`] if an event names an unknown connection (nothing is

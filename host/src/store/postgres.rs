@@ -314,6 +314,12 @@ impl Store for PgStore {
     ) -> Result<Connection, StoreError> {
         let (name, reason, kind) = codec::connection_state_cols(state);
         let mut tx = self.pool.begin().await?;
+        let live = matches!(state, ConnectionState::Live);
+        if live {
+            // New inbox ids below (the held events'): the inserters' lock, taken before the
+            // connection's row as they take them, so that ids still become visible in order.
+            sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INBOX_LOCK).execute(&mut *tx).await?;
+        }
         let row = sqlx::query(&format!(
             "UPDATE connections SET state = $2, suspend_reason = $3, suspend_kind = $4, updated_at = $5 \
              WHERE id = $1 RETURNING {CONN_COLS}"
@@ -331,6 +337,17 @@ impl Store for PgStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if live {
+            // Events held while it was suspended go to the app now, after everything it may have
+            // been given meanwhile: new ids from the identity, in their old order.
+            let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connection_id = $1 AND held ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            for old in held {
+                sqlx::query("UPDATE inbox SET id = DEFAULT, held = false WHERE id = $1").bind(old).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         codec::connection(&row)
@@ -683,10 +700,27 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         // Ids must become visible in id order (see the module docs): one inserter at a time.
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INBOX_LOCK).execute(&mut *tx).await?;
+        // A suspended connection's ticket events are held. FOR SHARE makes a concurrent resume
+        // (which updates the row) wait for this insert, or this insert wait for it, so an event
+        // is never held after the resume released the others.
+        let mut suspended: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
         for ev in events {
+            let held = if ev.ticket_id.is_empty() {
+                false
+            } else if let Some(h) = suspended.get(&ev.connection_id) {
+                *h
+            } else {
+                let state: Option<String> = sqlx::query_scalar("SELECT state FROM connections WHERE id = $1 FOR SHARE")
+                    .bind(&ev.connection_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let h = state.as_deref() == Some("suspended");
+                suspended.insert(ev.connection_id.clone(), h);
+                h
+            };
             let done = sqlx::query(
-                "INSERT INTO inbox (connection_id, platform, ticket_id, kind, ticket, dedupe_key, created_at) \
-                 VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7) ON CONFLICT (connection_id, dedupe_key) DO NOTHING",
+                "INSERT INTO inbox (connection_id, platform, ticket_id, kind, ticket, dedupe_key, created_at, held) \
+                 VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8) ON CONFLICT (connection_id, dedupe_key) DO NOTHING",
             )
             .bind(&ev.connection_id)
             .bind(&ev.platform)
@@ -695,6 +729,7 @@ impl Store for PgStore {
             .bind(ev.ticket.to_string())
             .bind(&ev.dedupe_key)
             .bind(now)
+            .bind(held)
             .execute(&mut *tx)
             .await
             .map_err(|e| {
@@ -712,7 +747,7 @@ impl Store for PgStore {
 
     async fn pull_events(&self, pull: &Pull) -> Result<Vec<InboxEvent>, StoreError> {
         let one = if pull.connection_id.is_some() { " AND connection_id = $3" } else { "" };
-        let sql = format!("SELECT {INBOX_COLS} FROM inbox WHERE id > $1 AND acked_at IS NULL{one} ORDER BY id LIMIT $2");
+        let sql = format!("SELECT {INBOX_COLS} FROM inbox WHERE id > $1 AND acked_at IS NULL AND NOT held{one} ORDER BY id LIMIT $2");
         let mut query = sqlx::query(&sql).bind(pull.after).bind(codec::page(pull.limit));
         if let Some(c) = &pull.connection_id {
             query = query.bind(c);
@@ -743,11 +778,11 @@ impl Store for PgStore {
         now: Millis,
     ) -> Result<u64, StoreError> {
         let done = match connection_id {
-            Some(c) => sqlx::query("UPDATE inbox SET acked_at = $2 WHERE id <= $1 AND acked_at IS NULL AND connection_id = $3")
+            Some(c) => sqlx::query("UPDATE inbox SET acked_at = $2 WHERE id <= $1 AND acked_at IS NULL AND NOT held AND connection_id = $3")
                 .bind(through)
                 .bind(now)
                 .bind(c),
-            None => sqlx::query("UPDATE inbox SET acked_at = $2 WHERE id <= $1 AND acked_at IS NULL").bind(through).bind(now),
+            None => sqlx::query("UPDATE inbox SET acked_at = $2 WHERE id <= $1 AND acked_at IS NULL AND NOT held").bind(through).bind(now),
         }
         .execute(&self.pool)
         .await?;

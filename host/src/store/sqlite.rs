@@ -341,6 +341,26 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if matches!(state, ConnectionState::Live) {
+            // Events held while it was suspended go to the app now, after everything it may have
+            // been given meanwhile: new ids past the newest ever issued, in their old order.
+            let held: Vec<i64> = sqlx::query_scalar("SELECT id FROM inbox WHERE connection_id = ?1 AND held = 1 ORDER BY id")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+            for old in held {
+                sqlx::query(
+                    "UPDATE inbox SET held = 0, id = 1 + MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'inbox'), 0), \
+                     (SELECT MAX(id) FROM inbox)) WHERE id = ?1",
+                )
+                .bind(old)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE sqlite_sequence SET seq = (SELECT MAX(id) FROM inbox) WHERE name = 'inbox' AND seq < (SELECT MAX(id) FROM inbox)")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
         tx.commit().await?;
         codec::connection(&row)
     }
@@ -693,8 +713,10 @@ impl Store for SqliteStore {
         let mut tx = self.tx().await?;
         for ev in events {
             let done = sqlx::query(
-                "INSERT INTO inbox (connection_id, platform, ticket_id, kind, ticket, dedupe_key, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (connection_id, dedupe_key) DO NOTHING",
+                "INSERT INTO inbox (connection_id, platform, ticket_id, kind, ticket, dedupe_key, created_at, held) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?3 <> '' AND \
+                   COALESCE((SELECT state = 'suspended' FROM connections WHERE id = ?1), 0)) \
+                 ON CONFLICT (connection_id, dedupe_key) DO NOTHING",
             )
             .bind(&ev.connection_id)
             .bind(&ev.platform)
@@ -722,9 +744,9 @@ impl Store for SqliteStore {
         let mut tx = self.tx().await?;
         let mut events = sqlx::query(
             if pull.connection_id.is_some() {
-                "SELECT * FROM inbox WHERE id > ?1 AND acked_at IS NULL AND connection_id = ?2 ORDER BY id LIMIT ?3"
+                "SELECT * FROM inbox WHERE id > ?1 AND acked_at IS NULL AND held = 0 AND connection_id = ?2 ORDER BY id LIMIT ?3"
             } else {
-                "SELECT * FROM inbox WHERE id > ?1 AND acked_at IS NULL ORDER BY id LIMIT ?3"
+                "SELECT * FROM inbox WHERE id > ?1 AND acked_at IS NULL AND held = 0 ORDER BY id LIMIT ?3"
             },
         )
         .bind(pull.after)
@@ -761,9 +783,9 @@ impl Store for SqliteStore {
     ) -> Result<u64, StoreError> {
         let done = sqlx::query(
             if connection_id.is_some() {
-                "UPDATE inbox SET acked_at = ?3 WHERE id <= ?2 AND acked_at IS NULL AND connection_id = ?1"
+                "UPDATE inbox SET acked_at = ?3 WHERE id <= ?2 AND acked_at IS NULL AND held = 0 AND connection_id = ?1"
             } else {
-                "UPDATE inbox SET acked_at = ?3 WHERE id <= ?2 AND acked_at IS NULL"
+                "UPDATE inbox SET acked_at = ?3 WHERE id <= ?2 AND acked_at IS NULL AND held = 0"
             },
         )
         .bind(connection_id)
