@@ -695,9 +695,11 @@ impl CredentialManager {
         Ok(true)
     }
 
-    /// The outbox's [`AuthHook`]: a 401 keeps the action waiting ([`AuthVerdict::Wait`]) while
-    /// a background task refreshes once (OAuth) or suspends; a 403 is recorded and alerted and
-    /// the action fails with the platform's reason.
+    /// The outbox's [`AuthHook`]: a 401 sends the action again after its backoff
+    /// ([`AuthVerdict::Resend`]) while a background task refreshes once (OAuth) or suspends; once
+    /// suspended, the connection's work is not claimed until it is live again, so the action waits
+    /// for the fix durably, and goes out as soon as the fix comes (not after a fixed wait). A 403
+    /// is recorded and alerted and the action fails with the platform's reason.
     pub fn auth_hook(&self) -> AuthHook {
         let me = self.clone();
         Arc::new(move |af: &AuthFailure| match &af.failure {
@@ -721,7 +723,7 @@ impl CredentialManager {
                         tracing::error!("handling a 401 failed: {e}");
                     }
                 });
-                AuthVerdict::Wait
+                AuthVerdict::Resend
             }
             Failure::Forbidden(d) => {
                 let m = me.clone();

@@ -466,12 +466,10 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
     // Real-time waits the compressed clock cannot shorten: keep them short so a day of
     // minutes is not held up by a poll interval meant for wall-clock hours.
     config.outbox.poll_interval = Duration::from_millis(10);
-    // Leases and the wait for fixed credentials are on the day's clock: stretch them so they
-    // mean in real time what they mean in production (a lease outlives a send; a write that met
-    // a 401 waits out the operator's fix).
+    // Leases are on the day's clock: stretch them so they mean in real time what they mean in
+    // production (a lease outlives a send).
     let day = |real_secs: f64| Duration::from_secs_f64(real_secs * rate);
     config.outbox.lease_for = day(60.0);
-    config.outbox.auth_wait = Duration::from_secs(6 * 3600);
     config.timer_lease = day(10.0);
     config.alerts.retry_base = Duration::from_secs(10);
     let gateway = Gateway::new(GatewayParts {

@@ -78,7 +78,9 @@ pub enum AuthVerdict {
     /// Keep it waiting durably ([`OutboxConfig::auth_wait`]); for a policy that suspends the
     /// connection and resumes it once credentials are fixed.
     Wait,
-    /// Send it again now: the credential it was refused with has been replaced already.
+    /// Send it again after the entry's backoff: the credential it was refused with has been
+    /// replaced, or the policy is replacing it (or suspending the connection, whose work is then
+    /// not claimed until it is live).
     Resend,
 }
 
@@ -757,7 +759,10 @@ impl Inner {
             if verdict == AuthVerdict::Resend {
                 // After the entry's backoff, so that a policy that kept answering Resend could
                 // never spin on the platform.
-                let detail = format!("[auth] {}; the credential was replaced since the request went out, resending with the new one", failure.explain());
+                let detail = format!(
+                    "[auth] {}; resending after a backoff, with the refreshed credential (a suspended connection's work waits for its fix)",
+                    failure.explain()
+                );
                 return self.settle_later(e, Settle::Retry { detail, not_before: self.backoff_at(e.attempts) }, rep).await;
             }
             if verdict == AuthVerdict::Wait {
