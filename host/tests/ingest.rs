@@ -742,34 +742,32 @@ async fn a_rate_limited_sweep_waits_in_the_read_lane_and_finishes() {
     gw.stop().await;
 }
 
+/// An open ticket of the contract, created at `T0`, last updated at `updated_at`.
+fn open_ticket(id: &str, updated_at: i64, tags: &[&str]) -> deskgate::bindings::Ticket {
+    deskgate::bindings::Ticket {
+        id: id.into(),
+        subject: None,
+        status: deskgate::bindings::TicketStatus::Open,
+        raw_status: "open".into(),
+        requester_id: None,
+        assignee_id: None,
+        group_id: None,
+        tags: tags.iter().map(|t| (*t).to_string()).collect(),
+        created_at: T0,
+        updated_at,
+        comments: vec![],
+    }
+}
+
 /// The inbox writer on its own: one event per ticket version, older versions dropped as stale
 /// (also within one batch), other tickets unaffected, and the per-connection order kept.
 #[tokio::test]
 async fn inbox_stores_each_version_once_and_never_goes_backwards() {
-    use deskgate::bindings::{Ticket, TicketStatus};
     use deskgate::ingest::Candidate;
     let store = store::open(temp_path("inbox").to_str().unwrap(), SecretKey::from_bytes(KEY)).await.unwrap();
     store.create_connection(&NewConnection::new("c", "zendesk", "c"), T0).await.unwrap();
     let inbox = Inbox::new(store.clone());
-    let t = |id: &str, v: i64| {
-        Candidate::from_sweep(
-            "c",
-            "zendesk",
-            &Ticket {
-                id: id.into(),
-                subject: None,
-                status: TicketStatus::Open,
-                raw_status: "open".into(),
-                requester_id: None,
-                assignee_id: None,
-                group_id: None,
-                tags: vec![],
-                created_at: T0,
-                updated_at: v,
-                comments: vec![],
-            },
-        )
-    };
+    let t = |id: &str, v: i64| Candidate::from_sweep("c", "zendesk", &open_ticket(id, v, &[]));
     let r = inbox.insert("c", &[t("1", T0 + 2_000), t("1", T0 + 1_000), t("2", T0 + 1_000)], T0).await.unwrap();
     assert_eq!((r.new, r.duplicates, r.stale), (2, 0, 1), "older version of 1 in the same batch is stale");
     let r = inbox.insert("c", &[t("1", T0 + 2_000), t("2", T0 + 500), t("2", T0 + 3_000)], T0).await.unwrap();
@@ -791,24 +789,12 @@ async fn inbox_stores_each_version_once_and_never_goes_backwards() {
 /// event about that ticket (the probe's deletion carries no snapshot, hence no tag).
 #[tokio::test]
 async fn probe_tickets_and_their_later_events_are_not_delivered() {
-    use deskgate::bindings::{Ticket, TicketEvent, TicketStatus};
+    use deskgate::bindings::{Ticket, TicketEvent};
     use deskgate::ingest::Candidate;
     let store = store::open(temp_path("probe").to_str().unwrap(), SecretKey::from_bytes(KEY)).await.unwrap();
     store.create_connection(&NewConnection::new("c", "intercom", "c"), T0).await.unwrap();
     let inbox = Inbox::new(store.clone());
-    let ticket = |id: &str, tags: &[&str]| Ticket {
-        id: id.into(),
-        subject: None,
-        status: TicketStatus::Open,
-        raw_status: "open".into(),
-        requester_id: None,
-        assignee_id: None,
-        group_id: None,
-        tags: tags.iter().map(|t| (*t).to_string()).collect(),
-        created_at: T0,
-        updated_at: T0 + 1_000,
-        comments: vec![],
-    };
+    let ticket = |id: &str, tags: &[&str]| open_ticket(id, T0 + 1_000, tags);
     let event = |id: &str, kind: &str, t: Option<Ticket>| {
         Candidate::from_webhook("c", "intercom", &TicketEvent { event_id: None, ticket_id: id.into(), kind: kind.into(), occurred_at: T0 + 2_000, ticket: t })
     };
@@ -827,25 +813,12 @@ async fn probe_tickets_and_their_later_events_are_not_delivered() {
 /// growing backoff, events stay unacknowledged until a 2xx, then arrive once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_retries_with_backoff_and_acks_only_on_2xx() {
-    use deskgate::bindings::{Ticket, TicketStatus};
     use deskgate::ingest::Candidate;
     use deskgate::ingest::push::{PushConfig, PushOutcome, Pusher};
     let store = store::open(temp_path("push").to_str().unwrap(), SecretKey::from_bytes(KEY)).await.unwrap();
     store.create_connection(&NewConnection::new("c", "zendesk", "c"), T0).await.unwrap();
     let inbox = Inbox::new(store.clone());
-    let ticket = |id: &str, v: i64| Ticket {
-        id: id.into(),
-        subject: None,
-        status: TicketStatus::Open,
-        raw_status: "open".into(),
-        requester_id: None,
-        assignee_id: None,
-        group_id: None,
-        tags: vec![],
-        created_at: T0,
-        updated_at: v,
-        comments: vec![],
-    };
+    let ticket = |id: &str, v: i64| open_ticket(id, v, &[]);
     let batch: Vec<Candidate> = [("1", 1), ("2", 1), ("1", 2), ("2", 2), ("1", 3)]
         .iter()
         .map(|(id, v)| Candidate::from_sweep("c", "zendesk", &ticket(id, T0 + v * 1_000)))
