@@ -33,19 +33,17 @@ impl Ctx {
     }
 
     /// Run raw SQL on the database, bypassing the store.
-    pub async fn raw_exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
+    pub async fn raw_exec(&self, sql: &str) -> Result<u64, String> {
         match self.backend {
             Backend::Sqlite => {
-                let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", self.url)).await?;
-                let r = sqlx::query(sql).execute(&pool).await.map(|r| r.rows_affected());
-                pool.close().await;
-                r
+                let conn = rusqlite::Connection::open(&self.url).map_err(|e| e.to_string())?;
+                conn.execute(sql, []).map(|n| n as u64).map_err(|e| e.to_string())
             }
             Backend::Postgres => {
-                let pool = sqlx::PgPool::connect(&self.url).await?;
+                let pool = sqlx::PgPool::connect(&self.url).await.map_err(|e| e.to_string())?;
                 let r = sqlx::query(sql).execute(&pool).await.map(|r| r.rows_affected());
                 pool.close().await;
-                r
+                r.map_err(|e| e.to_string())
             }
         }
     }
@@ -53,13 +51,7 @@ impl Ctx {
     /// A BLOB/BYTEA column of the first row of `sql`.
     pub async fn raw_bytes(&self, sql: &str) -> Vec<u8> {
         match self.backend {
-            Backend::Sqlite => {
-                let pool =
-                    sqlx::SqlitePool::connect(&format!("sqlite://{}", self.url)).await.unwrap();
-                let v = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-                pool.close().await;
-                v
-            }
+            Backend::Sqlite => sqlite_scalar(&self.url, sql),
             Backend::Postgres => {
                 let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
                 let v = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
@@ -72,13 +64,7 @@ impl Ctx {
     /// An integer from the first row of `sql`.
     pub async fn raw_i64(&self, sql: &str) -> i64 {
         match self.backend {
-            Backend::Sqlite => {
-                let pool =
-                    sqlx::SqlitePool::connect(&format!("sqlite://{}", self.url)).await.unwrap();
-                let v = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
-                pool.close().await;
-                v
-            }
+            Backend::Sqlite => sqlite_scalar(&self.url, sql),
             Backend::Postgres => {
                 let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
                 let v = sqlx::query_scalar(sql).fetch_one(&pool).await.unwrap();
@@ -87,6 +73,12 @@ impl Ctx {
             }
         }
     }
+}
+
+/// The first column of the first row of `sql`, on a connection of its own to the SQLite file.
+fn sqlite_scalar<T: rusqlite::types::FromSql>(path: &str, sql: &str) -> T {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
 fn unique_suffix() -> String {
@@ -244,12 +236,8 @@ mod sqlite_only {
         let s = store::open(&path.display().to_string(), SecretKey::from_bytes(KEY)).await.unwrap();
         assert!(s.get_connection("c1").await.unwrap().is_some());
         s.close().await;
-        let pool =
-            sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.unwrap();
-        let mode: String =
-            sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&pool).await.unwrap();
+        let mode: String = sqlite_scalar(&path.display().to_string(), "PRAGMA journal_mode");
         assert_eq!(mode, "wal");
-        pool.close().await;
         let _ = std::fs::remove_dir_all(&dir);
     }
 

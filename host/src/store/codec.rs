@@ -4,9 +4,8 @@
 //! one decoder per type serves both. A value that does not decode is [`StoreError::Corrupt`].
 
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::Row as _;
 use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
 
 use super::crypto::{self, SecretKey};
 use super::{
@@ -60,10 +59,28 @@ macro_rules! row_ext {
         }
     };
 }
-row_ext!(SqliteRow);
 row_ext!(PgRow);
 
-fn corrupt(col: &str, e: sqlx::Error) -> StoreError {
+/// SQLite rows (rusqlite), columns looked up by name like sqlx's.
+impl RowExt for rusqlite::Row<'_> {
+    fn i64(&self, col: &str) -> Result<i64, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+    fn opt_i64(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+    fn string(&self, col: &str) -> Result<String, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+    fn opt_string(&self, col: &str) -> Result<Option<String>, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+    fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+}
+
+fn corrupt(col: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("column {col}: {e}"))
 }
 
@@ -231,6 +248,27 @@ pub(crate) fn is_fk_violation(e: &sqlx::Error) -> bool {
 /// Is a unique violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// The extended result code of a SQLite failure.
+fn sqlite_extended_code(e: &rusqlite::Error) -> Option<std::ffi::c_int> {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => Some(f.extended_code),
+        _ => None,
+    }
+}
+
+/// Is a foreign-key violation (an unknown connection), on SQLite.
+pub(crate) fn sqlite_is_fk_violation(e: &rusqlite::Error) -> bool {
+    sqlite_extended_code(e) == Some(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
+}
+
+/// Is a unique violation on SQLite (a `UNIQUE` index or the primary key, as sqlx counts them).
+pub(crate) fn sqlite_is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        sqlite_extended_code(e),
+        Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
 }
 
 /// The policy shared by both backends for a settle request: the new state and its columns, or

@@ -129,7 +129,8 @@ impl Location {
                 match opt {
                     "synchronous=full" => relaxed = false,
                     "synchronous=normal" => relaxed = true,
-                    // sqlx's open mode: deskgate always opens read-write and creates the file.
+                    // An open mode (sqlx's URLs had one): deskgate always opens read-write and
+                    // creates the file.
                     o if o.starts_with("mode=") => {}
                     other => {
                         return Err(StoreError::Open {
@@ -326,20 +327,35 @@ pub enum StoreError {
     /// A row or value in the database could not be decoded: a bug or a hand-edited database.
     #[error("corrupt store data: {0}")]
     Corrupt(String),
-    /// The database reported an error.
+    /// The database reported an error (PostgreSQL, through sqlx).
     #[error("store database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The embedded SQLite database reported an error.
+    #[error("store database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store was closed ([`Store::close`]) before or while the call waited.
+    #[error("the store is closed: nothing was written; the gateway is shutting down")]
+    Closed,
+    /// A store operation panicked: a deskgate bug. Its transaction was rolled back and the store
+    /// keeps working.
+    #[error("a store operation panicked (a deskgate bug; nothing of it was stored): {0}")]
+    Panicked(String),
 }
 
 impl StoreError {
     /// True for errors that may go away if the same call is retried (connection lost, pool
-    /// timeout, serialization failure, SQLite busy).
+    /// timeout, serialization failure, SQLite busy or locked, store closed).
     pub fn is_transient(&self) -> bool {
         match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            }
+            // As a closed sqlx pool: another instance of the store may take the call.
+            Self::Closed => true,
             Self::Database(e) => match e {
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
                 sqlx::Error::Database(db) => {
-                    matches!(db.code().as_deref(), Some("40001" | "40P01" | "5" | "6" | "517"))
+                    matches!(db.code().as_deref(), Some("40001" | "40P01"))
                 }
                 _ => false,
             },
