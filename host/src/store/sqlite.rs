@@ -492,10 +492,10 @@ fn writer_loop(conn: &Db, rx: &mpsc::Receiver<WriterMsg>, shared: &Shared) {
                     job.refuse(StoreError::Closed);
                 }
             } else {
-                let n = batch.len() as u64;
-                run_batch(conn, batch.drain(..));
+                // Counted before any job is answered, so a caller sees its own batch counted.
                 shared.batches.fetch_add(1, Ordering::Relaxed);
-                shared.jobs.fetch_add(n, Ordering::Relaxed);
+                shared.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                run_batch(conn, batch.drain(..));
             }
         }
         #[cfg(test)]
@@ -1465,5 +1465,256 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::Corrupt("INSERT .. RETURNING returned no row".into()))
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Group commit: concurrency, isolation of a failing job within its batch, closing.
+
+    use std::collections::BTreeSet;
+    use std::sync::atomic::AtomicU32;
+
+    use serde_json::json;
+
+    use super::*;
+
+    const T0: Millis = 1_700_000_000_000;
+    const WINDOW: Duration = Duration::from_secs(600);
+
+    /// A fresh store in a directory of its own (removed by [`Scratch`]'s drop).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Self {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            Self(std::env::temp_dir().join(format!(
+                "deskgate-sqlite-unit-{}-{}-{nanos}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            )))
+        }
+
+        fn db(&self) -> PathBuf {
+            self.0.join("deskgate.db")
+        }
+
+        async fn open(&self) -> Arc<SqliteStore> {
+            Arc::new(SqliteStore::open(&self.db(), SecretKey::from_bytes([7; 32])).await.expect("open"))
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn action(conn: &str, n: usize) -> NewAction {
+        NewAction {
+            connection_id: conn.into(),
+            ticket_id: format!("T{n}"),
+            action: json!({"op": "reply", "text": format!("reply {n}")}),
+            idempotency_key: format!("{conn}/{n}"),
+            app_key: None,
+            not_before: T0,
+        }
+    }
+
+    fn event(conn: &str, key: &str) -> NewEvent {
+        NewEvent {
+            connection_id: conn.into(),
+            platform: "zendesk".into(),
+            ticket_id: "T1".into(),
+            kind: "ticket.updated".into(),
+            ticket: json!({"id": "T1"}),
+            dedupe_key: key.into(),
+        }
+    }
+
+    fn all_actions() -> ActionQuery {
+        ActionQuery { limit: 10_000, ..ActionQuery::default() }
+    }
+
+    /// Wait until `n` jobs are queued behind the paused writer.
+    async fn until_queued(store: &SqliteStore, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.writer_stats().queued < n {
+            assert!(tokio::time::Instant::now() < deadline, "only {:?} queued", store.writer_stats());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(store.writer_stats().queued, n);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_concurrent_enqueues_all_land() {
+        let dir = Scratch::new();
+        let store = dir.open().await;
+        store.create_connection(&NewConnection::new("c", "zendesk", "C"), T0).await.unwrap();
+        let before = store.writer_stats();
+        let tasks: Vec<_> = (0..500)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.enqueue(&action("c", n), T0, WINDOW).await })
+            })
+            .collect();
+        let mut ids = BTreeSet::new();
+        for t in tasks {
+            let got = t.await.unwrap().unwrap();
+            assert!(got.is_created());
+            ids.insert(got.entry().id);
+        }
+        assert_eq!(ids.len(), 500, "every enqueue got an entry of its own");
+        // Read after the answers: the readers see every acknowledged write.
+        assert_eq!(store.list_actions(&all_actions()).await.unwrap().len(), 500);
+        let after = store.writer_stats();
+        assert_eq!(after.jobs - before.jobs, 500);
+        assert!(after.batches > before.batches && after.batches - before.batches <= 500, "{after:?}");
+        eprintln!("500 enqueues in {} write transactions", after.batches - before.batches);
+        store.close().await;
+
+        // Durable: all of them are in the file.
+        let again = dir.open().await;
+        let listed: BTreeSet<i64> =
+            again.list_actions(&all_actions()).await.unwrap().iter().map(|e| e.id).collect();
+        assert_eq!(listed, ids);
+        again.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_job_does_not_undo_the_rest_of_its_batch() {
+        let dir = Scratch::new();
+        let store = dir.open().await;
+        store.create_connection(&NewConnection::new("c", "zendesk", "C"), T0).await.unwrap();
+        let before = store.writer_stats();
+
+        // Everything below is queued behind the paused writer, then runs as one batch.
+        let resume = store.pause_writer();
+        let s = store.clone();
+        let new_conn = tokio::spawn(async move { s.create_connection(&NewConnection::new("d", "zendesk", "D"), T0).await });
+        until_queued(&store, 1).await;
+        let s = store.clone();
+        let duplicate = tokio::spawn(async move { s.create_connection(&NewConnection::new("c", "zendesk", "again"), T0).await });
+        until_queued(&store, 2).await;
+        let s = store.clone();
+        let unknown = tokio::spawn(async move { s.enqueue(&action("nope", 1), T0, WINDOW).await });
+        until_queued(&store, 3).await;
+        let s = store.clone();
+        let enqueued = tokio::spawn(async move { s.enqueue(&action("c", 1), T0, WINDOW).await });
+        until_queued(&store, 4).await;
+        // Half of this job's inserts succeed before it fails: its savepoint undoes them.
+        let s = store.clone();
+        let half = tokio::spawn(async move {
+            s.insert_events(&[event("c", "undone"), event("nope", "bad")], T0).await
+        });
+        until_queued(&store, 5).await;
+        // A job that writes, then panics: answered with an error, its write undone.
+        let s = store.clone();
+        let panics = tokio::spawn(async move {
+            s.write(|c| -> Result<(), StoreError> {
+                execute(
+                    c,
+                    "INSERT INTO alerts (connection_id, kind, text, detail, created_at, attempts, next_attempt_at) \
+                     VALUES (NULL, 'panic', 'x', '{}', 0, 0, 0)",
+                    [],
+                )?;
+                panic!("a bug in a store job")
+            })
+            .await
+        });
+        until_queued(&store, 6).await;
+        let s = store.clone();
+        let events = tokio::spawn(async move { s.insert_events(&[event("c", "kept")], T0).await });
+        until_queued(&store, 7).await;
+        let s = store.clone();
+        let alert = tokio::spawn(async move {
+            s.raise_alert(&NewAlert { connection_id: Some("c".into()), kind: "k".into(), text: "t".into(), detail: json!({}) }, T0)
+                .await
+        });
+        until_queued(&store, 8).await;
+        drop(resume);
+
+        assert_eq!(new_conn.await.unwrap().unwrap().id, "d");
+        assert!(matches!(duplicate.await.unwrap(), Err(StoreError::ConnectionExists(id)) if id == "c"));
+        assert!(matches!(unknown.await.unwrap(), Err(StoreError::ConnectionNotFound(id)) if id == "nope"));
+        let entry = enqueued.await.unwrap().unwrap();
+        assert!(entry.is_created());
+        assert!(matches!(half.await.unwrap(), Err(StoreError::ConnectionNotFound(id)) if id == "nope"));
+        let panicked = panics.await.unwrap();
+        assert!(matches!(&panicked, Err(StoreError::Panicked(m)) if m.contains("a bug in a store job")), "{panicked:?}");
+        assert_eq!(events.await.unwrap().unwrap(), InsertReport { new: 1, duplicates: 0 });
+        let alert = alert.await.unwrap().unwrap();
+
+        let after = store.writer_stats();
+        assert_eq!((after.batches - before.batches, after.jobs - before.jobs), (1, 8), "one batch of eight jobs");
+
+        // What succeeded is stored, what failed is not, also after a reopen.
+        store.close().await;
+        let store = dir.open().await;
+        assert_eq!(store.get_connection("c").await.unwrap().unwrap().display_name, "C");
+        assert!(store.get_connection("d").await.unwrap().is_some());
+        let actions = store.list_actions(&all_actions()).await.unwrap();
+        assert_eq!(actions.iter().map(|e| e.id).collect::<Vec<_>>(), vec![entry.entry().id]);
+        let pulled = store.pull_events(&Pull { after: 0, limit: 100, connection_id: None, now: T0 }).await.unwrap();
+        assert_eq!(pulled.iter().map(|e| e.dedupe_key.as_str()).collect::<Vec<_>>(), vec!["kept"]);
+        let alerts = store.list_alerts(None, true, 100).await.unwrap();
+        assert_eq!(alerts.iter().map(|a| a.id).collect::<Vec<_>>(), vec![alert.id]);
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_answers_queued_callers_with_an_error() {
+        let dir = Scratch::new();
+        let store = dir.open().await;
+        store.create_connection(&NewConnection::new("c", "zendesk", "C"), T0).await.unwrap();
+
+        let resume = store.pause_writer();
+        let queued: Vec<_> = (0..5)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move { store.enqueue(&action("c", n), T0, WINDOW).await })
+            })
+            .collect();
+        until_queued(&store, 5).await;
+        let closing = store.close();
+        tokio::pin!(closing);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut closing).await.is_err(),
+            "close waits for the writer thread"
+        );
+        drop(resume);
+        tokio::time::timeout(Duration::from_secs(10), closing).await.expect("close returns");
+        for t in queued {
+            let got = tokio::time::timeout(Duration::from_secs(10), t).await.expect("no hang").unwrap();
+            assert!(matches!(got, Err(StoreError::Closed)), "{got:?}");
+        }
+        // Later calls fail at once, writes and reads alike.
+        assert!(matches!(store.enqueue(&action("c", 9), T0, WINDOW).await, Err(StoreError::Closed)));
+        assert!(matches!(store.get_connection("c").await, Err(StoreError::Closed)));
+        assert!(StoreError::Closed.is_transient());
+        store.close().await;
+
+        // The file is released and none of the refused writes is in it.
+        let again = dir.open().await;
+        assert!(again.list_actions(&all_actions()).await.unwrap().is_empty());
+        assert!(again.get_connection("c").await.unwrap().is_some());
+        again.close().await;
+    }
+
+    #[test]
+    fn busy_and_locked_are_transient() {
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+        let locked = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED), None);
+        let constraint =
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE), None);
+        assert!(StoreError::from(busy).is_transient());
+        assert!(StoreError::from(locked).is_transient());
+        assert!(!StoreError::from(constraint).is_transient());
+        // Replicated for every job of a failed batch, with the same classification.
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
+        assert!(replicate(&busy).is_transient());
     }
 }
