@@ -19,7 +19,9 @@
 //! and writes therefore wait in separate queues and a write never waits behind a read: a share of
 //! every bucket's target is reserved for writes (30% by default), reads may only spend the rest,
 //! writes may spend all of it, and when both wait, writes are served first. A read flood at any rate
-//! leaves the write lane its reserve.
+//! leaves the write lane its reserve. A reserve the writes do not use is not wasted: it is released
+//! to reads in step with the window's elapsed time, so a flood still spends the whole target by the
+//! window's end, while the writes keep room for the part of the window that is left.
 //!
 //! # The algorithm
 //!
@@ -29,10 +31,16 @@
 //! for budgets shared across replicas, issue #9). With `L` the limit in force, `W` the window:
 //!
 //! - **Capacity.** `target = max(1, ⌊L · target‰ / 1000⌋)`, `reserve = ⌊target · reserve‰ / 1000⌋`,
-//!   `spent = read + write + others`. A write fits if `spent + cost ≤ target`; a read if
-//!   `read + others + max(write, reserve) + cost ≤ target`. So writes may spend the whole target and
-//!   spend their reserve before they narrow the reads' share; reads never get more than
-//!   `target − reserve`; others' spend (which we cannot steer) narrows the reads' share first.
+//!   `spent = read + write + others`, and `kept = ⌈reserve · (end − now) / W⌉`, the reserve for the
+//!   rest of the window. A write fits if `spent + cost ≤ target`; a read if
+//!   `read + others + max(write, min(reserve, write + kept)) + cost ≤ target`. So writes may spend
+//!   the whole target and spend their reserve before they narrow the reads' share; at the window's
+//!   start reads get no more than `target − reserve`, and the reserve the writes left unused is
+//!   released to them as the window runs out, while writes keep `kept` units of room (at least one
+//!   until the end): a write rate within the reserve always finds room, and a read flood spends the
+//!   whole target by the window's end. Others' spend (which we cannot steer) narrows the reads' share
+//!   first. A refused read learns when the release makes room for it
+//!   (`end − ⌊(target − read − others − cost − write) · W / reserve⌋`), a refused write waits for `end`.
 //! - **Roll.** At `now ≥ end` the counter starts a new window with zero counts: at `now` (the first
 //!   draw opens it, like a counter with a TTL) or, once `anchored`, at the next boundary of the
 //!   platform's own grid (`end + k·W`).

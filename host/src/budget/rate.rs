@@ -450,8 +450,8 @@ impl RateBudget {
                         w.roll(now, len);
                         if w.penalty > now {
                             Some((Cause::Penalty, key, w.penalty))
-                        } else if !w.fits(lane, cost, cap.target, cap.reserve) {
-                            Some((Cause::Window, key, w.end))
+                        } else if !w.fits(lane, cost, cap.target, cap.reserve, now, len) {
+                            Some((Cause::Window, key, w.fits_at(lane, cost, cap.target, cap.reserve, now, len)))
                         } else {
                             None
                         }
@@ -638,13 +638,14 @@ impl RateBudget {
                 let blocked = (penalty > now).then_some(penalty);
                 let cap = self.capacity_in_force(b);
                 let lane = |lane: Lane, used: u64| {
-                    let available = if open { w.room(lane, cap.target, cap.reserve) } else { cap.lane(lane) };
+                    let available = if open { w.room(lane, cap.target, cap.reserve, now, b.len) } else { cap.lane(lane) };
                     LaneSnapshot {
                         lane,
                         capacity: cap.lane(lane),
                         used,
                         available,
-                        blocked_until: blocked.or((available == 0 && open).then_some(w.end)),
+                        blocked_until: blocked
+                            .or((available == 0 && open).then(|| w.fits_at(lane, 1, cap.target, cap.reserve, now, b.len))),
                     }
                 };
                 BucketSnapshot {

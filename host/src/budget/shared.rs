@@ -384,6 +384,12 @@ local function meta(k)
   local m = redis.call('HMGET', k, 'l', 'p')
   return tonumber(m[1]), tonumber(m[2]) or 0
 end
+-- The write reserve still kept from reads (window.rs `Window::kept`).
+local function kept(c, reserve, len)
+  if reserve == 0 or len <= 0 then return reserve end
+  local left = math.min(math.max(c.e - now, 0), len)
+  return math.floor((reserve * left + len - 1) / len)
+end
 local function touch_meta(k)
   redis.call('PEXPIRE', k, 86400000)
 end
@@ -415,10 +421,18 @@ if op == 'acquire' then
       roll(c, len)
       rolled = true
       local held
-      if lane == 'w' then held = c.r + c.w + c.o else held = c.r + c.o + math.max(c.w, reserve) end
+      if lane == 'w' then held = c.r + c.w + c.o
+      else held = c.r + c.o + math.max(c.w, math.min(reserve, c.w + kept(c, reserve, len))) end
       local room = math.max(0, target - held)
       if c.p > now then t = c.p
-      elseif cost > room then t = c.e end
+      elseif cost > room then
+        -- Window::fits_at: a read may fit later in this window, as the reserve is released.
+        t = c.e
+        local free = target - (c.r + c.o + cost)
+        if lane ~= 'w' and reserve > 0 and free > c.w then
+          t = math.max(now, c.e - math.floor((free - c.w) * len / reserve))
+        end
+      end
     end
     if t then
       refused = true

@@ -77,23 +77,59 @@ impl Window {
         self.others = 0;
     }
 
-    /// Units `lane` may still draw in the window (roll first), with `target` per window and
-    /// `reserve` of it kept for writes. Writes may spend up to the target. Reads may spend what is
-    /// left once the reserve is set aside, less what writes already took from it:
-    /// `target - (read + others + max(write, reserve))`. So writes spend their reserve before they
-    /// narrow the reads' share, and others' spend (which we cannot steer) narrows the reads' share
-    /// first, never the writes' reserve.
-    pub(crate) fn room(&self, lane: Lane, target: u64, reserve: u64) -> u64 {
+    /// The part of the write reserve still kept from reads at `now`: the reserve for the rest of
+    /// the window, `ceil(reserve · (end − now) / len)`. The whole reserve when the window opens,
+    /// released to reads in proportion to elapsed time, at least one unit until the window ends
+    /// (while there is a reserve). A write rate within the reserve always finds room, and a
+    /// reserve the writes did not need is spent by reads before the window closes instead of
+    /// lapsing with it.
+    pub(crate) fn kept(&self, reserve: u64, now: Millis, len: Millis) -> u64 {
+        if reserve == 0 || len <= 0 {
+            return reserve;
+        }
+        let left = self.end.saturating_sub(now).clamp(0, len) as u64;
+        reserve.saturating_mul(left).div_ceil(len as u64)
+    }
+
+    /// Units `lane` may still draw in the window (roll first) at `now`, with `target` per window,
+    /// `reserve` of it kept for writes and windows `len` long. Writes may spend up to the target.
+    /// Reads may spend what is left once the writes' share is set aside:
+    /// `target − (read + others + max(write, min(reserve, write + kept)))`, with `kept` from
+    /// [`Window::kept`]. So writes spend their reserve before they narrow the reads' share; the
+    /// reserve the writes have not used is released to reads as the window runs out, while the
+    /// writes keep room for the rest of it; and others' spend (which we cannot steer) narrows the
+    /// reads' share first, never the writes'.
+    pub(crate) fn room(&self, lane: Lane, target: u64, reserve: u64, now: Millis, len: Millis) -> u64 {
         let held = match lane {
             Lane::Write => self.spent(),
-            Lane::Read => self.read.saturating_add(self.others).saturating_add(self.write.max(reserve)),
+            Lane::Read => {
+                let writes = self.write.max(reserve.min(self.write.saturating_add(self.kept(reserve, now, len))));
+                self.read.saturating_add(self.others).saturating_add(writes)
+            }
         };
         target.saturating_sub(held)
     }
 
-    /// Whether `cost` more fits for `lane` (see [`Window::room`]).
-    pub(crate) fn fits(&self, lane: Lane, cost: u64, target: u64, reserve: u64) -> bool {
-        cost <= self.room(lane, target, reserve)
+    /// Whether `cost` more fits for `lane` at `now` (see [`Window::room`]).
+    pub(crate) fn fits(&self, lane: Lane, cost: u64, target: u64, reserve: u64, now: Millis, len: Millis) -> bool {
+        cost <= self.room(lane, target, reserve, now, len)
+    }
+
+    /// The earliest time in this window at which `cost` more fits for `lane`, or the window's
+    /// end if only a new window can hold it. Only reads can fit later in the same window: the
+    /// kept reserve shrinks with time. A read needs `write + kept ≤ target − read − others − cost`,
+    /// and `kept(t) ≤ k` holds from `t = end − ⌊k · len / reserve⌋` on.
+    pub(crate) fn fits_at(&self, lane: Lane, cost: u64, target: u64, reserve: u64, now: Millis, len: Millis) -> Millis {
+        if self.fits(lane, cost, target, reserve, now, len) {
+            return now;
+        }
+        let free = target.saturating_sub(self.read.saturating_add(self.others).saturating_add(cost));
+        if lane == Lane::Write || reserve == 0 || len <= 0 || free <= self.write {
+            return self.end;
+        }
+        let k = free - self.write;
+        let back = k.saturating_mul(len as u64) / reserve;
+        self.end.saturating_sub(Millis::try_from(back).unwrap_or(Millis::MAX)).max(now)
     }
 
     /// Count `cost` units for `lane` (roll first).
@@ -252,17 +288,64 @@ mod tests {
     fn writes_spend_their_reserve_before_narrowing_the_reads_share() {
         let mut w = Window::default();
         w.roll(0, 60_000);
-        // target 150, reserve 45: reads may have 105.
-        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (105, 150));
+        // target 150, reserve 45: reads may have 105 at the window's start.
+        let room = |w: &Window, lane| w.room(lane, 150, 45, 0, 60_000);
+        assert_eq!((room(&w, Lane::Read), room(&w, Lane::Write)), (105, 150));
         w.take(Lane::Write, 30);
-        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (105, 120));
+        assert_eq!((room(&w, Lane::Read), room(&w, Lane::Write)), (105, 120));
         w.take(Lane::Write, 30);
-        assert_eq!(w.room(Lane::Read, 150, 45), 90);
+        assert_eq!(room(&w, Lane::Read), 90);
         // Others' spend narrows the reads' share; the writes' room is what is left of the target.
         w.others = 50;
-        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (40, 40));
+        assert_eq!((room(&w, Lane::Read), room(&w, Lane::Write)), (40, 40));
         w.take(Lane::Read, 40);
-        assert_eq!((w.room(Lane::Read, 150, 45), w.room(Lane::Write, 150, 45)), (0, 0));
+        assert_eq!((room(&w, Lane::Read), room(&w, Lane::Write)), (0, 0));
+    }
+
+    #[test]
+    fn the_unused_reserve_is_released_to_reads_as_the_window_runs_out() {
+        let mut w = Window::default();
+        w.roll(0, 60_000);
+        let room = |w: &Window, lane, now| w.room(lane, 150, 45, now, 60_000);
+        assert_eq!(w.kept(45, 0, 60_000), 45);
+        // Two thirds of the way through, a third of the reserve is still kept.
+        assert_eq!(w.kept(45, 40_000, 60_000), 15);
+        assert_eq!(room(&w, Lane::Read, 40_000), 135);
+        // Reads took all they could; the writes still have the kept part.
+        w.take(Lane::Read, 135);
+        assert_eq!((room(&w, Lane::Read, 40_000), room(&w, Lane::Write, 40_000)), (0, 15));
+        // Writes spend it; the reads' share does not move while the write reserve is unused...
+        w.take(Lane::Write, 10);
+        assert_eq!((room(&w, Lane::Read, 40_000), room(&w, Lane::Write, 40_000)), (0, 5));
+        // ...and grows as the window runs out, but a unit stays for writes until the end.
+        assert_eq!(w.kept(45, 59_999, 60_000), 1);
+        assert_eq!((room(&w, Lane::Read, 59_999), room(&w, Lane::Write, 59_999)), (4, 5));
+        // Writes beyond the reserve narrow the reads' share as before.
+        w.take(Lane::Write, 40);
+        assert_eq!(room(&w, Lane::Read, 59_999), 0);
+        // No reserve, nothing kept.
+        assert_eq!(w.kept(0, 10, 60_000), 0);
+    }
+
+    #[test]
+    fn a_refused_read_learns_when_the_reserve_makes_room_for_it() {
+        let mut w = Window::default();
+        w.roll(0, 60_000);
+        w.take(Lane::Read, 105);
+        // target 150, reserve 45: the next read fits once the kept reserve is 44, i.e. at
+        // 60 s − ⌊44 · 60 s / 45⌋ = 1,334 ms.
+        let at = w.fits_at(Lane::Read, 1, 150, 45, 0, 60_000);
+        assert_eq!(at, 60_000 - 44 * 60_000 / 45);
+        assert!(!w.fits(Lane::Read, 1, 150, 45, at - 1, 60_000));
+        assert!(w.fits(Lane::Read, 1, 150, 45, at, 60_000));
+        // Writes never wait for a release: only a new window helps a write that does not fit.
+        w.take(Lane::Write, 45);
+        assert_eq!(w.fits_at(Lane::Write, 1, 150, 45, 10, 60_000), 60_000);
+        // A read that cannot fit even with the reserve gone waits for the next window.
+        assert_eq!(w.fits_at(Lane::Read, 1, 150, 45, 10, 60_000), 60_000);
+        // What fits now fits now.
+        let fresh = Window { start: 0, end: 60_000, ..Window::default() };
+        assert_eq!(fresh.fits_at(Lane::Read, 1, 150, 45, 5, 60_000), 5);
     }
 
     #[test]
