@@ -21,7 +21,8 @@
 //! # Durability
 //!
 //! A write returns only once it is durable. On SQLite that means `synchronous=FULL` with the WAL:
-//! every commit fsyncs the log before it returns. `NORMAL` would be faster, but in WAL mode it lets
+//! every commit fsyncs the log before it returns (calls queued together share one commit, and none
+//! of them is answered before it: see [`sqlite`]). `NORMAL` would be faster, but in WAL mode it lets
 //! a power cut roll back the last commits, and the API acknowledges an action as accepted the
 //! moment [`Store::enqueue`] returns. On PostgreSQL, commits are durable under the server's
 //! default `synchronous_commit=on`.
