@@ -19,9 +19,10 @@
 //! and writes therefore wait in separate queues and a write never waits behind a read: a share of
 //! every bucket's target is reserved for writes (30% by default), reads may only spend the rest,
 //! writes may spend all of it, and when both wait, writes are served first. A read flood at any rate
-//! leaves the write lane its reserve. A reserve the writes do not use is not wasted: it is released
-//! to reads in step with the window's elapsed time, so a flood still spends the whole target by the
-//! window's end, while the writes keep room for the part of the window that is left.
+//! leaves the write lane its reserve. A reserve the writes do not use is not wasted: once the
+//! window is aligned to the platform's (a reset reading), it is released to reads in step with the
+//! window's elapsed time, so a flood still spends the whole target by the window's end, while the
+//! writes keep room for the part of the window that is left.
 //!
 //! # The algorithm
 //!
@@ -32,7 +33,9 @@
 //!
 //! - **Capacity.** `target = max(1, ⌊L · target‰ / 1000⌋)`, `reserve = ⌊target · reserve‰ / 1000⌋`,
 //!   `spent = read + write + others`, and `kept = ⌈reserve · (end − now) / W⌉`, the reserve for the
-//!   rest of the window. A write fits if `spent + cost ≤ target`; a read if
+//!   rest of the window, on an anchored window (on a window of our own phase, `kept = reserve`:
+//!   there a `remaining` reading can fold our previous window's tail into `others` after the reads
+//!   took the released part, leaving the writes nothing). A write fits if `spent + cost ≤ target`; a read if
 //!   `read + others + max(write, min(reserve, write + kept)) + cost ≤ target`. So writes may spend
 //!   the whole target and spend their reserve before they narrow the reads' share; at the window's
 //!   start reads get no more than `target − reserve`, and the reserve the writes left unused is
