@@ -522,7 +522,7 @@ fn run_batch(conn: &Db, jobs: std::vec::Drain<'_, Box<dyn WriteJob>>) {
             }
             return;
         }
-        while let Some(job) = jobs.next() {
+        for job in jobs.by_ref() {
             if savepoints && let Err(e) = stmt(conn, "SAVEPOINT job") {
                 job.refuse(replicate(&e));
                 if conn.is_autocommit() {
