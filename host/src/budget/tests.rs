@@ -115,10 +115,10 @@ fn another_client_spending_the_account_lowers_our_allowance() {
     assert_eq!((account.others, account.spent), (90, 100));
     assert_eq!(account.window, Some((-29_000, 31_000)), "aligned to the platform's reset");
     assert!(account.aligned);
-    // Half the window is over, so half the write reserve (23 of 45) is still kept from reads:
-    // reads 150 - 100 - 23 = 27; writes the rest of the 50.
-    assert_eq!(drain(&mut b, Lane::Read, &read(), 1_000, 100), 27);
-    assert_eq!(drain(&mut b, Lane::Write, &read(), 1_000, 100), 23);
+    // Reads: 105 - 100 = 5 (others spend, so none of the write reserve is released to reads,
+    // though half the window is over); writes the rest of the 50.
+    assert_eq!(drain(&mut b, Lane::Read, &read(), 1_000, 100), 5);
+    assert_eq!(drain(&mut b, Lane::Write, &read(), 1_000, 100), 45);
     // Others spend more: 20 remain. Our allowance is gone until the reset.
     b.observe(&obs("account", None, Some(20), Some(29_000)), 2_000);
     let wait = not_until(b.try_acquire(Lane::Write, &read(), 2_000));

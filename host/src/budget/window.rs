@@ -89,8 +89,12 @@ impl Window {
     /// and our own count outlives the platform's, so the spend we see can jump after the reads
     /// took the released part, and the writes would be left with nothing until our window ends
     /// (measured: `bench/src/bin/write_path.rs`, Zendesk single-ticket reads, write p99 2.9 s).
+    ///
+    /// Nor is anything released while the platform reports other clients spending in the window:
+    /// their pace is unknown, and the held reserve is the margin that keeps their next burst from
+    /// becoming our 429 (the demo's 429 storms met write-lane 429s with the release).
     pub(crate) fn kept(&self, reserve: u64, now: Millis, len: Millis) -> u64 {
-        if reserve == 0 || len <= 0 || !self.anchored {
+        if reserve == 0 || len <= 0 || !self.anchored || self.others > 0 {
             return reserve;
         }
         let left = self.end.saturating_sub(now).clamp(0, len) as u64;
@@ -130,7 +134,7 @@ impl Window {
             return now;
         }
         let free = target.saturating_sub(self.read.saturating_add(self.others).saturating_add(cost));
-        if lane == Lane::Write || reserve == 0 || len <= 0 || !self.anchored || free <= self.write {
+        if lane == Lane::Write || reserve == 0 || len <= 0 || !self.anchored || self.others > 0 || free <= self.write {
             return self.end;
         }
         let k = free - self.write;
@@ -352,6 +356,11 @@ mod tests {
         // What fits now fits now.
         let fresh = Window { start: 0, end: 60_000, ..Window::default() };
         assert_eq!(fresh.fits_at(Lane::Read, 1, 150, 45, 5, 60_000), 5);
+        // Nor while others spend in the window.
+        let mut shared = Window { anchored: true, ..Window::default() };
+        shared.roll(0, 60_000);
+        shared.others = 1;
+        assert_eq!(shared.kept(45, 59_000, 60_000), 45);
         // A window on our own phase keeps the whole reserve: nothing to wait for.
         let mut own = Window::default();
         own.roll(0, 60_000);
