@@ -630,7 +630,8 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             let r = http.post(format!("{api}/v1/connections/{}/probe", t.conn)).bearer_auth(&api_token).send().await?;
             let body: Value = r.json().await.unwrap_or(Value::Null);
             let passed = body["report"]["passed"].as_bool().unwrap_or(false);
-            progress(&format!("{} operator restored edit_ticket_properties on {} and probed: {}", hhmm(now), t.conn, if passed { "passed, live" } else { "still failing" }));
+            let why = if passed { String::new() } else { format!(" ({})", body["report"].to_string().chars().take(600).collect::<String>()) };
+            progress(&format!("{} operator restored edit_ticket_properties on {} and probed: {}{why}", hhmm(now), t.conn, if passed { "passed, live" } else { "still failing" }));
             failures.push(FailureNote {
                 at: "00:00".into(),
                 injected: format!("{}: API key without the status permission", t.conn),
@@ -708,7 +709,8 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
                 .await?;
             let status = r.status();
             let body: Value = r.json().await.unwrap_or(Value::Null);
-            progress(&format!("{} operator re-authenticated {}: {status}, state {}", hhmm(now), t.conn, body["state"].as_str().unwrap_or("?")));
+            let state = body["state"].as_str().unwrap_or("?").to_owned();
+            progress(&format!("{} operator re-authenticated {}: {status}, state {state}", hhmm(now), t.conn));
             let suspended_at = store
                 .list_alerts(Some(&t.conn), true, 100)
                 .await?
@@ -718,12 +720,21 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             failures.push(FailureNote {
                 at: "10:00".into(),
                 injected: format!("{}: OAuth refresh token revoked", t.conn),
-                handled: format!(
-                    "suspended with a {} alert at {}; work kept durable; operator re-authenticated at {}, deskgate validated, resumed and drained the queue",
-                    "refresh-failed/credential-invalid",
-                    suspended_at.unwrap_or_else(|| "?".into()),
-                    hhmm(now)
-                ),
+                handled: if status.is_success() && state == "live" {
+                    format!(
+                        "suspended with a {} alert at {}; work kept durable; operator re-authenticated at {}, deskgate validated, resumed and drained the queue",
+                        "refresh-failed/credential-invalid",
+                        suspended_at.unwrap_or_else(|| "?".into()),
+                        hhmm(now)
+                    )
+                } else {
+                    format!(
+                        "suspended with a refresh-failed/credential-invalid alert at {}; work kept durable; operator re-authenticated at {}, but deskgate answered {status} and the connection is {state}: {}",
+                        suspended_at.unwrap_or_else(|| "?".into()),
+                        hhmm(now),
+                        body.to_string().chars().take(400).collect::<String>()
+                    )
+                },
             });
         }
         if now >= next_hour && next_hour <= day_end {
@@ -859,6 +870,10 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         let made = created.get(&t.conn).cloned().unwrap_or_default();
         let delivered = view.delivered.get(&t.conn).cloned().unwrap_or_default();
         let lost = made.iter().filter(|id| !delivered.contains(&id.to_string())).count() as u64;
+        if lost > 0 && std::env::var_os("DESKGATE_DEMO_DEBUG").is_some() {
+            let ids: Vec<_> = made.iter().filter(|id| !delivered.contains(&id.to_string())).take(10).collect();
+            eprintln!("{}: lost {lost}, e.g. {ids:?}; first: {}", t.conn, sim.ticket(t.account, *ids[0]).map(|v| v.to_string()).unwrap_or_default());
+        }
         report.tickets_created += made.len() as u64;
         report.tickets_delivered += made.len() as u64 - lost;
         report.lost_tickets += lost;
