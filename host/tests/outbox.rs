@@ -653,3 +653,19 @@ async fn two_replicas_share_the_outbox_without_double_sends() {
     assert_eq!(rep.confirmed + rep.confirmed_by_read_back, 120, "{rep:?}");
     println!("two replicas: 120 replies on 60 tickets, {rep:?}");
 }
+
+/// A scope probe whose write times out after landing (the demo's 2% of writes) probes again
+/// instead of reporting the connection unreachable: the re-authentication at 11:00 of a 600
+/// tickets-an-hour demo day was answered 503 that way and left the connection suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_write_lost_in_transit_is_probed_again() {
+    for platform in [Platform::Zendesk, Platform::Freshdesk] {
+        let rig = rig(platform, AgentKind::Admin, OutboxConfig::default()).await;
+        let faults = FaultConfig { timeout_next: 1, timeout_mode: TimeoutMode::Close, ..rig.sim.faults() };
+        rig.sim.set_faults(faults).unwrap();
+        let driver = Driver::new(DriverConfig::default()).unwrap();
+        let report = deskgate::probe::run(&driver, &rig.adapter, &rig.target, T0).await.expect("the probe ran");
+        assert!(report.passed, "{platform}: {}", report.explain());
+        assert_eq!(rig.sim.faults().timeout_next, 0, "{platform}: the injected timeout was met");
+    }
+}

@@ -124,13 +124,40 @@ pub fn required(adapter: &Adapter) -> Vec<Capability> {
     if caps.is_empty() { Capability::ALL.to_vec() } else { caps }
 }
 
+/// How many times [`run`] probes when a probe meets transient failures.
+pub const PROBE_ATTEMPTS: u32 = 3;
+/// Pause before the second probe (doubled before the third): real time, a network retry.
+const PROBE_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Run the probe and build its report (nothing stored).
 ///
 /// # Errors
 /// [`ProbeError::Drive`] when the probe could not run at all.
 pub async fn run(driver: &Driver, adapter: &Adapter, target: &Target, now: Millis) -> Result<ProbeReport, ProbeError> {
     let caps = required(adapter);
-    let result = driver.execute(adapter, target, &Operation::Probe(caps.clone()), None, &mut NoHooks).await?;
+    let op = Operation::Probe(caps.clone());
+    // A probe decides whether a connection may work, so one dropped connection or 5xx must not
+    // decide it: a request that failed in transit (it may or may not have landed: the probe's
+    // writes go to its own ticket, so sending them again is harmless), a transient failure or a
+    // 429 runs the probe again, up to `PROBE_ATTEMPTS` times, a moment apart. Only a verdict the
+    // platform gave on purpose (granted, forbidden, ...) is reported.
+    let mut attempt = 1;
+    let result = loop {
+        let r = driver.execute(adapter, target, &op, None, &mut NoHooks).await;
+        let passing = |f: &Failure| matches!(f, Failure::Transient(_) | Failure::RateLimited(_));
+        let again = match &r {
+            Err(DriveError::Transport { .. }) => true,
+            Ok(Err(f)) => passing(f),
+            Ok(Ok(Outcome::Probed(results))) => results.iter().any(|p| p.failure.as_ref().is_some_and(passing)),
+            _ => false,
+        };
+        if !again || attempt >= PROBE_ATTEMPTS {
+            break r?;
+        }
+        tracing::info!(connection = %target.connection.id, attempt, "the scope probe met a transient failure; probing again");
+        tokio::time::sleep(PROBE_RETRY_PAUSE * attempt).await;
+        attempt += 1;
+    };
     let capabilities: Vec<ProbeEntry> = match result {
         Ok(Outcome::Probed(results)) => caps
             .iter()
