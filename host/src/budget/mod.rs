@@ -28,7 +28,7 @@
 //!
 //! Every bucket of the connection's plan (and, for per-object buckets such as Zendesk's per-ticket
 //! update cap, every key) has one fixed-window counter: `start`, `end`, `read`, `write`,
-//! `others`, `expect`, `anchored`, `penalty` (see `window.rs`; integers only, so a Redis script can mirror it
+//! `others`, `anchored`, `penalty` (see `window.rs`; integers only, so a Redis script can mirror it
 //! for budgets shared across replicas, issue #9). With `L` the limit in force, `W` the window:
 //!
 //! - **Capacity.** `target = max(1, ⌊L · target‰ / 1000⌋)`, `reserve = ⌊target · reserve‰ / 1000⌋`,
@@ -45,12 +45,6 @@
 //!   whole target by the window's end. Others' spend (which we cannot steer) narrows the reads' share
 //!   first. A refused read learns when the release makes room for it
 //!   (`end − ⌊(target − read − others − cost − write) · W / reserve⌋`), a refused write waits for `end`.
-//! - **Others, expected.** `others` is held against our allowance as `max(others, expect)`, where
-//!   `expect` is what the others had spent by the end of the window right before (0 after a gap).
-//!   A client that paces its spend over the window has spent little of it when the window opens;
-//!   without the forecast we would spend the target before it does, and the platform would answer
-//!   the late requests of that window 429, ours among them (the demo's 429 storms did). It costs
-//!   one window of reduced allowance after another client stops.
 //! - **Roll.** At `now ≥ end` the counter starts a new window with zero counts: at `now` (the first
 //!   draw opens it, like a counter with a TTL) or, once `anchored`, at the next boundary of the
 //!   platform's own grid (`end + k·W`).

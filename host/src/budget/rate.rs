@@ -282,8 +282,6 @@ pub struct SharedCounter {
     pub write: u64,
     /// Units the platform counted beyond all replicas' spend.
     pub others: u64,
-    /// Others' spend expected in the window (what they spent in the one before).
-    pub expect: u64,
     /// Whether the window's phase came from the platform.
     pub anchored: bool,
     /// Per-key (or per-counter) penalty.
@@ -357,7 +355,6 @@ impl RateBudget {
             read: shared.read,
             write: shared.write,
             others: shared.others,
-            expect: shared.expect,
             anchored: shared.anchored,
             penalty,
         };

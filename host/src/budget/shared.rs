@@ -361,18 +361,12 @@ local op = ARGV[1]
 local now = tonumber(ARGV[2])
 local function fmt(x) return string.format('%d', x) end
 local function load(k)
-  local v = redis.call('HMGET', k, 's', 'e', 'r', 'w', 'o', 'a', 'p', 'x')
+  local v = redis.call('HMGET', k, 's', 'e', 'r', 'w', 'o', 'a', 'p')
   return { s = tonumber(v[1]) or 0, e = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0, w = tonumber(v[4]) or 0,
-           o = tonumber(v[5]) or 0, a = tonumber(v[6]) or 0, p = tonumber(v[7]) or 0, x = tonumber(v[8]) or 0 }
-end
--- The others' spend expected in a window starting at s (window.rs `Window::forecast`).
-local function forecast(last_e, last_o, s, len)
-  if last_e ~= 0 and s - last_e < len then return last_o end
-  return 0
+           o = tonumber(v[5]) or 0, a = tonumber(v[6]) or 0, p = tonumber(v[7]) or 0 }
 end
 local function roll(c, len)
   if now < c.e then return end
-  local last_e, last_o = c.e, c.o
   if c.a == 1 and c.e ~= 0 then
     c.s = c.e + math.floor((now - c.e) / len) * len
   else
@@ -380,10 +374,9 @@ local function roll(c, len)
   end
   c.e = c.s + len
   c.r = 0; c.w = 0; c.o = 0
-  c.x = forecast(last_e, last_o, c.s, len)
 end
 local function save(k, c, len)
-  redis.call('HSET', k, 's', fmt(c.s), 'e', fmt(c.e), 'r', fmt(c.r), 'w', fmt(c.w), 'o', fmt(c.o), 'a', fmt(c.a), 'p', fmt(c.p), 'x', fmt(c.x))
+  redis.call('HSET', k, 's', fmt(c.s), 'e', fmt(c.e), 'r', fmt(c.r), 'w', fmt(c.w), 'o', fmt(c.o), 'a', fmt(c.a), 'p', fmt(c.p))
   local ttl = math.max(c.e, c.p) - now + 2 * len
   redis.call('PEXPIRE', k, fmt(math.max(ttl, 60000)))
 end
@@ -393,7 +386,7 @@ local function meta(k)
 end
 -- The write reserve still kept from reads (window.rs `Window::kept`).
 local function kept(c, reserve, len)
-  if reserve == 0 or len <= 0 or c.a ~= 1 or math.max(c.o, c.x) > 0 then return reserve end
+  if reserve == 0 or len <= 0 or c.a ~= 1 or c.o > 0 then return reserve end
   local left = math.min(math.max(c.e - now, 0), len)
   return math.floor((reserve * left + len - 1) / len)
 end
@@ -428,16 +421,15 @@ if op == 'acquire' then
       roll(c, len)
       rolled = true
       local held
-      local oh = math.max(c.o, c.x)
-      if lane == 'w' then held = c.r + c.w + oh
-      else held = c.r + oh + math.max(c.w, math.min(reserve, c.w + kept(c, reserve, len))) end
+      if lane == 'w' then held = c.r + c.w + c.o
+      else held = c.r + c.o + math.max(c.w, math.min(reserve, c.w + kept(c, reserve, len))) end
       local room = math.max(0, target - held)
       if c.p > now then t = c.p
       elseif cost > room then
         -- Window::fits_at: a read may fit later in this window, as the reserve is released.
         t = c.e
-        local free = target - (c.r + oh + cost)
-        if lane ~= 'w' and reserve > 0 and c.a == 1 and oh == 0 and free > c.w then
+        local free = target - (c.r + c.o + cost)
+        if lane ~= 'w' and reserve > 0 and c.a == 1 and c.o == 0 and free > c.w then
           t = math.max(now, c.e - math.floor((free - c.w) * len / reserve))
         end
       end
@@ -456,7 +448,7 @@ if op == 'acquire' then
     end
     if not refused or (d.rolled and not d.fresh) then save(KEYS[2 * i], d.c, d.len) end
     local c = d.c
-    for _, v in ipairs({ c.s, c.e, c.r, c.w, c.o, c.a, c.p, d.bp, d.lim, c.x }) do table.insert(out, fmt(v)) end
+    for _, v in ipairs({ c.s, c.e, c.r, c.w, c.o, c.a, c.p, d.bp, d.lim }) do table.insert(out, fmt(v)) end
   end
   return out
 elseif op == 'observe' then
@@ -471,9 +463,8 @@ elseif op == 'observe' then
     local t = math.min(tonumber(reset), now + len)
     if t <= now then return 0 end
     local later = (not (now < c.e)) or t >= c.e + math.floor(len / 2)
-    local last_e, last_o = c.e, c.o
     c.s = t - len; c.e = t; c.a = 1
-    if later then c.r = 0; c.w = 0; c.o = 0; c.x = forecast(last_e, last_o, c.s, len) end
+    if later then c.r = 0; c.w = 0; c.o = 0 end
     current = true
   else
     roll(c, len)
@@ -622,7 +613,6 @@ fn parse_counter(v: &[i64]) -> SharedCounter {
         penalty: v[6],
         bucket_penalty: v[7],
         limit: u32::try_from(v[8].max(0)).unwrap_or(u32::MAX),
-        expect: v[9].max(0) as u64,
     }
 }
 
@@ -643,10 +633,10 @@ impl SharedBackend for RedisBackend {
             inv.arg(d.cost).arg(d.spec.len).arg(d.spec.declared).arg(d.spec.reserve_pm).arg(if d.spec.key.is_some() { "1" } else { "0" });
         }
         let v: Vec<i64> = self.run(&inv).await?;
-        if v.len() != 2 + 10 * draws.len() {
+        if v.len() != 2 + 9 * draws.len() {
             return Err(SharedError(format!("the budget script answered {} values for {} draws", v.len(), draws.len())));
         }
-        Ok(SharedVerdict { granted: v[0] == 1, until: v[1], counters: v[2..].chunks(10).map(parse_counter).collect() })
+        Ok(SharedVerdict { granted: v[0] == 1, until: v[1], counters: v[2..].chunks(9).map(parse_counter).collect() })
     }
 
     async fn observe(

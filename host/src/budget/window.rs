@@ -1,7 +1,7 @@
 //! One fixed-window counter, the unit of state of the budget algorithm.
 //!
 //! This file is the part a Redis script mirrors for budgets shared across replicas (issue #9):
-//! eight integers per counter and four operations ([`Window::roll`], [`Window::room`],
+//! seven integers per counter and four operations ([`Window::roll`], [`Window::room`],
 //! [`Window::take`], [`Window::observe`]), all integer arithmetic, no allocation, no clock of its
 //! own. The module doc of [`crate::budget`] states the algorithm in prose.
 
@@ -24,12 +24,6 @@ pub(crate) struct Window {
     pub(crate) write: u64,
     /// Units the platform counted in this window beyond ours: the account's other clients.
     pub(crate) others: u64,
-    /// What the other clients are expected to spend in this window: what they had spent by the
-    /// end of the window right before it. Held against our allowance like `others` (the larger
-    /// of the two counts), so that another client pacing its spend over the window does not find
-    /// the window already spent by us when its requests come: the platform would answer someone
-    /// 429, possibly us.
-    pub(crate) expect: u64,
     /// Whether the window's phase came from the platform (a reset reading) rather than from our
     /// first draw; anchored windows roll on the platform's boundaries.
     pub(crate) anchored: bool,
@@ -39,7 +33,7 @@ pub(crate) struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Self { start: NEVER, end: NEVER, read: 0, write: 0, others: 0, expect: 0, anchored: false, penalty: NEVER }
+        Self { start: NEVER, end: NEVER, read: 0, write: 0, others: 0, anchored: false, penalty: NEVER }
     }
 }
 
@@ -59,18 +53,6 @@ impl Window {
         self.ours().saturating_add(self.others)
     }
 
-    /// The others' spend we hold against our allowance: what they spent in this window, or what
-    /// they spent in the one before if that was more.
-    pub(crate) fn others_held(&self) -> u64 {
-        self.others.max(self.expect)
-    }
-
-    /// The forecast of others' spend for a window starting at `start`, after the window that ended
-    /// at `last_end` with `last_others`: carried over if that was the window right before.
-    fn forecast(last_end: Millis, last_others: u64, start: Millis, len: Millis) -> u64 {
-        if last_end != NEVER && start.saturating_sub(last_end) < len { last_others } else { 0 }
-    }
-
     /// Whether the counter carries nothing a fresh one would not: window over and no penalty.
     pub(crate) fn idle(&self, now: Millis) -> bool {
         !self.is_open(now) && now >= self.penalty
@@ -83,7 +65,6 @@ impl Window {
         if self.is_open(now) {
             return;
         }
-        let (last_end, last_others) = (self.end, self.others);
         self.start = if self.anchored && self.end != NEVER {
             let skipped = now.saturating_sub(self.end) / len;
             self.end.saturating_add(skipped.saturating_mul(len))
@@ -91,7 +72,6 @@ impl Window {
             now
         };
         self.end = self.start.saturating_add(len);
-        self.expect = Self::forecast(last_end, last_others, self.start, len);
         self.read = 0;
         self.write = 0;
         self.others = 0;
@@ -114,7 +94,7 @@ impl Window {
     /// their pace is unknown, and the held reserve is the margin that keeps their next burst from
     /// becoming our 429 (the demo's 429 storms met write-lane 429s with the release).
     pub(crate) fn kept(&self, reserve: u64, now: Millis, len: Millis) -> u64 {
-        if reserve == 0 || len <= 0 || !self.anchored || self.others_held() > 0 {
+        if reserve == 0 || len <= 0 || !self.anchored || self.others > 0 {
             return reserve;
         }
         let left = self.end.saturating_sub(now).clamp(0, len) as u64;
@@ -131,10 +111,10 @@ impl Window {
     /// reads' share first, never the writes'.
     pub(crate) fn room(&self, lane: Lane, target: u64, reserve: u64, now: Millis, len: Millis) -> u64 {
         let held = match lane {
-            Lane::Write => self.ours().saturating_add(self.others_held()),
+            Lane::Write => self.spent(),
             Lane::Read => {
                 let writes = self.write.max(reserve.min(self.write.saturating_add(self.kept(reserve, now, len))));
-                self.read.saturating_add(self.others_held()).saturating_add(writes)
+                self.read.saturating_add(self.others).saturating_add(writes)
             }
         };
         target.saturating_sub(held)
@@ -153,8 +133,8 @@ impl Window {
         if self.fits(lane, cost, target, reserve, now, len) {
             return now;
         }
-        let free = target.saturating_sub(self.read.saturating_add(self.others_held()).saturating_add(cost));
-        if lane == Lane::Write || reserve == 0 || len <= 0 || !self.anchored || self.others_held() > 0 || free <= self.write {
+        let free = target.saturating_sub(self.read.saturating_add(self.others).saturating_add(cost));
+        if lane == Lane::Write || reserve == 0 || len <= 0 || !self.anchored || self.others > 0 || free <= self.write {
             return self.end;
         }
         let k = free - self.write;
@@ -213,7 +193,6 @@ impl Window {
             Some(t) if t <= now => return,
             Some(t) => {
                 let later_window = !self.is_open(now) || t >= self.end.saturating_add(len / 2);
-                let (last_end, last_others) = (self.end, self.others);
                 self.start = t.saturating_sub(len);
                 self.end = t;
                 self.anchored = true;
@@ -221,7 +200,6 @@ impl Window {
                     self.read = 0;
                     self.write = 0;
                     self.others = 0;
-                    self.expect = Self::forecast(last_end, last_others, self.start, len);
                 }
                 true
             }
@@ -389,29 +367,6 @@ mod tests {
         own.take(Lane::Read, 105);
         assert_eq!(own.kept(45, 59_000, 60_000), 45);
         assert_eq!(own.fits_at(Lane::Read, 1, 150, 45, 0, 60_000), 60_000);
-    }
-
-    #[test]
-    fn others_spend_in_one_window_is_held_in_the_next() {
-        let mut w = Window::default();
-        w.roll(0, 60_000);
-        // The platform counted 90 beyond our 10: another client spends.
-        w.take(Lane::Read, 10);
-        w.observe(59_000, 60_000, 200, Some(100), None, None);
-        assert_eq!(w.others, 90);
-        // Next window: nothing counted yet, but the 90 are expected again and held (target 150,
-        // reserve 45): reads 150 - 90 - 45 = 15, writes 60.
-        w.roll(60_000, 60_000);
-        assert_eq!((w.others, w.expect), (0, 90));
-        assert_eq!((w.room(Lane::Read, 150, 45, 60_000, 60_000), w.room(Lane::Write, 150, 45, 60_000, 60_000)), (15, 60));
-        // A reading of what they spent so far does not lower the hold; more than expected raises it.
-        w.observe(61_000, 60_000, 200, Some(190), None, None);
-        assert_eq!(w.others_held(), 90);
-        w.observe(62_000, 60_000, 200, Some(80), None, None);
-        assert_eq!(w.others_held(), 120);
-        // A window after a gap expects nothing: the forecast is for the window right after.
-        w.roll(240_000, 60_000);
-        assert_eq!(w.expect, 0);
     }
 
     #[test]
