@@ -21,7 +21,7 @@
 //! writes may spend all of it, and when both wait, writes are served first. A read flood at any rate
 //! leaves the write lane its reserve. A reserve the writes do not use is not wasted: once the
 //! window is aligned to the platform's (a reset reading) and while no other client of the account
-//! spends in it, it is released to reads in step with the window's elapsed time, so a flood still spends the whole target by the window's end, while the
+//! spends more than half the reserve in it, it is released to reads in step with the window's elapsed time, so a flood still spends the whole target by the window's end, while the
 //! writes keep room for the part of the window that is left.
 //!
 //! # The algorithm
@@ -33,7 +33,7 @@
 //!
 //! - **Capacity.** `target = max(1, ⌊L · target‰ / 1000⌋)`, `reserve = ⌊target · reserve‰ / 1000⌋`,
 //!   `spent = read + write + others`, and `kept = ⌈reserve · (end − now) / W⌉`, the reserve for the
-//!   rest of the window, on an anchored window without others' spend (with others spending,
+//!   rest of the window, on an anchored window where others spent at most half the reserve (beyond that,
 //!   `kept = reserve`: their pace is unknown; on a window of our own phase, `kept = reserve` too:
 //!   there a `remaining` reading can fold our previous window's tail into `others` after the reads
 //!   took the released part, leaving the writes nothing). A write fits if `spent + cost ≤ target`; a read if

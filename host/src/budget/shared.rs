@@ -386,7 +386,7 @@ local function meta(k)
 end
 -- The write reserve still kept from reads (window.rs `Window::kept`).
 local function kept(c, reserve, len)
-  if reserve == 0 or len <= 0 or c.a ~= 1 or c.o > 0 then return reserve end
+  if reserve == 0 or len <= 0 or c.a ~= 1 or c.o * 2 > reserve then return reserve end
   local left = math.min(math.max(c.e - now, 0), len)
   return math.floor((reserve * left + len - 1) / len)
 end
@@ -429,7 +429,7 @@ if op == 'acquire' then
         -- Window::fits_at: a read may fit later in this window, as the reserve is released.
         t = c.e
         local free = target - (c.r + c.o + cost)
-        if lane ~= 'w' and reserve > 0 and c.a == 1 and c.o == 0 and free > c.w then
+        if lane ~= 'w' and reserve > 0 and c.a == 1 and c.o * 2 <= reserve and free > c.w then
           t = math.max(now, c.e - math.floor((free - c.w) * len / reserve))
         end
       end
