@@ -79,8 +79,8 @@ pub struct DemoArgs {
     /// Accounts per platform.
     #[arg(long, default_value_t = 2)]
     pub accounts: u32,
-    /// New tickets per hour per account. The default fits the two-minute day on two cores;
-    /// 600 (the volume support automation breaks at) needs a longer --day-seconds (BENCHMARKS.md).
+    /// New tickets per hour per account. 600 (the volume support automation breaks at) runs in
+    /// about two minutes on two cores but still meets a few write 429s in the storms (BENCHMARKS.md).
     #[arg(long, default_value_t = 100)]
     pub tickets_per_hour: u32,
     /// Print only the report.
