@@ -25,7 +25,9 @@
 //! lifted and reports end-to-end actions per second (submit to confirmed, simulator included).
 //!
 //! Run: `cargo run --release -p deskgate-bench --bin write_path [-- PHASE_SECS [LIFTED_ACTIONS]]`
-//! (defaults 20 and 4000).
+//! (defaults 20 and 4000; 0 actions skips the lifted run). `BENCH_ONLY=deskgate` (or `naive`)
+//! runs one client's phases; `BENCH_DEBUG=1` prints the first gate's account bucket every 250 ms
+//! of deskgate's loaded phase.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

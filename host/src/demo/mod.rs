@@ -922,6 +922,9 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             } else {
                 report.responses_429.write += 1;
             }
+            if std::env::var_os("DESKGATE_DEMO_DEBUG").is_some() {
+                eprintln!("429 to deskgate: {} account {acct} {} {} at {}", sim.platform(), r.method, r.path, hhmm(r.at_ms));
+            }
         }
         report.webhooks_dropped += sim.webhook_deliveries().iter().filter(|d| d.result == "dropped").count() as u64;
     }
