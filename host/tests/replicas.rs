@@ -16,12 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use deskgate::bindings::{Action, ApplyAction, Connection, HttpRequest, HttpResponse, Lane, Operation, Outcome};
+use deskgate::bindings::{Action, ApplyAction, Connection, Lane, Operation, Outcome};
 use deskgate::budget::{
-    BudgetConfig, BudgetGate, BudgetLayer, Permit, RedisBackend, SharedBudgets, SharedSettings,
+    BudgetConfig, BudgetGate, BudgetLayer, GateHooks, RedisBackend, SharedBudgets, SharedSettings,
 };
 use deskgate::clock::ManualClock;
-use deskgate::driver::{Credential, Driver, DriverConfig, NoHooks, StepHooks, Target, authorization};
+use deskgate::driver::{Credential, Driver, DriverConfig, NoHooks, Target, authorization};
 use deskgate::runtime::{Adapter, AdapterRuntime, RuntimeConfig};
 use deskgate::store::{self, SecretKey, SharedStore};
 use deskgate_sim::{AccountSpec, AgentSpec, CredentialSpec, Platform, SimConfig, SimHandle, TicketSpec};
@@ -59,31 +59,6 @@ fn unique(name: &str) -> String {
 
 /// Budget hooks for one operation: wait in the request's lane, feed the rate headers back,
 /// count what went out.
-struct Lanes<'a> {
-    gate: &'a BudgetGate,
-    adapter: &'a Adapter,
-    target: &'a Target,
-    permit: Option<Permit>,
-}
-
-impl StepHooks for Lanes<'_> {
-    fn before_send(&mut self, request: &HttpRequest) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        let wait = self.gate.acquire_request(request);
-        async move {
-            self.permit = Some(wait.await.map_err(|e| e.to_string())?);
-            Ok(())
-        }
-    }
-
-    fn after_response(&mut self, _request: &HttpRequest, response: &HttpResponse) {
-        let Ok(obs) = self.adapter.observe(&self.target.connection, response) else { return };
-        match &self.permit {
-            Some(p) => self.gate.observe_after(p, &obs),
-            None => self.gate.observe(&obs),
-        }
-    }
-}
-
 /// One simulated Zendesk account, an admin API token, a ticket to read and write.
 struct Account {
     sim: SimHandle,
@@ -157,7 +132,7 @@ fn flood(acct: &Arc<Account>, gates: &[BudgetGate], per_replica: usize) -> (Vec<
                 let driver = Driver::new(DriverConfig::default()).unwrap();
                 let op = Operation::GetTicket(acct.ticket.clone());
                 loop {
-                    let mut hooks = Lanes { gate: &gate, adapter: &acct.adapter, target: &acct.target, permit: None };
+                    let mut hooks = GateHooks::new(&gate, &acct.adapter, &acct.target);
                     match driver.execute(&acct.adapter, &acct.target, &op, None, &mut hooks).await {
                         Ok(Ok(_)) => {
                             sent.fetch_add(1, Ordering::Relaxed);
@@ -193,12 +168,12 @@ async fn settle(gates: &[BudgetGate], per_replica: usize) {
 async fn write_now(acct: &Account, gate: &BudgetGate, text: &str) {
     let op = Operation::Apply(ApplyAction { ticket_id: acct.ticket.clone(), action: Action::Reply(text.into()) });
     let driver = Driver::new(DriverConfig::default()).unwrap();
-    let mut hooks = Lanes { gate, adapter: &acct.adapter, target: &acct.target, permit: None };
+    let mut hooks = GateHooks::new(gate, &acct.adapter, &acct.target);
     let r = tokio::time::timeout(Duration::from_secs(10), driver.execute(&acct.adapter, &acct.target, &op, None, &mut hooks))
         .await
         .expect("a write waited behind the read flood");
     assert!(matches!(r, Ok(Ok(Outcome::Written(_)))), "write: {r:?}");
-    assert_eq!(hooks.permit.as_ref().map(|p| p.lane), Some(Lane::Write));
+    assert_eq!(hooks.permit().map(|p| p.lane), Some(Lane::Write));
 }
 
 /// Three replicas flood one account with reads over three windows: together they stay at the

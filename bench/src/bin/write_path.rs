@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use deskgate::bindings::{
-    Action, ApplyAction, Connection, Failure, HttpRequest, HttpResponse, Operation, Outcome, Resolution, TicketStatus,
+    Action, ApplyAction, Connection, Failure, HttpRequest, Operation, Outcome, Resolution, TicketStatus,
 };
-use deskgate::budget::{BudgetConfig, BudgetGate, BudgetLayer, Permit};
+use deskgate::budget::{BudgetConfig, BudgetGate, BudgetLayer, GateHooks};
 use deskgate::clock::{Clock, Millis, SharedClock};
 use deskgate::driver::{Credential, Driver, DriverConfig, NoHooks, StepHooks, Target, authorization};
 use deskgate::outbox::{Outbox, OutboxConfig, OutboxEvent, OutboxWorker, WorkerParts};
@@ -157,33 +157,6 @@ fn resolution(i: usize) -> Action {
 
 // -- deskgate --------------------------------------------------------------------------------
 
-/// Budget hooks for a read loop: wait in the gate's read lane, feed rate headers back.
-struct ReadLane<'a> {
-    gate: &'a BudgetGate,
-    adapter: &'a Adapter,
-    target: &'a Target,
-    permit: Option<Permit>,
-}
-
-impl StepHooks for ReadLane<'_> {
-    fn before_send(&mut self, request: &HttpRequest) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        let wait = self.gate.acquire_request(request);
-        async move {
-            self.permit = Some(wait.await.map_err(|e| e.to_string())?);
-            Ok(())
-        }
-    }
-
-    fn after_response(&mut self, request: &HttpRequest, response: &HttpResponse) {
-        self.gate.record_response(request.lane, response.status);
-        let Ok(obs) = self.adapter.observe(&self.target.connection, response) else { return };
-        match &self.permit {
-            Some(p) => self.gate.observe_after(p, &obs),
-            None => self.gate.observe(&obs),
-        }
-    }
-}
-
 /// Settled actions, by id, with the real time they settled.
 type Settled = Arc<Mutex<HashMap<i64, (Instant, String)>>>;
 
@@ -257,7 +230,7 @@ impl Gateway {
                     let driver = Driver::new(DriverConfig::default()).expect("driver");
                     let op = Operation::GetTicket(a.read_ticket.clone());
                     while !stop.load(Ordering::Relaxed) {
-                        let mut hooks = ReadLane { gate: &gate, adapter: &a.adapter, target: &a.target, permit: None };
+                        let mut hooks = GateHooks::new(&gate, &a.adapter, &a.target);
                         // A refused read (a 429 the budget did not prevent) is counted by the
                         // platform; the loop simply asks again through the gate.
                         if driver.execute(&a.adapter, &a.target, &op, None, &mut hooks).await.is_err() {
@@ -570,7 +543,7 @@ async fn main() -> anyhow::Result<()> {
     // starts counting (the Intercom accounts' limit is lower than the adapter's default).
     for (a, gate) in accounts.iter().zip(&gw.gates) {
         let driver = Driver::new(DriverConfig::default())?;
-        let mut hooks = ReadLane { gate, adapter: &a.adapter, target: &a.target, permit: None };
+        let mut hooks = GateHooks::new(gate, &a.adapter, &a.target);
         let _ = driver.execute(&a.adapter, &a.target, &Operation::GetTicket(a.read_ticket.clone()), None, &mut hooks).await?;
     }
     tokio::time::sleep(clock.real_wait(61_000)).await;

@@ -125,6 +125,7 @@
 mod backoff;
 mod config;
 mod gate;
+mod hooks;
 mod rate;
 mod retry;
 pub mod shared;
@@ -139,6 +140,7 @@ use std::sync::Mutex;
 
 pub use backoff::{Backoff, Jitter, SplitMix64};
 pub use config::{BudgetConfig, Share};
+pub use hooks::GateHooks;
 pub use gate::{Acquire, AcquireError, BudgetGate, GateSnapshot, LaneCount, Priority, Sleeper, TokioSleeper, Waiting};
 pub use rate::{Blocked, Cause, CounterSpec, Denied, Drawn, Never, NotUntil, Permit, RateBudget, SharedCounter};
 pub use shared::{

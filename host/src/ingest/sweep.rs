@@ -39,10 +39,10 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{Candidate, IngestMetrics, IngestReport, Inbox, bump};
-use crate::bindings::{BucketDraw, Failure, HttpRequest, HttpResponse, ListChanged, Operation, Outcome};
-use crate::budget::{BudgetGate, Jitter, Permit, SplitMix64};
+use crate::bindings::{Failure, ListChanged, Operation, Outcome};
+use crate::budget::{BudgetGate, GateHooks, Jitter, SplitMix64};
 use crate::clock::{Millis, SharedClock};
-use crate::driver::{DriveError, Driver, StepHooks, Target};
+use crate::driver::{DriveError, Driver, Target};
 use crate::runtime::Adapter;
 use crate::store::{NewAlert, StoreError};
 
@@ -190,36 +190,6 @@ pub struct Reconciler {
 impl std::fmt::Debug for Reconciler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reconciler").field("config", &self.config).finish_non_exhaustive()
-    }
-}
-
-/// Budget hooks for one listing: wait in the read lane, feed rate headers back.
-struct ReadLane<'a> {
-    gate: &'a BudgetGate,
-    adapter: &'a Adapter,
-    target: &'a Target,
-    permit: Option<Permit>,
-    draws: Vec<BucketDraw>,
-}
-
-impl StepHooks for ReadLane<'_> {
-    fn before_send(&mut self, request: &HttpRequest) -> impl std::future::Future<Output = Result<(), String>> + Send {
-        let wait = self.gate.acquire_request(request);
-        self.draws = request.draws.clone();
-        async move {
-            let permit = wait.await.map_err(|e| e.to_string())?;
-            self.permit = Some(permit);
-            Ok(())
-        }
-    }
-
-    fn after_response(&mut self, request: &HttpRequest, response: &HttpResponse) {
-        self.gate.record_response(request.lane, response.status);
-        let Ok(observations) = self.adapter.observe(&self.target.connection, response) else { return };
-        match &self.permit {
-            Some(p) => self.gate.observe_after(p, &observations),
-            None => self.gate.observe(&observations),
-        }
     }
 }
 
@@ -372,8 +342,7 @@ impl Reconciler {
     async fn page(&self, source: SweepSource<'_>, operation: &Operation) -> Result<crate::bindings::TicketPage, SweepError> {
         let mut attempt = 0;
         loop {
-            let mut hooks =
-                ReadLane { gate: source.gate, adapter: source.adapter, target: source.target, permit: None, draws: Vec::new() };
+            let mut hooks = GateHooks::new(source.gate, source.adapter, source.target);
             let outcome = self
                 .driver
                 .execute(source.adapter, source.target, operation, None, &mut hooks)
@@ -386,7 +355,7 @@ impl Reconciler {
                     attempt += 1;
                     // Block the bucket until the platform's window reopens; the retry waits for it
                     // in the read lane.
-                    source.gate.rate_limited(&hooks.draws, &detail);
+                    source.gate.rate_limited(hooks.last_draws(), &detail);
                 }
                 Err(failure) => return Err(SweepError::Platform(failure)),
             }
