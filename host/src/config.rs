@@ -491,34 +491,26 @@ impl Config {
                 "remove the key to use \"deskgate.sqlite\", or give a file path or postgres://...",
             ));
         }
-        let api_token = match (&self.api_token, &self.api_token_env) {
-            (Some(_), Some(_)) => {
-                errs.push(ConfigError::new(
-                    "api_token",
-                    "both api_token and api_token_env are set",
-                    "keep one of them (api_token_env is preferred: secrets stay out of the file)",
-                ));
-                None
-            }
-            (Some(t), None) => Some((t.clone(), "api_token".to_string())),
-            (None, var) => {
-                let var = var.clone().unwrap_or_else(|| API_TOKEN_ENV.into());
-                match env(&var).filter(|v| !v.is_empty()) {
-                    Some(v) => Some((Secret(v), var)),
-                    None => {
-                        errs.push(ConfigError::new(
-                            var.clone(),
-                            "no API token: the environment variable is not set",
-                            format!(
-                                "set {var} to a random token (for example `openssl rand -hex 32`); \
-                                 apps send it as `Authorization: Bearer <token>`"
-                            ),
-                        ));
-                        None
-                    }
-                }
-            }
-        };
+        // Without either key the token comes from the default variable.
+        let var = self.api_token_env.as_deref().or(self.api_token.is_none().then_some(API_TOKEN_ENV));
+        let api_token = literal_or_env(
+            (&self.api_token, var),
+            ("api_token", "api_token"),
+            "keep one of them (api_token_env is preferred: secrets stay out of the file)",
+            env,
+            &mut errs,
+            |var| {
+                ConfigError::new(
+                    var,
+                    "no API token: the environment variable is not set",
+                    format!(
+                        "set {var} to a random token (for example `openssl rand -hex 32`); \
+                         apps send it as `Authorization: Bearer <token>`"
+                    ),
+                )
+            },
+        )
+        .found();
         if let Some((t, key)) = &api_token
             && t.expose().len() < 16
         {
@@ -588,6 +580,53 @@ impl Config {
     }
 }
 
+/// Where a secret given as `name = "..."` or `name_env = "VARIABLE"` came from.
+enum SecretFrom {
+    /// Found, with the key it came from (`name`, or the variable's name).
+    Found(Secret, String),
+    /// Neither key is set.
+    Absent,
+    /// Both keys are set, or the variable is unset or empty: the error is pushed.
+    Failed,
+}
+
+impl SecretFrom {
+    fn found(self) -> Option<(Secret, String)> {
+        match self {
+            SecretFrom::Found(s, key) => Some((s, key)),
+            SecretFrom::Absent | SecretFrom::Failed => None,
+        }
+    }
+}
+
+/// Resolve a secret given literally or through an environment variable: `given` is the literal
+/// value and the variable's name, `(name, key)` the field's name and the key errors are reported
+/// at when both are set (with `both_fix`), `unset` the error when the variable has no value.
+fn literal_or_env(
+    given: (&Option<Secret>, Option<&str>),
+    (name, key): (&str, &str),
+    both_fix: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errs: &mut Vec<ConfigError>,
+    unset: impl FnOnce(&str) -> ConfigError,
+) -> SecretFrom {
+    match given {
+        (Some(_), Some(_)) => {
+            errs.push(ConfigError::new(key, format!("both {name} and {name}_env are set"), both_fix));
+            SecretFrom::Failed
+        }
+        (Some(s), None) => SecretFrom::Found(s.clone(), name.to_string()),
+        (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
+            Some(v) => SecretFrom::Found(Secret(v), var.to_string()),
+            None => {
+                errs.push(unset(var));
+                SecretFrom::Failed
+            }
+        },
+        (None, None) => SecretFrom::Absent,
+    }
+}
+
 fn validate_push(p: &PushSection, env: &dyn Fn(&str) -> Option<String>, errs: &mut Vec<ConfigError>) -> Option<PushSettings> {
     let before = errs.len();
     let url = match p.url.as_deref().map(check_http_url) {
@@ -605,24 +644,21 @@ fn validate_push(p: &PushSection, env: &dyn Fn(&str) -> Option<String>, errs: &m
             String::new()
         }
     };
-    let secret = match (&p.secret, &p.secret_env) {
-        (Some(_), Some(_)) => {
-            errs.push(ConfigError::new("push.secret", "both secret and secret_env are set", "keep one of them (secret_env keeps it out of the file)"));
-            None
-        }
-        (Some(s), None) => Some(s.clone()),
-        (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
-            Some(v) => Some(Secret(v)),
-            None => {
-                errs.push(ConfigError::new(
-                    "push.secret_env",
-                    format!("the environment variable {var} is not set"),
-                    format!("set {var} to a random secret shared with the app (`openssl rand -hex 32`)"),
-                ));
-                None
-            }
+    let secret = match literal_or_env(
+        (&p.secret, p.secret_env.as_deref()),
+        ("secret", "push.secret"),
+        "keep one of them (secret_env keeps it out of the file)",
+        env,
+        errs,
+        |var| {
+            ConfigError::new(
+                "push.secret_env",
+                format!("the environment variable {var} is not set"),
+                format!("set {var} to a random secret shared with the app (`openssl rand -hex 32`)"),
+            )
         },
-        (None, None) => {
+    ) {
+        SecretFrom::Absent => {
             errs.push(ConfigError::new(
                 "push.secret_env",
                 "no signing secret: unsigned pushes would let anyone who finds the app's endpoint post forged tickets to it",
@@ -630,6 +666,7 @@ fn validate_push(p: &PushSection, env: &dyn Fn(&str) -> Option<String>, errs: &m
             ));
             None
         }
+        found => found.found().map(|(s, _)| s),
     };
     if let Some(s) = &secret
         && s.expose().len() < 16
@@ -824,29 +861,22 @@ fn validate_connection(
         // Round to permille; a positive share never rounds to nothing.
         Share::permille(((target * 1000.0).round() as u16).max(1))
     };
-    let webhook_secret = match (&c.webhook_secret, &c.webhook_secret_env) {
-        (Some(_), Some(_)) => {
-            errs.push(ConfigError::new(
-                at("webhook_secret"),
-                "both webhook_secret and webhook_secret_env are set",
-                "keep one of them",
-            ));
-            None
-        }
-        (Some(s), None) => Some(s.clone()),
-        (None, Some(var)) => match env(var).filter(|v| !v.is_empty()) {
-            Some(v) => Some(Secret(v)),
-            None => {
-                errs.push(ConfigError::new(
-                    at("webhook_secret_env"),
-                    format!("the environment variable {var} is not set"),
-                    format!("set {var} to the webhook signing secret shown in the platform's admin UI"),
-                ));
-                None
-            }
+    let webhook_secret = literal_or_env(
+        (&c.webhook_secret, c.webhook_secret_env.as_deref()),
+        ("webhook_secret", &at("webhook_secret")),
+        "keep one of them",
+        env,
+        errs,
+        |var| {
+            ConfigError::new(
+                at("webhook_secret_env"),
+                format!("the environment variable {var} is not set"),
+                format!("set {var} to the webhook signing secret shown in the platform's admin UI"),
+            )
         },
-        (None, None) => None,
-    };
+    )
+    .found()
+    .map(|(s, _)| s);
     let credentials = c.credentials.as_ref().and_then(|fields| resolve_credentials(id, fields, env, errs));
     if errs.len() > before {
         return None;
