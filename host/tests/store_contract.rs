@@ -210,6 +210,9 @@ contract! {
     marks_only_move_forward,
     a_suspended_connections_ticket_events_are_held_until_it_is_live,
     data_survives_close_and_reopen,
+    webhook_secrets_round_trip_overwrite_and_clear,
+    deleting_a_connection_erases_its_webhook_secret,
+    webhook_secrets_are_sealed_at_rest_and_bound_to_their_row,
 }
 
 /// Backend-specific checks that the contract cannot express.
@@ -516,6 +519,111 @@ mod cases {
         let ok = c.reopen(KEY).await.unwrap();
         assert_eq!(ok.get_credential("zd").await.unwrap().unwrap().secret, oauth("a", "r"));
         ok.close().await;
+    }
+
+    pub async fn webhook_secrets_round_trip_overwrite_and_clear(c: Ctx) {
+        let s = &c.store;
+        live(s, "zd").await;
+        assert_eq!(s.get_webhook_secret("zd").await.unwrap(), None, "none until one is set");
+        let set = s.set_webhook_secret("zd", Some(b"whsec-one"), false, T0).await.unwrap().expect("stored");
+        assert_eq!(
+            (set.connection_id.as_str(), set.secret.as_deref(), set.allow_unsigned, set.updated_at),
+            ("zd", Some(&b"whsec-one"[..]), false, T0)
+        );
+        assert_eq!(s.get_webhook_secret("zd").await.unwrap(), Some(set));
+        // A rotation replaces the secret and the flag.
+        s.set_webhook_secret("zd", Some(b"whsec-two"), true, T0 + 1).await.unwrap();
+        let got = s.get_webhook_secret("zd").await.unwrap().unwrap();
+        assert_eq!((got.secret.as_deref(), got.allow_unsigned, got.updated_at), (Some(&b"whsec-two"[..]), true, T0 + 1));
+        // Unsigned only: no secret, but a row saying so.
+        s.set_webhook_secret("zd", None, true, T0 + 2).await.unwrap();
+        let got = s.get_webhook_secret("zd").await.unwrap().unwrap();
+        assert_eq!((got.secret, got.allow_unsigned), (None, true));
+        // Neither: cleared.
+        assert_eq!(s.set_webhook_secret("zd", None, false, T0 + 3).await.unwrap(), None);
+        assert_eq!(s.get_webhook_secret("zd").await.unwrap(), None);
+        assert_eq!(c.raw_i64("SELECT COUNT(*) FROM webhook_secrets").await, 0);
+        // Per connection: another connection's secret is its own.
+        live(s, "fd").await;
+        s.set_webhook_secret("zd", Some(b"zd-secret"), false, T0 + 4).await.unwrap();
+        s.set_webhook_secret("fd", Some(b"fd-secret"), false, T0 + 4).await.unwrap();
+        assert_eq!(s.get_webhook_secret("zd").await.unwrap().unwrap().secret.as_deref(), Some(&b"zd-secret"[..]));
+        assert_eq!(s.get_webhook_secret("fd").await.unwrap().unwrap().secret.as_deref(), Some(&b"fd-secret"[..]));
+        // Unknown connections cannot hold one.
+        let r = s.set_webhook_secret("nope", Some(b"x"), false, T0).await;
+        assert!(matches!(r, Err(StoreError::ConnectionNotFound(ref id)) if id == "nope"), "{r:?}");
+        // The secret never shows in Debug.
+        let dbg = format!("{:?}", s.get_webhook_secret("zd").await.unwrap());
+        assert!(!dbg.contains("zd-secret") && dbg.contains("redacted"), "{dbg}");
+        // It survives a restart.
+        let again = c.reopen(KEY).await.unwrap();
+        assert_eq!(again.get_webhook_secret("zd").await.unwrap().unwrap().secret.as_deref(), Some(&b"zd-secret"[..]));
+        again.close().await;
+    }
+
+    pub async fn deleting_a_connection_erases_its_webhook_secret(c: Ctx) {
+        let s = &c.store;
+        live(s, "gone").await;
+        live(s, "kept").await;
+        s.set_webhook_secret("gone", Some(b"whsec-gone"), true, T0).await.unwrap();
+        s.set_webhook_secret("kept", Some(b"whsec-kept"), false, T0).await.unwrap();
+        s.set_connection_state("gone", &ConnectionState::Deleted, T0 + 1).await.unwrap();
+        assert_eq!(s.get_webhook_secret("gone").await.unwrap(), None);
+        assert_eq!(c.raw_i64("SELECT COUNT(*) FROM webhook_secrets WHERE connection_id = 'gone'").await, 0);
+        assert!(s.get_webhook_secret("kept").await.unwrap().is_some(), "only the deleted connection's");
+        let again = s.set_webhook_secret("gone", Some(b"whsec-again"), false, T0 + 2).await;
+        assert!(matches!(again, Err(StoreError::ConnectionNotFound(_))), "{again:?}");
+    }
+
+    pub async fn webhook_secrets_are_sealed_at_rest_and_bound_to_their_row(c: Ctx) {
+        const PLAIN: &[u8] = b"PLAINTEXT-WEBHOOK-SECRET-789";
+        let s = &c.store;
+        live(s, "zd").await;
+        live(s, "other").await;
+        s.set_webhook_secret("zd", Some(PLAIN), false, T0).await.unwrap();
+        let sealed = c.raw_bytes("SELECT sealed FROM webhook_secrets WHERE connection_id = 'zd'").await;
+        assert!(!contains(&sealed, PLAIN), "ciphertext must not contain the secret");
+        assert!(!contains(&sealed, b"PLAINTEXT"), "nor any part of it");
+        // A fresh nonce per write: the same secret twice never gives the same bytes.
+        s.set_webhook_secret("zd", Some(PLAIN), false, T0 + 1).await.unwrap();
+        assert_ne!(c.raw_bytes("SELECT sealed FROM webhook_secrets WHERE connection_id = 'zd'").await, sealed);
+
+        // Another key: refused when the store opens, with the message that names the fix.
+        let err = c.reopen([0x13; 32]).await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongSecretKey), "{err:?}");
+        assert!(err.to_string().contains("DESKGATE_SECRET_KEY does not match"), "{err}");
+
+        // A sealed blob moved to another connection's row does not decrypt there...
+        s.set_webhook_secret("other", Some(b"other-secret"), false, T0).await.unwrap();
+        c.raw_exec(
+            "UPDATE webhook_secrets SET sealed = (SELECT sealed FROM webhook_secrets WHERE connection_id = 'zd') \
+             WHERE connection_id = 'other'",
+        )
+        .await
+        .unwrap();
+        let err = s.get_webhook_secret("other").await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongSecretKey), "{err:?}");
+        // ...nor does a credential blob moved into a webhook secret's place, or the reverse.
+        s.put_credential("zd", &oauth("a", "r"), None, Expect::Absent, T0).await.unwrap();
+        c.raw_exec(
+            "UPDATE webhook_secrets SET sealed = (SELECT sealed FROM credentials WHERE connection_id = 'zd') \
+             WHERE connection_id = 'zd'",
+        )
+        .await
+        .unwrap();
+        let err = s.get_webhook_secret("zd").await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongSecretKey), "{err:?}");
+        s.set_webhook_secret("zd", Some(PLAIN), false, T0 + 2).await.unwrap();
+        c.raw_exec(
+            "UPDATE credentials SET sealed = (SELECT sealed FROM webhook_secrets WHERE connection_id = 'zd') \
+             WHERE connection_id = 'zd'",
+        )
+        .await
+        .unwrap();
+        let err = s.get_credential("zd").await.unwrap_err();
+        assert!(matches!(err, StoreError::WrongSecretKey), "{err:?}");
+        // The untouched row still reads.
+        assert_eq!(s.get_webhook_secret("zd").await.unwrap().unwrap().secret.as_deref(), Some(PLAIN));
     }
 
     pub async fn credential_writes_compare_and_swap_on_version(c: Ctx) {

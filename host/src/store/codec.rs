@@ -11,7 +11,7 @@ use super::crypto::{self, SecretKey};
 use super::{
     Alert, AttemptOutcome, Connection, ConnectionState, Credential, CredentialSecret, Enqueued,
     Expect, InboxEvent, Lease, NewAction, OutboxEntry, OutboxState, RefreshClaim, RefreshMarker,
-    StoreError, TimerLease, WriteLogRecord,
+    StoreError, TimerLease, WebhookSecretRecord, WriteLogRecord,
 };
 use crate::clock::Millis;
 
@@ -22,6 +22,8 @@ pub(crate) trait RowExt {
     fn string(&self, col: &str) -> Result<String, StoreError>;
     fn opt_string(&self, col: &str) -> Result<Option<String>, StoreError>;
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError>;
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn bool(&self, col: &str) -> Result<bool, StoreError>;
 
     fn json(&self, col: &str) -> Result<Value, StoreError> {
         let text = self.string(col)?;
@@ -56,6 +58,12 @@ macro_rules! row_ext {
             fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
                 self.try_get(col).map_err(|e| corrupt(col, e))
             }
+            fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+                self.try_get(col).map_err(|e| corrupt(col, e))
+            }
+            fn bool(&self, col: &str) -> Result<bool, StoreError> {
+                self.try_get(col).map_err(|e| corrupt(col, e))
+            }
         }
     };
 }
@@ -76,6 +84,12 @@ impl RowExt for rusqlite::Row<'_> {
         self.get(col).map_err(|e| corrupt(col, e))
     }
     fn bytes(&self, col: &str) -> Result<Vec<u8>, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+    fn opt_bytes(&self, col: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(col).map_err(|e| corrupt(col, e))
+    }
+    fn bool(&self, col: &str) -> Result<bool, StoreError> {
         self.get(col).map_err(|e| corrupt(col, e))
     }
 }
@@ -138,6 +152,16 @@ pub(crate) fn credential<R: RowExt>(r: &R, key: &SecretKey) -> Result<Credential
         refresh_in_flight,
         updated_at: r.i64("updated_at")?,
     })
+}
+
+/// A `webhook_secrets` row, the secret unsealed.
+pub(crate) fn webhook_secret<R: RowExt>(r: &R, key: &SecretKey) -> Result<WebhookSecretRecord, StoreError> {
+    let connection_id = r.string("connection_id")?;
+    let secret = r
+        .opt_bytes("sealed")?
+        .map(|blob| crypto::unseal(key, &crypto::webhook_secret_aad(&connection_id), &blob))
+        .transpose()?;
+    Ok(WebhookSecretRecord { connection_id, secret, allow_unsigned: r.bool("allow_unsigned")?, updated_at: r.i64("updated_at")? })
 }
 
 /// Serialize a secret for sealing.

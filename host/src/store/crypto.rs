@@ -4,7 +4,9 @@
 //! nonce is drawn at random for every write: at that size random nonces never realistically
 //! collide, which 12-byte AES-GCM / ChaCha20 nonces would start to do after a few billion writes
 //! under one key. The connection id is bound in as associated data, so a sealed blob copied onto
-//! another connection's row does not decrypt.
+//! another connection's row does not decrypt; webhook signing secrets are bound to their own
+//! associated data (`deskgate:webhook-secret:` and the id), so they cannot be swapped with
+//! credentials either.
 //!
 //! Blob layout: `version byte (1) || nonce (24) || ciphertext + tag (16)`.
 //!
@@ -101,6 +103,14 @@ pub(crate) fn unseal(key: &SecretKey, aad: &[u8], blob: &[u8]) -> Result<Vec<u8>
 /// Associated data for a connection's credential blob.
 pub(crate) fn credential_aad(connection_id: &str) -> Vec<u8> {
     let mut aad = b"deskgate:credential:".to_vec();
+    aad.extend_from_slice(connection_id.as_bytes());
+    aad
+}
+
+/// Associated data for a connection's webhook signing secret: distinct from
+/// [`credential_aad`]'s, so neither blob decrypts in the other's place.
+pub(crate) fn webhook_secret_aad(connection_id: &str) -> Vec<u8> {
+    let mut aad = b"deskgate:webhook-secret:".to_vec();
     aad.extend_from_slice(connection_id.as_bytes());
     aad
 }

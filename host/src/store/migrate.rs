@@ -43,6 +43,7 @@ pub(crate) const SQLITE: &[Migration] = &[
     Migration { version: 2, name: "marks", sql: include_str!("migrations/sqlite/0002_marks.sql") },
     Migration { version: 3, name: "inbox_unacked_by_id", sql: include_str!("migrations/sqlite/0003_inbox_unacked_by_id.sql") },
     Migration { version: 4, name: "inbox_held", sql: include_str!("migrations/sqlite/0004_inbox_held.sql") },
+    Migration { version: 5, name: "webhook_secrets", sql: include_str!("migrations/sqlite/0005_webhook_secrets.sql") },
 ];
 
 /// PostgreSQL migrations, in order.
@@ -51,6 +52,7 @@ pub(crate) const POSTGRES: &[Migration] = &[
     Migration { version: 2, name: "marks", sql: include_str!("migrations/postgres/0002_marks.sql") },
     Migration { version: 3, name: "inbox_unacked_by_id", sql: include_str!("migrations/postgres/0003_inbox_unacked_by_id.sql") },
     Migration { version: 4, name: "inbox_held", sql: include_str!("migrations/postgres/0004_inbox_held.sql") },
+    Migration { version: 5, name: "webhook_secrets", sql: include_str!("migrations/postgres/0005_webhook_secrets.sql") },
 ];
 
 /// The SQLite schema version this binary writes.

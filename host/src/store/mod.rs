@@ -1,8 +1,9 @@
 //! The durable store: one storage interface, two backends.
 //!
-//! Everything deskgate must not lose lives here: connections and their (encrypted) credentials, the
-//! outbox of actions to send with its append-only write log, the inbox of ticket events for the
-//! app, alerts for people, and the leases that make timers run once per cluster.
+//! Everything deskgate must not lose lives here: connections with their (encrypted) credentials
+//! and webhook signing secrets, the outbox of actions to send with its append-only write log, the
+//! inbox of ticket events for the app, alerts for people, and the leases that make timers run once
+//! per cluster.
 //!
 //! - [`sqlite`]: the embedded default. One file, created on first start, WAL journal.
 //! - [`postgres`]: for several gateway replicas sharing one database.
@@ -409,7 +410,7 @@ pub enum ConnectionState {
         /// `reauth`, `rescope`, `operator`).
         kind: String,
     },
-    /// Deleted: kept for the audit trail, credentials erased.
+    /// Deleted: kept for the audit trail, credentials and webhook secret erased.
     Deleted,
 }
 
@@ -596,6 +597,36 @@ pub struct RefreshClaim {
     /// A marker by another owner written before this instant is taken over (its refresher is
     /// presumed dead); a newer one makes the claim fail with [`StoreError::RefreshInFlight`].
     pub stale_before: Millis,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Webhook secrets
+
+/// How a connection's webhooks are authenticated, as stored (the secret decrypted). Written with
+/// [`Store::set_webhook_secret`]; its `Debug` never prints the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookSecretRecord {
+    /// The connection.
+    pub connection_id: String,
+    /// The platform's signing secret (Zendesk signing secret, Intercom client secret, the
+    /// Freshdesk custom-header token); `None` when the connection takes unsigned deliveries only.
+    pub secret: Option<Vec<u8>>,
+    /// Accept deliveries that carry no signature at all. A delivery that carries a bad signature
+    /// is refused either way.
+    pub allow_unsigned: bool,
+    /// When last written.
+    pub updated_at: Millis,
+}
+
+impl fmt::Debug for WebhookSecretRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSecretRecord")
+            .field("connection_id", &self.connection_id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("allow_unsigned", &self.allow_unsigned)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1056,7 +1087,7 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> Result<Connection, StoreError>;
 
     /// Move a connection to `state`. Moving to [`ConnectionState::Deleted`] also erases its
-    /// credentials in the same transaction; moving to [`ConnectionState::Live`] releases the
+    /// credentials and its webhook secret in the same transaction; moving to [`ConnectionState::Live`] releases the
     /// ticket events held while it was suspended (see [`Store::insert_events`]), giving them new
     /// ids after every id issued so far, in their old order.
     ///
@@ -1119,6 +1150,32 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Clear `owner`'s refresh marker without writing new credentials (the refresh failed
     /// before or without consuming the refresh token). Returns whether a marker was cleared.
     async fn end_refresh(&self, connection_id: &str, owner: &str) -> Result<bool, StoreError>;
+
+    // -- webhook secrets -------------------------------------------------------------------
+
+    /// Set, replace or clear how a connection's webhooks are authenticated. `secret` is sealed
+    /// like credentials, under associated data of its own (a sealed credential copied into its
+    /// place does not decrypt, nor does another connection's secret). With `secret` `None` and
+    /// `allow_unsigned` false nothing is left to authenticate with: the stored row is removed, and
+    /// signed deliveries are then refused for want of a secret. Returns what is now stored.
+    ///
+    /// # Errors
+    /// [`StoreError::ConnectionNotFound`] for an unknown or deleted connection.
+    async fn set_webhook_secret(
+        &self,
+        connection_id: &str,
+        secret: Option<&[u8]>,
+        allow_unsigned: bool,
+        now: Millis,
+    ) -> Result<Option<WebhookSecretRecord>, StoreError>;
+
+    /// A connection's webhook secret, decrypted; `None` if none is stored (a deleted
+    /// connection's was erased with it).
+    ///
+    /// # Errors
+    /// [`StoreError::WrongSecretKey`] if it was sealed with another key or its blob was moved
+    /// from another row.
+    async fn get_webhook_secret(&self, connection_id: &str) -> Result<Option<WebhookSecretRecord>, StoreError>;
 
     // -- outbox --------------------------------------------------------------------------
 

@@ -337,6 +337,10 @@ impl Store for PgStore {
                 .bind(id)
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query("DELETE FROM webhook_secrets WHERE connection_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         if live {
             // Events held while it was suspended go to the app now, after everything it may have
@@ -479,6 +483,58 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    // -- webhook secrets -------------------------------------------------------------------
+
+    async fn set_webhook_secret(
+        &self,
+        connection_id: &str,
+        secret: Option<&[u8]>,
+        allow_unsigned: bool,
+        now: Millis,
+    ) -> Result<Option<WebhookSecretRecord>, StoreError> {
+        let sealed = secret.map(|s| crypto::seal(&self.key, &crypto::webhook_secret_aad(connection_id), s));
+        let mut tx = self.pool.begin().await?;
+        // The connection's row is share-locked until commit: a concurrent delete (which erases
+        // the secret) waits for this write instead of missing it and leaving a secret behind.
+        let state: Option<String> = sqlx::query_scalar("SELECT state FROM connections WHERE id = $1 FOR SHARE")
+            .bind(connection_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if matches!(state.as_deref(), None | Some("deleted")) {
+            return Err(StoreError::ConnectionNotFound(connection_id.to_owned()));
+        }
+        if sealed.is_none() && !allow_unsigned {
+            sqlx::query("DELETE FROM webhook_secrets WHERE connection_id = $1")
+                .bind(connection_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let row = sqlx::query(
+            "INSERT INTO webhook_secrets (connection_id, sealed, allow_unsigned, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (connection_id) DO UPDATE SET sealed = excluded.sealed, \
+             allow_unsigned = excluded.allow_unsigned, updated_at = excluded.updated_at RETURNING *",
+        )
+        .bind(connection_id)
+        .bind(sealed)
+        .bind(allow_unsigned)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        codec::webhook_secret(&row, &self.key).map(Some)
+    }
+
+    async fn get_webhook_secret(&self, connection_id: &str) -> Result<Option<WebhookSecretRecord>, StoreError> {
+        sqlx::query("SELECT * FROM webhook_secrets WHERE connection_id = $1")
+            .bind(connection_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| codec::webhook_secret(&r, &self.key))
+            .transpose()
     }
 
     // -- outbox --------------------------------------------------------------------------

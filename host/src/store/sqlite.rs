@@ -828,6 +828,7 @@ impl Store for SqliteStore {
             .ok_or_else(|| StoreError::ConnectionNotFound(id.clone()))?;
             if matches!(state, ConnectionState::Deleted) {
                 execute(c, "DELETE FROM credentials WHERE connection_id = ?1", [&id])?;
+                execute(c, "DELETE FROM webhook_secrets WHERE connection_id = ?1", [&id])?;
             }
             if matches!(state, ConnectionState::Live) {
                 // Events held while it was suspended go to the app now, after everything it may
@@ -958,6 +959,43 @@ impl Store for SqliteStore {
                 [&id, &owner],
             )?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    // -- webhook secrets -------------------------------------------------------------------
+
+    async fn set_webhook_secret(
+        &self,
+        connection_id: &str,
+        secret: Option<&[u8]>,
+        allow_unsigned: bool,
+        now: Millis,
+    ) -> Result<Option<WebhookSecretRecord>, StoreError> {
+        let sealed = secret.map(|s| crypto::seal(&self.key, &crypto::webhook_secret_aad(connection_id), s));
+        let (id, key) = (connection_id.to_owned(), self.key.clone());
+        self.write(move |c| {
+            live_connection(c, &id)?;
+            if sealed.is_none() && !allow_unsigned {
+                execute(c, "DELETE FROM webhook_secrets WHERE connection_id = ?1", [&id])?;
+                return Ok(None);
+            }
+            query_one(
+                c,
+                "INSERT INTO webhook_secrets (connection_id, sealed, allow_unsigned, updated_at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (connection_id) DO UPDATE SET sealed = excluded.sealed, \
+                 allow_unsigned = excluded.allow_unsigned, updated_at = excluded.updated_at RETURNING *",
+                params![id, sealed, allow_unsigned, now],
+                |r| codec::webhook_secret(r, &key),
+            )
+        })
+        .await
+    }
+
+    async fn get_webhook_secret(&self, connection_id: &str) -> Result<Option<WebhookSecretRecord>, StoreError> {
+        let (id, key) = (connection_id.to_owned(), self.key.clone());
+        self.read(move |c| {
+            query_one(c, "SELECT * FROM webhook_secrets WHERE connection_id = ?1", [&id], |r| codec::webhook_secret(r, &key))
         })
         .await
     }
