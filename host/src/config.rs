@@ -17,6 +17,12 @@
 //! can carry one. The key that encrypts credentials at rest comes only from the environment
 //! (`DESKGATE_SECRET_KEY`): a key written next to what it protects protects nothing.
 //!
+//! A connection's `webhook_secret` (or `webhook_secret_env`; empty or blank is refused) and
+//! `allow_unsigned_webhooks = true` are written, sealed, to the store by `deskgate serve` at every
+//! start ([`crate::serve`]): webhooks read secrets from the store only, so the file's value
+//! replaces one set through the API (`PUT /v1/connections/{id}/webhook-secret`) at the next start.
+//! A section with neither leaves the stored secret as the API set it.
+//!
 //! # Environment as a parameter
 //!
 //! [`Config::validate`] takes the environment as a lookup function, never reading
@@ -876,7 +882,19 @@ fn validate_connection(
         },
     )
     .found()
-    .map(|(s, _)| s);
+    .and_then(|(s, from)| {
+        if s.expose().trim().is_empty() {
+            let key = if from == "webhook_secret" { at("webhook_secret") } else { at("webhook_secret_env") };
+            errs.push(ConfigError::new(
+                key,
+                "the webhook secret is empty or only whitespace",
+                "give the webhook signing secret shown in the platform's admin UI, or remove the key \
+                 (and set allow_unsigned_webhooks = true if the platform cannot sign)",
+            ));
+            return None;
+        }
+        Some(s)
+    });
     let credentials = c.credentials.as_ref().and_then(|fields| resolve_credentials(id, fields, env, errs));
     if errs.len() > before {
         return None;
@@ -1212,6 +1230,13 @@ token_env = "ZENDESK_TOKEN"
         assert!(x.fix.contains("`email_env`"), "the fix names the key: {x}");
         let e = errors(&format!("store = \"  \"\n{GOOD}"), &base_env());
         assert!(e.get("store").is_some(), "{e}");
+        // A webhook secret of whitespace would verify nothing: refused, whether written or read.
+        let e = errors(&GOOD.replace("webhook_secret = \"whsec-123\"", "webhook_secret = \"  \""), &base_env());
+        let x = e.get("connections.acme.webhook_secret").expect("blank webhook secret");
+        assert!(x.fix.contains("signing secret") && x.fix.contains("allow_unsigned_webhooks"), "{x}");
+        let blank = env(&[(SECRET_KEY_ENV, KEY), (API_TOKEN_ENV, "a-long-enough-api-token"), ("ZENDESK_TOKEN", "t"), ("ACME_WH", " \t")]);
+        let e = errors(&GOOD.replace("webhook_secret = \"whsec-123\"", "webhook_secret_env = \"ACME_WH\""), &blank);
+        assert!(e.get("connections.acme.webhook_secret_env").is_some(), "{e}");
     }
 
     #[test]

@@ -11,6 +11,13 @@
 //! refresh and the config's copy spent. A connection still `pending_probe` with credentials is
 //! probed ([`crate::probe`]) and goes live when the probe passes.
 //!
+//! A `webhook_secret` (or `webhook_secret_env`) and `allow_unsigned_webhooks` are written to the
+//! store, sealed, when they differ from what it holds: webhooks read their secret from the store
+//! only, so the file's value wins over one set through the API (`PUT
+//! /v1/connections/{id}/webhook-secret`) at every start. A section that names no secret and leaves
+//! `allow_unsigned_webhooks` false leaves the stored secret alone, so secrets managed through the
+//! API survive restarts.
+//!
 //! Everything that runs per connection (credential manager, budget gate, outbox worker, timers
 //! for refresh, health checks, sweeps and alert delivery) is the supervisor's,
 //! [`crate::gateway::Gateway`]; serve builds it, attaches the stored connections, and hands it to
@@ -26,7 +33,7 @@ use crate::cli::ServeArgs;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, ConnectionSettings};
 use crate::driver::{Driver, DriverConfig};
-use crate::ingest::webhook::WebhookSecret;
+use crate::ingest::webhook::StoreRoutes;
 use crate::gateway::{Gateway, GatewayConfig, GatewayParts};
 use crate::runtime::{Adapter, AdapterRuntime};
 use crate::store::{ConnectionPatch, ConnectionState, CredentialSecret, Expect, NewConnection, SharedStore};
@@ -112,16 +119,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .with_replica(&replica_id, shared.clone());
         for c in &validated.connections {
             sync_connection(&store, c, clock.now_ms()).await.with_context(|| format!("connections.{}", c.id))?;
-            if let Some(secret) = &c.webhook_secret {
-                state.webhook_routes().set_secret(
-                    c.id.clone(),
-                    WebhookSecret { secret: secret.expose().as_bytes().to_vec(), allow_unsigned: c.allow_unsigned_webhooks },
-                );
-            } else if c.allow_unsigned_webhooks {
-                state
-                    .webhook_routes()
-                    .set_secret(c.id.clone(), WebhookSecret { secret: Vec::new(), allow_unsigned: true });
-            }
+            sync_webhook_secret(state.webhook_routes(), c, clock.now_ms())
+                .await
+                .with_context(|| format!("connections.{}.webhook_secret", c.id))?;
         }
         let mut config = GatewayConfig {
             owner: replica_id.clone(),
@@ -232,6 +232,29 @@ async fn sync_connection(store: &SharedStore, c: &ConnectionSettings, now: crate
             store.put_credential(&c.id, secret, None, Expect::Any, now).await?;
             tracing::info!(connection = %c.id, "credentials stored from the configuration");
         }
+    }
+    Ok(())
+}
+
+/// Write a configured connection's webhook secret to the store (see the module docs): the store is
+/// the one place webhooks read it from, and the file wins over what the API set at every start. A
+/// connection whose section names neither a secret nor `allow_unsigned_webhooks = true` keeps
+/// whatever the API stored. Nothing is written when the store already holds the same setup.
+async fn sync_webhook_secret(routes: &StoreRoutes, c: &ConnectionSettings, now: crate::clock::Millis) -> anyhow::Result<()> {
+    let secret = c.webhook_secret.as_ref().map(|s| s.expose().as_bytes());
+    if secret.is_none() && !c.allow_unsigned_webhooks {
+        return Ok(());
+    }
+    // An unreadable stored secret (sealed under a lost key, or a hand-edited row) is replaced.
+    let same = routes
+        .secret(&c.id)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|s| (!s.secret.is_empty()).then_some(s.secret.as_slice()) == secret && s.allow_unsigned == c.allow_unsigned_webhooks);
+    if !same {
+        routes.store_secret(&c.id, secret, c.allow_unsigned_webhooks, now).await?;
+        tracing::info!(connection = %c.id, allow_unsigned = c.allow_unsigned_webhooks, "webhook secret stored from the configuration");
     }
     Ok(())
 }

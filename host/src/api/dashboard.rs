@@ -5,11 +5,12 @@
 //! 1. A banner per suspended connection, first: the suspension's reason (as the policy that
 //!    suspended it wrote it: what is wrong and what to do), its kind, since when, the scope probe's
 //!    missing permissions with the platform's remediation, and the CLI command that fixes it.
-//! 2. Every connection: platform, state, auth state with the time to expiry or to the next
-//!    refresh / health check, queue depths (outbox, inbox, budget gate), 429s, reconciliation
+//! 2. A warning per live connection without a webhook secret (its webhooks are all refused).
+//! 3. Every connection: platform, state, auth state with the time to expiry or to the next
+//!    refresh / health check, whether a webhook secret is set, queue depths (outbox, inbox, budget gate), 429s, reconciliation
 //!    catches, duplicates prevented, open alerts.
-//! 3. Per connection: budget gauges per bucket and lane, and the scope probe's results.
-//! 4. Recent unacknowledged alerts.
+//! 4. Per connection: budget gauges per bucket and lane, and the scope probe's results.
+//! 5. Recent unacknowledged alerts.
 //!
 //! The page refreshes itself every 15 seconds (`<meta http-equiv="refresh">`); no JavaScript.
 //!
@@ -26,7 +27,8 @@
 //! 401 with the sign-in form and no data. Behind TLS (as it must be anywhere but localhost), the
 //! cookie is marked `Secure` when the request says `X-Forwarded-Proto: https`.
 //!
-//! The page never holds a secret: credentials appear as scheme, version and expiry only.
+//! The page never holds a secret: credentials appear as scheme, version and expiry only, webhook
+//! secrets as set or not.
 
 use std::fmt::Write as _;
 
@@ -117,7 +119,7 @@ pub(crate) async fn page(State(state): State<AppState>, headers: HeaderMap) -> R
     if !signed_in {
         return html(StatusCode::UNAUTHORIZED, login_page(None));
     }
-    match super::view::build(&s.store, &s.status.snapshot(), now).await {
+    match super::view::build(&s.store, &s.routes, &s.status.snapshot(), now).await {
         Ok(view) => html(StatusCode::OK, render(&view)),
         Err(e) => {
             tracing::error!(error = %e, "dashboard: store unreachable");
@@ -227,6 +229,7 @@ th{background:#eef1f5;font-weight:600}
 .live,.ok{background:#d9f5e3;color:#11643a}.pending_probe,.refreshing,.refresh_overdue{background:#fff1c7;color:#7a5200}
 .suspended,.expired,.invalid,.missing{background:#fde1e1;color:#9b1c1c}
 .suspension{background:#fff;border-left:6px solid #c62828;padding:12px 16px;margin:0 0 12px;box-shadow:0 1px 2px #0002}
+.warning{background:#fff;border-left:6px solid #d97706;padding:10px 16px;margin:0 0 10px;box-shadow:0 1px 2px #0002}
 .suspension h3{margin:0 0 6px;font-size:16px;color:#9b1c1c}.reason{font-size:15px;margin:4px 0 8px}
 .fix{background:#f1f3f6;padding:6px 10px;font-family:ui-monospace,monospace;display:inline-block}
 .card{background:#fff;padding:10px 14px;margin:0 0 12px;box-shadow:0 1px 2px #0002}
@@ -290,6 +293,28 @@ fn auth_cell(c: &ConnectionView, now: Millis) -> String {
         let _ = write!(out, "<br>{what} {}", relative(next, now));
     }
     out
+}
+
+/// The command that sets a connection's webhook secret.
+fn webhook_fix(id: &str) -> String {
+    format!("deskgate connect {id} --rotate-webhook-secret --webhook-secret-env VAR")
+}
+
+/// Whether a webhook secret is set (never the secret itself).
+fn webhooks_cell(c: &ConnectionView) -> String {
+    match (c.webhooks.secret_set, c.webhooks.allow_unsigned) {
+        (true, false) => badge("ok", "secret set"),
+        (true, true) => format!("{}<br><span class=\"muted\">unsigned accepted</span>", badge("ok", "secret set")),
+        (false, true) => format!(
+            "{}<br><span class=\"muted\">no secret: signed deliveries refused</span>",
+            badge("refreshing", "unsigned only")
+        ),
+        (false, false) => format!(
+            "{}<br><span class=\"muted\">every delivery refused; set one: <code>{}</code></span>",
+            badge("missing", "no secret"),
+            esc(&webhook_fix(&c.id))
+        ),
+    }
 }
 
 fn probe_list(c: &ConnectionView, only_missing: bool) -> String {
@@ -389,13 +414,34 @@ pub(crate) fn render(v: &StatusView) -> String {
         b.push_str("</section>");
     }
 
+    // 1b. Live connections whose webhooks cannot be verified: every delivery is refused, and only
+    // the reconciliation sweep brings their tickets in, minutes late.
+    let unverified: Vec<&ConnectionView> =
+        v.connections.iter().filter(|c| c.state == "live" && !c.webhooks.secret_set && !c.webhooks.allow_unsigned).collect();
+    if !unverified.is_empty() {
+        b.push_str("<section id=\"webhook-warnings\"><h2>Webhooks refused: no secret</h2>");
+        for c in unverified {
+            let _ = write!(
+                b,
+                "<div class=\"warning\" id=\"no-webhook-secret-{id}\"><b>{name}</b> ({platform}) has no webhook secret: its webhooks \
+                 are refused (503 <code>no-secret</code>), so tickets arrive only with the reconciliation sweep. \
+                 <div class=\"fix\">{fix}</div></div>",
+                id = esc(&c.id),
+                name = esc(&c.display_name),
+                platform = esc(&c.platform),
+                fix = esc(&webhook_fix(&c.id)),
+            );
+        }
+        b.push_str("</section>");
+    }
+
     // 2. Every connection.
     b.push_str("<section id=\"connections\"><h2>Connections</h2>");
     if v.connections.is_empty() {
         b.push_str("<p class=\"muted\">No connections yet: <code>deskgate connect</code> adds one.</p>");
     } else {
         b.push_str(
-            "<table><thead><tr><th>connection</th><th>platform</th><th>state</th><th>auth</th><th>outbox (pending/sent/ambiguous)</th>\
+            "<table><thead><tr><th>connection</th><th>platform</th><th>state</th><th>auth</th><th>webhooks</th><th>outbox (pending/sent/ambiguous)</th>\
              <th>inbox</th><th>gate waiting (retry/write/read)</th><th>429s (write/read)</th><th>catches</th><th>duplicates prevented</th><th>open alerts</th></tr></thead><tbody>",
         );
         for c in &v.connections {
@@ -408,7 +454,7 @@ pub(crate) fn render(v: &StatusView) -> String {
             let alerts: Vec<String> = c.open_alerts.iter().map(|(k, n)| format!("{} &times;{n}", esc(k))).collect();
             let _ = write!(
                 b,
-                "<tr id=\"conn-{id}\"><td><b>{name}</b><br><span class=\"muted\">{id}{plan}</span></td><td>{platform}</td><td>{state}</td><td>{auth}</td>\
+                "<tr id=\"conn-{id}\"><td><b>{name}</b><br><span class=\"muted\">{id}{plan}</span></td><td>{platform}</td><td>{state}</td><td>{auth}</td><td>{webhooks}</td>\
                  <td class=\"num\">{}/{}/{}</td><td class=\"num\">{}</td><td class=\"num\">{gate}</td><td class=\"num\">{}/{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{}</td><td>{}</td></tr>",
                 ob("pending"),
@@ -426,6 +472,7 @@ pub(crate) fn render(v: &StatusView) -> String {
                 platform = esc(&c.platform),
                 state = badge(c.state, &c.state.replace('_', " ")),
                 auth = auth_cell(c, now),
+                webhooks = webhooks_cell(c),
             );
         }
         b.push_str("</tbody></table>");

@@ -75,7 +75,7 @@ use subtle::ConstantTimeEq;
 use crate::bindings::{Action, Assignee, Resolution, TicketStatus};
 use crate::clock::SharedClock;
 use crate::config::Secret;
-use crate::ingest::webhook::{StoreRoutes, WebhookIngestor, webhook_routes};
+use crate::ingest::webhook::{StoreRoutes, WebhookIngestor, WebhookSigning, webhook_routes};
 use crate::ingest::{IngestMetrics, Inbox};
 use crate::outbox::{ActionRecord, Outbox, OutboxConfig};
 use crate::runtime::Adapter;
@@ -103,6 +103,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/connections/{id}"),
     ("DELETE", "/v1/connections/{id}"),
     ("PUT", "/v1/connections/{id}/credentials"),
+    ("PUT", "/v1/connections/{id}/webhook-secret"),
+    ("DELETE", "/v1/connections/{id}/webhook-secret"),
     ("POST", "/v1/connections/{id}/probe"),
     ("POST", "/v1/connections/{id}/suspend"),
     ("POST", "/v1/connections/{id}/resume"),
@@ -304,7 +306,8 @@ impl AppState {
         &self.inner.inbox
     }
 
-    /// The webhook routes (set each connection's webhook secret here).
+    /// The webhook routes: where webhook secrets are stored ([`StoreRoutes::store_secret`]) and
+    /// read (through a short cache).
     pub fn webhook_routes(&self) -> &Arc<StoreRoutes> {
         &self.inner.routes
     }
@@ -331,6 +334,10 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/connections", get(list_connections).post(create_connection))
         .route("/v1/connections/{id}", get(get_connection).delete(delete_connection))
         .route("/v1/connections/{id}/credentials", axum::routing::put(put_credentials))
+        .route(
+            "/v1/connections/{id}/webhook-secret",
+            axum::routing::put(put_webhook_secret).delete(delete_webhook_secret),
+        )
         .route("/v1/connections/{id}/probe", post(probe_connection))
         .route("/v1/connections/{id}/suspend", post(suspend_connection))
         .route("/v1/connections/{id}/resume", post(resume_connection))
@@ -442,7 +449,7 @@ async fn openapi() -> Response {
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     use std::sync::atomic::Ordering::Relaxed;
     let s = &state.inner;
-    let view = view::build(&s.store, &s.status.snapshot(), s.clock.now_ms()).await?;
+    let view = view::build(&s.store, &s.routes, &s.status.snapshot(), s.clock.now_ms()).await?;
     // In-flight outbox entries by state, gateway-wide (kept from the first metrics set).
     let mut in_flight: BTreeMap<&'static str, u64> =
         ["pending", "sent", "ambiguous"].into_iter().map(|k| (k, 0)).collect();
@@ -482,7 +489,7 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
 /// renders).
 async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let s = &state.inner;
-    let view = view::build(&s.store, &s.status.snapshot(), s.clock.now_ms()).await?;
+    let view = view::build(&s.store, &s.routes, &s.status.snapshot(), s.clock.now_ms()).await?;
     Ok(Json(serde_json::to_value(view).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the status could not be encoded: {e}")))?))
 }
 
@@ -504,9 +511,45 @@ struct CreateConnection {
     credentials: Option<CredentialSecret>,
     /// Seconds until the OAuth access token in `credentials` expires, if it does.
     expires_in: Option<u64>,
+    /// The platform's webhook signing secret (stored sealed, never answered).
+    webhook_secret: Option<Secret>,
+    /// Accept webhook deliveries that carry no signature at all.
+    #[serde(default)]
+    allow_unsigned_webhooks: bool,
 }
 
-fn connection_json(c: &Connection, has_credentials: Option<bool>) -> Value {
+/// The longest webhook secret accepted, in bytes (platforms' are 32-64 characters).
+pub const MAX_WEBHOOK_SECRET_BYTES: usize = 1024;
+
+/// A webhook secret given in field `field` as it may be stored: not empty, not only whitespace,
+/// not absurdly long. The message never repeats the value.
+fn check_webhook_secret(field: &str, secret: &Secret, remedy: &str) -> Result<(), ApiError> {
+    let s = secret.expose();
+    if s.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid_webhook_secret",
+            format!(
+                "`{field}` is empty or only whitespace: give the webhook signing secret shown in the platform's \
+                 admin UI (Zendesk's signing secret, Intercom's client secret, the token in Freshdesk's custom header){remedy}"
+            ),
+        ));
+    }
+    if s.len() > MAX_WEBHOOK_SECRET_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_webhook_secret",
+            format!(
+                "`{field}` is {} bytes, more than the {MAX_WEBHOOK_SECRET_BYTES} a webhook secret may have: \
+                 check that the field holds the signing secret alone",
+                s.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A connection as the API shows it. Its webhook authentication appears as
+/// `webhook_secret_set` and `allow_unsigned_webhooks` only: never the secret.
+fn connection_json(c: &Connection, has_credentials: Option<bool>, webhooks: WebhookSigning) -> Value {
     let mut v = json!({
         "id": c.id,
         "platform": c.platform,
@@ -516,6 +559,8 @@ fn connection_json(c: &Connection, has_credentials: Option<bool>) -> Value {
         "state": c.state.name(),
         "admin_contact_url": c.admin_contact_url,
         "probe_report": c.probe_report,
+        "webhook_secret_set": webhooks.secret_set,
+        "allow_unsigned_webhooks": webhooks.allow_unsigned,
         "created_at": c.created_at,
         "updated_at": c.updated_at,
     });
@@ -553,6 +598,9 @@ async fn create_connection(
         crate::config::check_http_url(u)
             .map_err(|e| ApiError::bad_request("invalid_connection", format!("`admin_contact_url`: {e}")))?;
     }
+    if let Some(secret) = &body.webhook_secret {
+        check_webhook_secret("webhook_secret", secret, ", or leave the field out")?;
+    }
     let mut settings: serde_json::Map<String, Value> =
         body.settings.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
     settings.insert("base_url".into(), Value::String(base_url));
@@ -571,6 +619,11 @@ async fn create_connection(
         let expires_at = body.expires_in.map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX / 2000) * 1000));
         s.store.put_credential(&conn.id, secret, expires_at, Expect::Absent, now).await?;
     }
+    // Before the connection is attached, so its first webhook already verifies.
+    if body.webhook_secret.is_some() || body.allow_unsigned_webhooks {
+        let secret = body.webhook_secret.as_ref().map(|s| s.expose().as_bytes());
+        s.routes.store_secret(&conn.id, secret, body.allow_unsigned_webhooks, now).await?;
+    }
     tracing::info!(connection = %conn.id, platform = %conn.platform, "connection created");
     if let Some(control) = &s.control {
         // Attaching probes a connection with credentials; its report lands on the connection.
@@ -588,19 +641,24 @@ async fn create_connection(
             };
         }
     }
-    Ok((StatusCode::CREATED, Json(connection_json(&conn, Some(has_credentials)))).into_response())
+    let webhooks = s.routes.signing(&conn.id).await?;
+    Ok((StatusCode::CREATED, Json(connection_json(&conn, Some(has_credentials), webhooks))).into_response())
 }
 
 async fn list_connections(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let conns = state.inner.store.list_connections(false).await?;
-    Ok(Json(json!({ "connections": conns.iter().map(|c| connection_json(c, None)).collect::<Vec<_>>() })))
+    let mut out = Vec::with_capacity(conns.len());
+    for c in &conns {
+        out.push(connection_json(c, None, state.inner.routes.signing(&c.id).await?));
+    }
+    Ok(Json(json!({ "connections": out })))
 }
 
 async fn get_connection(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let s = &state.inner;
     let conn = s.store.get_connection(&id).await?.ok_or_else(|| ApiError::connection_not_found(&id))?;
     let cred = s.store.get_credential(&id).await?;
-    let mut v = connection_json(&conn, Some(cred.is_some()));
+    let mut v = connection_json(&conn, Some(cred.is_some()), s.routes.signing(&id).await?);
     if let Some(c) = cred {
         v["credentials"] = json!({
             "scheme": c.secret.scheme(),
@@ -621,13 +679,14 @@ async fn delete_connection(State(state): State<AppState>, Path(id): Path<String>
         Some(_) => {}
     }
     let conn = s.store.set_connection_state(&id, &ConnectionState::Deleted, s.clock.now_ms()).await?;
+    s.routes.invalidate(&id);
     if let Some(control) = &s.control {
         control.deleted(&id).await;
     }
     // Its live figures and counters go with it (the supervisor has stopped its workers).
     s.status.forget(&id);
-    tracing::info!(connection = %id, "connection deleted; credentials erased");
-    Ok(Json(connection_json(&conn, Some(false))))
+    tracing::info!(connection = %id, "connection deleted; credentials and webhook secret erased");
+    Ok(Json(connection_json(&conn, Some(false), WebhookSigning::default())))
 }
 
 fn control(state: &AppState) -> Result<&Arc<dyn ConnectionControl>, ApiError> {
@@ -641,7 +700,7 @@ fn control(state: &AppState) -> Result<&Arc<dyn ConnectionControl>, ApiError> {
 
 async fn connection_answer(state: &AppState, id: &str, extra: Option<(&str, Value)>) -> Result<Json<Value>, ApiError> {
     let conn = state.inner.store.get_connection(id).await?.ok_or_else(|| ApiError::connection_not_found(id))?;
-    let mut v = connection_json(&conn, None);
+    let mut v = connection_json(&conn, None, state.inner.routes.signing(id).await?);
     if let Some((k, x)) = extra {
         v[k] = x;
     }
@@ -668,6 +727,46 @@ async fn put_credentials(
     let report = control.update_credentials(&id, body.credentials, expires_at).await?;
     tracing::info!(connection = %id, "credentials updated");
     connection_answer(&state, &id, Some(("probe", report))).await
+}
+
+/// `PUT /v1/connections/{id}/webhook-secret` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutWebhookSecret {
+    /// The platform's signing secret (stored sealed, never answered).
+    secret: Secret,
+    /// Accept deliveries that carry no signature at all.
+    #[serde(default)]
+    allow_unsigned: bool,
+}
+
+/// Set or rotate a connection's webhook secret: stored sealed, in force in this process at once
+/// (other replicas within [`crate::ingest::webhook::SECRET_CACHE_TTL`]).
+async fn put_webhook_secret(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<PutWebhookSecret>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body)?;
+    let s = &state.inner;
+    check_webhook_secret(
+        "secret",
+        &body.secret,
+        &format!("; to stop verifying signatures, DELETE /v1/connections/{id}/webhook-secret instead"),
+    )?;
+    let now = s.clock.now_ms();
+    s.routes.store_secret(&id, Some(body.secret.expose().as_bytes()), body.allow_unsigned, now).await?;
+    tracing::info!(connection = %id, allow_unsigned = body.allow_unsigned, "webhook secret set");
+    connection_answer(&state, &id, None).await
+}
+
+/// Clear a connection's webhook secret (and `allow_unsigned`): signed deliveries are then
+/// answered 503 `no-secret`, unsigned ones 401, until a secret is set again.
+async fn delete_webhook_secret(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let s = &state.inner;
+    s.routes.store_secret(&id, None, false, s.clock.now_ms()).await?;
+    tracing::info!(connection = %id, "webhook secret cleared");
+    connection_answer(&state, &id, None).await
 }
 
 async fn probe_connection(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

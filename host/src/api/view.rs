@@ -2,7 +2,8 @@
 //! [`crate::status::StatusRegistry`] (live numbers), rendered three ways: `GET /v1/status` (JSON,
 //! what `deskgate status` prints), `GET /` (the dashboard) and `GET /metrics`.
 //!
-//! Secrets never enter the model: credentials contribute their scheme, version and expiry only.
+//! Secrets never enter the model: credentials contribute their scheme, version and expiry only,
+//! webhook secrets whether one is set.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use crate::budget::GateSnapshot;
 use crate::clock::Millis;
+use crate::ingest::webhook::{StoreRoutes, WebhookSigning};
 use crate::status::{CounterSnapshot, LiveStatus};
 use crate::store::{ActionQuery, Alert, ConnectionState, SharedStore, StoreError};
 
@@ -51,6 +53,8 @@ pub(crate) struct ConnectionView {
     pub open_alerts: BTreeMap<String, u64>,
     /// Whether the connection's workers run in this process.
     pub running: bool,
+    /// Whether a webhook secret is set and unsigned deliveries are taken (never the secret).
+    pub webhooks: WebhookSigning,
     pub updated_at: Millis,
 }
 
@@ -163,7 +167,12 @@ fn rank(state: &ConnectionState) -> u8 {
 }
 
 /// Build the view at `now`.
-pub(crate) async fn build(store: &SharedStore, live: &[LiveStatus], now: Millis) -> Result<StatusView, StoreError> {
+pub(crate) async fn build(
+    store: &SharedStore,
+    routes: &StoreRoutes,
+    live: &[LiveStatus],
+    now: Millis,
+) -> Result<StatusView, StoreError> {
     let live: BTreeMap<&str, &LiveStatus> = live.iter().map(|l| (l.connection_id.as_str(), l)).collect();
     let mut conns = store.list_connections(false).await?;
     conns.sort_by(|a, b| rank(&a.state).cmp(&rank(&b.state)).then_with(|| a.id.cmp(&b.id)));
@@ -235,6 +244,7 @@ pub(crate) async fn build(store: &SharedStore, live: &[LiveStatus], now: Millis)
             next_sweep: l.and_then(|l| l.next_sweep),
             counters: l.map(|l| l.counters).unwrap_or_default(),
             running: l.is_some_and(|l| l.running),
+            webhooks: routes.signing(&c.id).await?,
             state: c.state.name(),
             id: c.id,
             platform: c.platform,

@@ -13,7 +13,9 @@
 //! inbox. Only a deleted or unknown connection is refused (404).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use axum::Router;
@@ -26,8 +28,9 @@ use serde_json::json;
 
 use super::{Candidate, IngestMetrics, IngestReport, Inbox, bump};
 use crate::bindings::{Connection, SignatureAlgorithm};
-use crate::clock::SharedClock;
+use crate::clock::{Millis, SharedClock};
 use crate::runtime::Adapter;
+use crate::store::{StoreError, WebhookSecretRecord};
 use deskgate_ingest_core::{Algorithm, Reject, check_size, verify};
 
 /// What the endpoint needs to know about a connection to take its webhooks.
@@ -101,10 +104,10 @@ impl RouteLookup for StaticRoutes {
     }
 }
 
-/// A connection's webhook secret, as [`StoreRoutes`] holds it.
-#[derive(Clone, Default)]
+/// A connection's webhook secret, as [`StoreRoutes`] hands it out.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct WebhookSecret {
-    /// The secret (never logged).
+    /// The secret (never logged); empty when there is none.
     pub secret: Vec<u8>,
     /// Accept deliveries without any signature.
     pub allow_unsigned: bool,
@@ -116,35 +119,175 @@ impl std::fmt::Debug for WebhookSecret {
     }
 }
 
+impl WebhookSecret {
+    fn from_record(r: WebhookSecretRecord) -> Self {
+        Self { secret: r.secret.unwrap_or_default(), allow_unsigned: r.allow_unsigned }
+    }
+}
+
+/// What the operator may know about a connection's webhook authentication: whether a secret is
+/// set and whether unsigned deliveries are taken. Never the secret.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct WebhookSigning {
+    /// A signing secret is set.
+    pub secret_set: bool,
+    /// Deliveries without any signature are accepted.
+    pub allow_unsigned: bool,
+}
+
+/// How long [`StoreRoutes`] trusts a secret it read from the store before reading it again.
+pub const SECRET_CACHE_TTL: Duration = Duration::from_secs(5);
+
 /// Routes from the store: a connection is known while it exists and is not deleted, *whatever
 /// its state*: a suspended connection (credentials broken) still takes webhooks, and its events
 /// wait in the inbox until it resumes. The adapter is the one registered for the connection's
-/// platform. Secrets are set here: the store has no place for webhook secrets yet (they belong
-/// beside the encrypted credentials); a connection without one answers 503 `no-secret` to
-/// signed deliveries.
+/// platform.
+///
+/// # Secrets
+///
+/// Webhook secrets live in the store, sealed ([`crate::store::Store::set_webhook_secret`]); the API and
+/// `deskgate serve` (for secrets in `deskgate.toml`) write them through [`StoreRoutes::store_secret`].
+/// So that a delivery does not pay a second query for its secret, each connection's secret (or
+/// its absence) is cached for [`SECRET_CACHE_TTL`] (measured on [`Instant`], not the gateway's
+/// clock: the bound is real time whatever clock the policies run on). A secret set through this
+/// process replaces the cached one at once. A secret set through *another* replica sharing the
+/// store reaches this one within the TTL: for up to 5 seconds after a rotation, this replica may
+/// still verify with the old secret (refusing the new signatures 401, which platforms retry or
+/// the reconciliation sweep catches up on).
+///
+/// [`StoreRoutes::set_secret`] is an in-memory override instead, for tests, the demo and
+/// benchmarks that build routes without going through the API: it is not stored, outlives no
+/// restart, and wins over the store in this process until [`StoreRoutes::store_secret`] writes
+/// the same connection's secret (which drops the override). A connection with neither a secret
+/// nor `allow_unsigned` answers signed deliveries 503 `no-secret`.
 pub struct StoreRoutes {
     store: crate::store::SharedStore,
     adapters: HashMap<String, Arc<Adapter>>,
-    secrets: RwLock<HashMap<String, WebhookSecret>>,
+    overrides: RwLock<HashMap<String, WebhookSecret>>,
+    cache: RwLock<HashMap<String, Cached>>,
+    /// Bumped by every invalidation: a read that started before one must not cache its result.
+    generation: AtomicU64,
+    ttl: Duration,
+}
+
+/// A secret read from the store (`None`: the store has none), and when.
+#[derive(Clone)]
+struct Cached {
+    at: Instant,
+    secret: Option<WebhookSecret>,
 }
 
 impl std::fmt::Debug for StoreRoutes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreRoutes").field("adapters", &self.adapters.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+        f.debug_struct("StoreRoutes")
+            .field("adapters", &self.adapters.keys().collect::<Vec<_>>())
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
     }
 }
 
 impl StoreRoutes {
-    /// Routes over `store`, with `adapters` by platform id.
+    /// Routes over `store`, with `adapters` by platform id, caching secrets for
+    /// [`SECRET_CACHE_TTL`].
     pub fn new(store: crate::store::SharedStore, adapters: impl IntoIterator<Item = Arc<Adapter>>) -> Self {
         let adapters = adapters.into_iter().map(|a| (a.id().to_owned(), a)).collect();
-        Self { store, adapters, secrets: RwLock::new(HashMap::new()) }
+        Self {
+            store,
+            adapters,
+            overrides: RwLock::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            ttl: SECRET_CACHE_TTL,
+        }
     }
 
-    /// Set a connection's webhook secret.
-    pub fn set_secret(&self, connection_id: impl Into<String>, secret: WebhookSecret) {
-        self.secrets.write().unwrap_or_else(|e| e.into_inner()).insert(connection_id.into(), secret);
+    /// Cache secrets read from the store for `ttl` instead (zero: read the store on every
+    /// delivery).
+    pub fn with_cache_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
+
+    /// Set a connection's webhook secret *in memory only*, overriding the store in this process
+    /// (see the type's docs): for tests, the demo and benchmarks. Operators' secrets go through
+    /// [`StoreRoutes::store_secret`].
+    pub fn set_secret(&self, connection_id: impl Into<String>, secret: WebhookSecret) {
+        write(&self.overrides).insert(connection_id.into(), secret);
+    }
+
+    /// Seal and store a connection's webhook secret (`None` with `allow_unsigned` false clears
+    /// it), then use it at once in this process: the cached entry and any in-memory override of
+    /// the connection are dropped. Returns what the store now holds.
+    ///
+    /// # Errors
+    /// [`StoreError::ConnectionNotFound`] for an unknown or deleted connection; store failures.
+    pub async fn store_secret(
+        &self,
+        connection_id: &str,
+        secret: Option<&[u8]>,
+        allow_unsigned: bool,
+        now: Millis,
+    ) -> Result<Option<WebhookSecretRecord>, StoreError> {
+        let stored = self.store.set_webhook_secret(connection_id, secret, allow_unsigned, now).await;
+        // Whatever happened (a write may have landed before an error), read it again next time.
+        self.invalidate(connection_id);
+        let stored = stored?;
+        write(&self.overrides).remove(connection_id);
+        Ok(stored)
+    }
+
+    /// Forget the cached secret of a connection (deleted, or changed by other means): the next
+    /// delivery reads the store.
+    pub fn invalidate(&self, connection_id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        write(&self.cache).remove(connection_id);
+    }
+
+    /// The secret deliveries to `connection_id` are verified with: the in-memory override, else
+    /// the store's (through the cache); `None` if there is neither.
+    ///
+    /// # Errors
+    /// The store's: unreachable, or [`StoreError::WrongSecretKey`].
+    pub async fn secret(&self, connection_id: &str) -> Result<Option<WebhookSecret>, StoreError> {
+        if let Some(s) = read(&self.overrides).get(connection_id) {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(c) = read(&self.cache).get(connection_id)
+            && c.at.elapsed() < self.ttl
+        {
+            return Ok(c.secret.clone());
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let secret = self.store.get_webhook_secret(connection_id).await?.map(WebhookSecret::from_record);
+        if !self.ttl.is_zero() {
+            let mut cache = write(&self.cache);
+            // An invalidation since the read began may mean what was read is already old.
+            if self.generation.load(Ordering::Acquire) == generation {
+                cache.insert(connection_id.to_owned(), Cached { at: Instant::now(), secret: secret.clone() });
+            }
+        }
+        Ok(secret)
+    }
+
+    /// Whether `connection_id` has a webhook secret and takes unsigned deliveries, as
+    /// [`StoreRoutes::secret`] sees it (for the API's views and the dashboard; never the secret).
+    ///
+    /// # Errors
+    /// As [`StoreRoutes::secret`].
+    pub async fn signing(&self, connection_id: &str) -> Result<WebhookSigning, StoreError> {
+        Ok(self.secret(connection_id).await?.map_or_else(WebhookSigning::default, |s| WebhookSigning {
+            secret_set: !s.secret.is_empty(),
+            allow_unsigned: s.allow_unsigned,
+        }))
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[async_trait]
@@ -166,13 +309,7 @@ impl RouteLookup for StoreRoutes {
                 .collect(),
             _ => Vec::new(),
         };
-        let secret = self
-            .secrets
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(connection_id)
-            .cloned()
-            .unwrap_or_default();
+        let secret = self.secret(connection_id).await.map_err(|e| e.to_string())?.unwrap_or_default();
         Ok(Some(WebhookRoute {
             adapter,
             connection: Connection {
