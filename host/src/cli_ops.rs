@@ -53,10 +53,10 @@ pub struct ConnectArgs {
     /// The connection's id (lowercase letters, digits, `-`, `_`); it names the webhook URL.
     pub id: String,
     /// The helpdesk platform (`deskgate adapters list` shows them).
-    #[arg(long, required_unless_present = "update", conflicts_with = "update")]
+    #[arg(long, required_unless_present_any = EXISTING, conflicts_with_all = EXISTING)]
     pub platform: Option<String>,
     /// The account's API base URL, e.g. `https://acme.zendesk.com`.
-    #[arg(long, required_unless_present = "update", conflicts_with = "update")]
+    #[arg(long, required_unless_present_any = EXISTING, conflicts_with_all = EXISTING)]
     pub base_url: Option<String>,
     /// The account's plan, as the adapter names it (default: the adapter's default plan).
     #[arg(long, conflicts_with = "update")]
@@ -80,12 +80,35 @@ pub struct ConnectArgs {
     pub expires_in: Option<u64>,
     /// Replace the credentials of an existing connection (validated with who-am-i first; resumes
     /// a connection suspended for its credentials).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["rotate_webhook_secret", "clear_webhook_secret"])]
     pub update: bool,
+    /// Read the platform's webhook signing secret from this environment variable (kept off the
+    /// command line, where other users could see it in the process list). Stored sealed.
+    #[arg(long, value_name = "VAR", conflicts_with = "webhook_secret_file")]
+    pub webhook_secret_env: Option<String>,
+    /// Read the webhook signing secret from this file (`-` reads standard input); one trailing
+    /// newline is dropped.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Accept webhook deliveries that carry no signature at all (a bad signature is refused
+    /// either way).
+    #[arg(long)]
+    pub allow_unsigned_webhooks: bool,
+    /// Set or rotate the webhook secret of an existing connection, from --webhook-secret-env or
+    /// --webhook-secret-file (in force at once; the old secret no longer verifies).
+    #[arg(long, conflicts_with = "clear_webhook_secret")]
+    pub rotate_webhook_secret: bool,
+    /// Remove the webhook secret of an existing connection: signed deliveries are refused (503
+    /// `no-secret`) until one is set again.
+    #[arg(long, conflicts_with_all = ["webhook_secret_env", "webhook_secret_file", "allow_unsigned_webhooks"])]
+    pub clear_webhook_secret: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub client: ClientArgs,
 }
+
+/// The flags that act on an existing connection instead of creating one.
+const EXISTING: [&str; 3] = ["update", "rotate_webhook_secret", "clear_webhook_secret"];
 
 /// `deskgate probe ID`
 #[derive(Debug, Args)]
@@ -298,7 +321,100 @@ fn read_credentials(path: &std::path::Path) -> Result<Value, ClientError> {
     Ok(v)
 }
 
+/// The webhook secret named by --webhook-secret-env or --webhook-secret-file, if either is given.
+/// Errors name the flag and never echo the secret.
+fn read_webhook_secret(a: &ConnectArgs) -> Result<Option<String>, ClientError> {
+    let secret = if let Some(var) = &a.webhook_secret_env {
+        match std::env::var(var) {
+            Ok(v) => v,
+            Err(std::env::VarError::NotPresent) => {
+                return Err(ClientError::Usage(format!(
+                    "--webhook-secret-env {var}: the environment variable {var} is not set: export it with the \
+                     platform's webhook signing secret, then run this again"
+                )));
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ClientError::Usage(format!("--webhook-secret-env {var}: the value of {var} is not UTF-8")));
+            }
+        }
+    } else if let Some(path) = &a.webhook_secret_file {
+        let text = if path.as_os_str() == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| ClientError::Usage(format!("cannot read the webhook secret from standard input: {e}")))?;
+            s
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|e| ClientError::Usage(format!("cannot read --webhook-secret-file {}: {e}", path.display())))?
+        };
+        let text = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        text.to_owned()
+    } else {
+        return Ok(None);
+    };
+    if secret.trim().is_empty() {
+        let from = a.webhook_secret_env.as_ref().map_or_else(
+            || format!("--webhook-secret-file {}", a.webhook_secret_file.as_deref().unwrap_or(std::path::Path::new("-")).display()),
+            |v| format!("--webhook-secret-env {v}"),
+        );
+        return Err(ClientError::Usage(format!(
+            "{from}: the webhook secret is empty: give the signing secret shown in the platform's admin UI"
+        )));
+    }
+    Ok(Some(secret))
+}
+
+/// `connect --rotate-webhook-secret` and `--clear-webhook-secret`.
+async fn set_webhook_secret(a: &ConnectArgs, secret: Option<String>) -> Result<ExitCode, ClientError> {
+    let c = a.client.client()?;
+    let path = format!("/v1/connections/{}/webhook-secret", segment(&a.id));
+    let v = if a.clear_webhook_secret {
+        c.call(reqwest::Method::DELETE, &path, None).await?
+    } else {
+        let secret = secret.ok_or_else(|| {
+            ClientError::Usage(
+                "--rotate-webhook-secret needs the new secret: --webhook-secret-env VAR (or --webhook-secret-file FILE)".into(),
+            )
+        })?;
+        c.put(&path, &json!({ "secret": secret, "allow_unsigned": a.allow_unsigned_webhooks })).await?
+    };
+    if a.client.json {
+        print_json(&v);
+    } else if a.clear_webhook_secret {
+        println!("cleared the webhook secret of {}", a.id);
+        println!("  {}", webhooks_line(&v, &a.id));
+    } else {
+        println!("set the webhook secret of {}: the previous one no longer verifies", a.id);
+        println!("  {}", webhooks_line(&v, &a.id));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line on how a connection's webhooks are authenticated, from its API view.
+fn webhooks_line(v: &Value, id: &str) -> String {
+    match (v["webhook_secret_set"].as_bool(), v["allow_unsigned_webhooks"].as_bool() == Some(true)) {
+        (Some(true), false) => "webhooks: signature verified with the stored secret; unsigned deliveries refused".into(),
+        (Some(true), true) => "webhooks: signature verified with the stored secret; unsigned deliveries accepted".into(),
+        (Some(false), true) => "webhooks: no secret, unsigned deliveries accepted (signed ones are refused 503 no-secret)".into(),
+        _ => format!(
+            "webhooks: NO SECRET: signed deliveries are refused (503 no-secret). Set one: \
+             deskgate connect {id} --rotate-webhook-secret --webhook-secret-env VAR"
+        ),
+    }
+}
+
 async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
+    let webhook_secret = read_webhook_secret(&a)?;
+    if a.rotate_webhook_secret || a.clear_webhook_secret {
+        return set_webhook_secret(&a, webhook_secret).await;
+    }
+    if a.update && (webhook_secret.is_some() || a.allow_unsigned_webhooks) {
+        return Err(ClientError::Usage(
+            "--update replaces credentials only: set the webhook secret of an existing connection with \
+             --rotate-webhook-secret --webhook-secret-env VAR"
+                .into(),
+        ));
+    }
     let credentials = a.credentials_file.as_deref().map(read_credentials).transpose()?;
     let c = a.client.client()?;
     let v = if a.update {
@@ -334,6 +450,12 @@ async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
         if let Some(secs) = a.expires_in {
             body["expires_in"] = json!(secs);
         }
+        if let Some(secret) = &webhook_secret {
+            body["webhook_secret"] = json!(secret);
+        }
+        if a.allow_unsigned_webhooks {
+            body["allow_unsigned_webhooks"] = json!(true);
+        }
         c.post("/v1/connections", &body).await?
     };
     // The update answer carries this probe's report as `probe`; the create answer as `probe_report`.
@@ -345,6 +467,9 @@ async fn connect(a: ConnectArgs) -> Result<ExitCode, ClientError> {
         println!("{verb} {} ({}): {}", a.id, v["platform"].as_str().unwrap_or("?"), v["state"].as_str().unwrap_or("?"));
         if let Some(r) = v["suspended"]["reason"].as_str() {
             println!("  suspended: {r}");
+        }
+        if !a.update {
+            println!("  {}", webhooks_line(&v, &a.id));
         }
         match &report {
             Value::Null if v["has_credentials"] == json!(false) => {
