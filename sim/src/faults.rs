@@ -59,6 +59,15 @@ pub struct FaultConfig {
     pub error_status: u16,
     /// Added latency on every platform request, real milliseconds.
     pub latency_ms: u64,
+    /// The next N requests to the OAuth token endpoint get `error_status` before anything is
+    /// applied (no rotation): a token endpoint that is down while the API itself works.
+    pub token_error_next: u32,
+    /// The next N *successful* requests to the OAuth token endpoint are applied (a rotating
+    /// platform has issued the new pair and deleted the old one) and then held open for
+    /// `timeout_hold_ms` real milliseconds and closed without an answer: the client never learns
+    /// the new pair. The request log records them as `timed_out_after_apply` as soon as the hold
+    /// starts, so a test can act (kill the client) while it waits.
+    pub token_hold_next: u32,
 }
 
 impl Default for FaultConfig {
@@ -77,6 +86,8 @@ impl Default for FaultConfig {
             error_next: 0,
             error_status: 503,
             latency_ms: 0,
+            token_error_next: 0,
+            token_hold_next: 0,
         }
     }
 }
@@ -169,7 +180,9 @@ impl Faults {
             || cfg.error_next > 0
             || cfg.error_rate > 0.0
             || cfg.timeout_next > 0
-            || cfg.timeout_after_apply > 0.0;
+            || cfg.timeout_after_apply > 0.0
+            || cfg.token_error_next > 0
+            || cfg.token_hold_next > 0;
         self.request_faults.store(on, Ordering::Release);
         s.cfg = cfg;
         s.requests = StdRng::seed_from_u64(self.seed ^ 0x7265_7175_6573_7473);
@@ -227,6 +240,34 @@ impl Faults {
         hit.then_some((s.cfg.timeout_mode, s.cfg.timeout_hold_ms))
     }
 
+    /// Whether this request to the OAuth token endpoint gets an injected 5xx
+    /// ([`FaultConfig::token_error_next`]).
+    pub fn token_error(&self) -> Option<RequestFault> {
+        if !self.request_faults.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.cfg.token_error_next > 0 {
+            s.cfg.token_error_next -= 1;
+            return Some(RequestFault::Error(s.cfg.error_status));
+        }
+        None
+    }
+
+    /// Whether this successful token-endpoint answer is withheld, and for how long
+    /// ([`FaultConfig::token_hold_next`]).
+    pub fn token_hold(&self) -> Option<u64> {
+        if !self.request_faults.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut s = self.lock();
+        if s.cfg.token_hold_next > 0 {
+            s.cfg.token_hold_next -= 1;
+            return Some(s.cfg.timeout_hold_ms);
+        }
+        None
+    }
+
     /// Decides one webhook delivery's fate.
     pub fn webhook_fate(&self) -> WebhookFate {
         let mut s = self.lock();
@@ -276,6 +317,18 @@ mod tests {
         assert_eq!(f.request_fault(), Some(RequestFault::Error(503)));
         assert_eq!(f.request_fault(), Some(RequestFault::Error(503)));
         assert_eq!(f.request_fault(), None);
+        f.set(FaultConfig {
+            token_error_next: 1,
+            token_hold_next: 1,
+            timeout_hold_ms: 7,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(f.request_fault(), None, "token faults leave other requests alone");
+        assert_eq!(f.token_error(), Some(RequestFault::Error(503)));
+        assert_eq!(f.token_error(), None);
+        assert_eq!(f.token_hold(), Some(7));
+        assert_eq!(f.token_hold(), None);
         assert!(
             f.set(FaultConfig {
                 error_rate: 2.0,

@@ -250,7 +250,13 @@ async fn handle(
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
-    let mut reply = match sim.faults.request_fault() {
+    let token_request = req.method == Method::POST && is_token_path(sim.platform, &req.path);
+    let token_fault = if token_request {
+        sim.faults.token_error()
+    } else {
+        None
+    };
+    let mut reply = match token_fault.or_else(|| sim.faults.request_fault()) {
         Some(RequestFault::Error(status)) => {
             let mut r = injected_error(sim.platform, status);
             r.outcome = Outcome::InjectedError;
@@ -267,6 +273,9 @@ async fn handle(
     }
     let timeout = if reply.applied && req.is_write() {
         sim.faults.timeout_after_apply()
+    } else if token_request && reply.status == 200 {
+        // The pair is issued (and, on a rotating platform, the old one deleted): withhold it.
+        sim.faults.token_hold().map(|ms| (TimeoutMode::Hold, ms))
     } else {
         None
     };
@@ -299,6 +308,16 @@ async fn handle(
         return Err(DropConnection);
     }
     Ok(into_response(reply))
+}
+
+/// Whether `path` is the platform's OAuth token endpoint (the target of the token faults).
+fn is_token_path(platform: Platform, path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    match platform {
+        Platform::Zendesk => path == "/oauth/tokens",
+        Platform::Intercom => path == "/auth/eagle/token",
+        Platform::Freshdesk => false,
+    }
 }
 
 /// The platform's body for an injected 5xx. The exact bodies are UNCONFIRMED for all three
