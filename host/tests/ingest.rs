@@ -274,6 +274,8 @@ async fn lossy_webhooks_plus_one_sweep_deliver_every_change_once_in_order() {
     .with_marks(marks.clone())
     .with_metrics(gw.metrics.clone());
     let source = SweepSource { adapter: &adapter, target: &target, gate: &gate, platform: "zendesk" };
+    let counted = || deskgate::alerts::raised_of(deskgate::alerts::WEBHOOKS_MISSED);
+    let before_alerts = counted();
     let report = reconciler.sweep(source).await.unwrap();
     println!("sweep: {report:?}");
     assert!(!report.first);
@@ -283,6 +285,9 @@ async fn lossy_webhooks_plus_one_sweep_deliver_every_change_once_in_order() {
     assert!(report.alerted, "{} caught crosses the threshold of 10", report.caught);
     let alerts = gw.store.list_alerts(Some("zd"), false, 10).await.unwrap();
     assert!(alerts.iter().any(|a| a.kind == "webhooks-missed" && a.detail["caught"] == json!(report.caught)), "{alerts:?}");
+    // Raised through `alerts::raise`: logged at error level and counted in
+    // `deskgate_alerts_raised_total` (no other test in this binary raises this kind).
+    assert_eq!(counted() - before_alerts, 1, "the webhooks-missed alert is counted");
 
     // What the app pulls.
     let events = pull_all(&gw.store, "zd", sim.clock().now_ms()).await;
@@ -337,12 +342,14 @@ async fn lossy_webhooks_plus_one_sweep_deliver_every_change_once_in_order() {
     miss_more(12);
     let third = reconciler.sweep(source).await.unwrap();
     assert_eq!((third.caught, third.alerted), (12, false), "{third:?}");
+    assert_eq!(counted() - before_alerts, 1, "one open alert per connection: not raised, not counted again");
     let open: Vec<_> = gw.store.list_alerts(Some("zd"), false, 100).await.unwrap().into_iter().filter(|a| a.kind == "webhooks-missed").collect();
     assert_eq!(open.len(), 1, "{open:?}");
     assert!(gw.store.ack_alert(open[0].id, sim.clock().now_ms()).await.unwrap());
     miss_more(12);
     let fourth = reconciler.sweep(source).await.unwrap();
     assert_eq!((fourth.caught, fourth.alerted), (12, true), "{fourth:?}");
+    assert_eq!(counted() - before_alerts, 2, "the new alert is counted");
 
     gate.close();
     let _ = driving.await;

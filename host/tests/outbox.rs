@@ -397,9 +397,13 @@ async fn freshdesk_half_landed_resolution_is_a_divergence_with_an_alert() {
         tags: vec![],
         assignee: None,
     });
+    let counted = deskgate::alerts::raised_of(deskgate::alerts::DIVERGENCE);
     let rec = rig.outbox.submit(&rig.conn, &t, &action, None).await.unwrap();
     let rep = rig.drain(&rig.worker).await;
     assert_eq!(rep.diverged, 1, "{rep:?}");
+    // Raised through `alerts::raise` (logged at error level, counted in
+    // `deskgate_alerts_raised_total`); no other test in this binary raises a divergence.
+    assert_eq!(deskgate::alerts::raised_of(deskgate::alerts::DIVERGENCE) - counted, 1, "the divergence alert is counted");
     let rec = rig.record(rec.id).await;
     assert_eq!(rec.state, "diverged", "{rec:?}");
     let detail = rec.detail.clone().unwrap();
@@ -417,6 +421,59 @@ async fn freshdesk_half_landed_resolution_is_a_divergence_with_an_alert() {
     assert_eq!(rig.replies(&t).len(), 1, "the reply landed once and is not re-sent");
     assert!(rig.events.lock().unwrap().iter().any(|e| matches!(e, OutboxEvent::Diverged { .. })));
     println!("divergence: {detail}");
+}
+
+/// Issue #5: silent degradation is a bug: a write that fails for good (the platform refused it, or
+/// the worker gave up after its tries) raises a `write-failed` alert naming the action, the ticket
+/// and why, one per failed write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_writes_raise_an_alert_naming_action_ticket_and_why() {
+    let config = OutboxConfig { max_attempts: 3, ..fast_config() };
+    let rig = rig(Platform::Zendesk, AgentKind::Admin, config.clone()).await;
+    let write_failed = |alerts: &[deskgate::store::Alert]| -> Vec<deskgate::store::Alert> {
+        alerts.iter().filter(|a| a.kind == "write-failed").cloned().collect()
+    };
+    // Refused by the platform: a reply to a ticket it does not have.
+    let counted = deskgate::alerts::raised_of(deskgate::alerts::WRITE_FAILED);
+    let a = rig.outbox.submit(&rig.conn, "987654", &Action::Reply("Hello?".into()), None).await.unwrap();
+    let rep = rig.drain(&rig.worker).await;
+    assert_eq!(rep.failed, 1, "{rep:?}");
+    let rec = rig.record(a.id).await;
+    assert_eq!(rec.state, "failed", "{rec:?}");
+    let alerts = write_failed(&rig.store.list_alerts(Some(&rig.conn), false, 10).await.unwrap());
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let why = rec.detail.clone().unwrap();
+    assert!(alerts[0].text.contains("reply") && alerts[0].text.contains("987654") && alerts[0].text.contains(&why), "{}", alerts[0].text);
+    assert_eq!(alerts[0].detail["entry_id"], a.id);
+    assert_eq!(alerts[0].detail["ticket_id"], "987654");
+    assert_eq!(alerts[0].detail["action"], "reply");
+    assert!(deskgate::alerts::raised_of(deskgate::alerts::WRITE_FAILED) > counted, "counted like every alert");
+
+    // Given up: the platform cannot be reached at all (nothing ever leaves), three tries.
+    let mut unreachable = rig.target.clone();
+    unreachable.base_url = format!("http://{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+    let dead = new_worker(&rig.store, &rig.clock, &rig.adapter, &unreachable, &rig.gate, "replica-unreachable", &config, &rig.events);
+    let t = rig.ticket("Unreachable");
+    let b = rig.outbox.submit(&rig.conn, &t, &Action::Resolve(Resolution {
+        reply: "Done.".into(),
+        status: TicketStatus::Solved,
+        tags: vec![],
+        assignee: None,
+    }), None).await.unwrap();
+    let rep = rig.drain(&dead).await;
+    assert_eq!((rep.failed, rep.retried), (1, 2), "{rep:?}");
+    let rec = rig.record(b.id).await;
+    assert_eq!(rec.state, "failed", "{rec:?}");
+    assert!(rec.detail.as_deref().unwrap().contains("gave up after 3 tries"), "{rec:?}");
+    let alerts = write_failed(&rig.store.list_alerts(Some(&rig.conn), false, 10).await.unwrap());
+    assert_eq!(alerts.len(), 2, "one per failed write: {alerts:?}");
+    let gave_up = alerts.iter().find(|x| x.detail["entry_id"] == b.id).expect("an alert for the given-up write");
+    assert!(
+        gave_up.text.contains("resolve") && gave_up.text.contains(&t) && gave_up.text.contains("gave up after 3 tries"),
+        "{}",
+        gave_up.text
+    );
+    println!("write-failed: {}", gave_up.text);
 }
 
 /// Issue #4: where the platform applies a resolution atomically (Zendesk), it costs exactly one

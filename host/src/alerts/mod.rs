@@ -14,6 +14,8 @@
 //! Kinds are plain strings so new policies can add theirs; the ones the host raises are the
 //! constants below.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -30,16 +32,24 @@ pub const CREDENTIAL_INVALID: &str = "credential-invalid";
 pub const SCOPE_MISSING: &str = "scope-missing";
 /// A write landed in part.
 pub const DIVERGENCE: &str = "divergence";
+/// A write failed for good: nothing retries it, so a person must act on the ticket.
+pub const WRITE_FAILED: &str = "write-failed";
 /// The reconciliation sweep found tickets the webhooks missed.
 pub const WEBHOOKS_MISSED: &str = "webhooks-missed";
 /// The platform keeps answering 429.
 pub const SUSTAINED_RATE_LIMITING: &str = "sustained-rate-limiting";
 
 static RAISED: AtomicU64 = AtomicU64::new(0);
+static RAISED_BY_KIND: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
 /// How many alerts [`raise`] has raised in this process (a metric).
 pub fn raised_total() -> u64 {
     RAISED.load(Ordering::Relaxed)
+}
+
+/// How many alerts of `kind` [`raise`] has raised in this process.
+pub fn raised_of(kind: &str) -> u64 {
+    RAISED_BY_KIND.lock().unwrap_or_else(|e| e.into_inner()).get(kind).copied().unwrap_or(0)
 }
 
 /// Store an alert (due for delivery at once), log it at error level and count it.
@@ -58,6 +68,7 @@ pub async fn raise(
         .raise_alert(&NewAlert { connection_id: connection_id.map(str::to_string), kind: kind.to_string(), text, detail }, now)
         .await?;
     RAISED.fetch_add(1, Ordering::Relaxed);
+    *RAISED_BY_KIND.lock().unwrap_or_else(|e| e.into_inner()).entry(alert.kind.clone()).or_default() += 1;
     tracing::error!(alert = alert.id, kind = %alert.kind, connection = ?alert.connection_id, "{}", alert.text);
     Ok(alert)
 }

@@ -44,7 +44,8 @@ use crate::budget::{BudgetGate, GateHooks, Jitter, SplitMix64};
 use crate::clock::{Millis, SharedClock};
 use crate::driver::{DriveError, Driver, Target};
 use crate::runtime::Adapter;
-use crate::store::{NewAlert, StoreError};
+use crate::alerts;
+use crate::store::StoreError;
 
 /// How sweeps run.
 #[derive(Debug, Clone)]
@@ -285,21 +286,20 @@ impl Reconciler {
                 .await
                 .map_err(SweepError::Store)?
                 .iter()
-                .any(|a| a.kind == "webhooks-missed");
+                .any(|a| a.kind == alerts::WEBHOOKS_MISSED);
         if crossed && !already_open {
-            let alert = NewAlert {
-                connection_id: Some(connection_id.clone()),
-                kind: "webhooks-missed".to_owned(),
-                text: format!(
-                    "The reconciliation sweep of {connection_id} caught {} ticket changes its webhooks \
-                     had missed (threshold {threshold}). Check the webhook on the platform: is it \
-                     active, pointed at /webhooks/{connection_id}, with the right secret? Rejected \
-                     deliveries are counted by reason in the gateway's metrics.",
-                    report.caught
-                ),
-                detail: json!({ "caught": report.caught, "seen": report.seen, "since": since, "threshold": threshold }),
-            };
-            self.inbox.store().raise_alert(&alert, self.clock.now_ms()).await.map_err(SweepError::Store)?;
+            let text = format!(
+                "The reconciliation sweep of {connection_id} caught {} ticket changes its webhooks \
+                 had missed (threshold {threshold}). Check the webhook on the platform: is it \
+                 active, pointed at /webhooks/{connection_id}, with the right secret? Rejected \
+                 deliveries are counted by reason in the gateway's metrics.",
+                report.caught
+            );
+            let detail = json!({ "caught": report.caught, "seen": report.seen, "since": since, "threshold": threshold });
+            // Through `alerts::raise`, like every alert: stored, logged at error level, counted.
+            alerts::raise(self.inbox.store(), self.clock.now_ms(), Some(&connection_id), alerts::WEBHOOKS_MISSED, text, detail)
+                .await
+                .map_err(SweepError::Store)?;
             report.alerted = true;
         }
         report.duration = started.elapsed();

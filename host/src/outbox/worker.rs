@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{ActionRecord, OutboxConfig, OutboxError, action_kind, decode_action};
+use crate::alerts;
 use crate::bindings::{
     Action, ApplyAction, BucketDraw, Failure, ForbiddenDetail, HttpRequest, HttpResponse, Lane, Operation, Outcome,
     PermissionKind, ReadBackResult, Ticket,
@@ -32,7 +33,7 @@ use crate::clock::{Millis, SharedClock};
 use crate::driver::{DriveError, Driver, StepHooks, Target, Transport};
 use crate::runtime::Adapter;
 use crate::store::{
-    ActionQuery, AttemptOutcome, Claim, NewAlert, OutboxEntry, OutboxState, SharedStore, Settle, StoreError,
+    ActionQuery, AttemptOutcome, Claim, OutboxEntry, OutboxState, SharedStore, Settle, StoreError,
 };
 
 /// Where the outbox reports what people or other policies must know.
@@ -414,8 +415,14 @@ impl Inner {
         }
     }
 
+    /// Settle for good. A failure raises a `write-failed` alert: every failed write has either a
+    /// scheduled retry (the `settle_later` paths) or an alert, never neither.
     async fn settle_final(&self, e: &OutboxEntry, s: Settle, rep: &mut PassReport) -> Result<Step, OutboxError> {
         let kind = s.outcome();
+        let why = match &s {
+            Settle::Failed { why, .. } => Some(why.clone()),
+            _ => None,
+        };
         let Some(done) = self.settle(e, s).await? else {
             rep.lease_lost += 1;
             return Ok(Step::LeaseLost);
@@ -425,10 +432,34 @@ impl Inner {
             AttemptOutcome::Failed => rep.failed += 1,
             _ => {}
         }
+        if let Some(why) = why {
+            self.alert_failed(&done, &why).await?;
+        }
         if let Ok(rec) = ActionRecord::from_entry(&done, false) {
             self.emit(OutboxEvent::Settled(rec));
         }
         Ok(Step::Final)
+    }
+
+    /// Raise the `write-failed` alert of an entry just settled failed, naming the action, the
+    /// ticket and why, through [`alerts::raise`] (stored, logged at error level, counted).
+    async fn alert_failed(&self, done: &OutboxEntry, why: &str) -> Result<(), OutboxError> {
+        let action = decode_action(done).map_or_else(|_| "action".to_string(), |a| action_kind(&a).to_string());
+        let conn = &done.connection_id;
+        let text = format!(
+            "Connection {conn}: the {action} on ticket {} (action {}) failed and will not be retried: {why}. \
+             The ticket did not get it; fix the cause, then submit the action again or finish the ticket by hand.",
+            done.ticket_id, done.id
+        );
+        let detail = json!({
+            "entry_id": done.id,
+            "ticket_id": done.ticket_id,
+            "action": action,
+            "why": why,
+            "result": done.result,
+        });
+        alerts::raise(&self.store, self.now(), Some(conn), alerts::WRITE_FAILED, text, detail).await?;
+        Ok(())
     }
 
     async fn settle_later(&self, e: &OutboxEntry, s: Settle, rep: &mut PassReport) -> Result<Step, OutboxError> {
@@ -529,8 +560,9 @@ impl Inner {
         let conn = &e.connection_id;
         let why = match failure {
             Failure::Forbidden(ForbiddenDetail { kind, missing, remediation, .. }) => format!(
-                "missing {} '{missing}'. To fix: {remediation}",
-                permission_kind(*kind)
+                "missing {} '{missing}'. To fix: {}",
+                permission_kind(*kind),
+                remediation.trim_end_matches('.')
             ),
             other => other.explain().to_string(),
         };
@@ -550,13 +582,7 @@ impl Inner {
             "failure": failure_json(failure),
             "skipped": skipped,
         });
-        let alert = self
-            .store
-            .raise_alert(
-                &NewAlert { connection_id: Some(conn.clone()), kind: "divergence".into(), text: text.clone(), detail: detail.clone() },
-                self.now(),
-            )
-            .await?;
+        let alert = alerts::raise(&self.store, self.now(), Some(conn), alerts::DIVERGENCE, text.clone(), detail.clone()).await?;
         let mut result = detail;
         result["outcome"] = json!("diverged");
         result["alert_id"] = json!(alert.id);
