@@ -1,6 +1,12 @@
 //! Builds the components the end-to-end tests run (the test adapters in `tests/components/` and
 //! the docs' example adapter) and writes `artifacts.rs` into `OUT_DIR` with a path constant for
 //! each, plus `foreach_component!`, the way wasmtime's `test-programs/artifacts` does.
+//!
+//! It also builds the Spin edge (`components/edge`) with the three built-in adapters, and writes
+//! the pre-composed edges, one per platform, next to them:
+//! `target/wasm-edge/wasm32-wasip2/wasm/edge-{zendesk,freshdesk,intercom}.wasm` (issue #8: for
+//! runtimes without component dependencies). So `cargo test --workspace` on a clean clone (what CI
+//! runs) produces them, and `cargo test -p deskgate-tests --no-run` alone does too.
 
 use std::path::PathBuf;
 
@@ -19,6 +25,30 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The target directory (under `target/`) of the edge and the adapters it is composed with.
+/// `spin.toml`'s build command builds the same packages into the same directory, so the files it
+/// names are the ones built here (`tests/all/edge.rs` checks the manifest against them).
+const EDGE_SUBDIR: &str = "wasm-edge";
+
+/// (platform, adapter package) of each pre-composed edge, written as `edge-{platform}.wasm`.
+const EDGE_PLATFORMS: &[(&str, &str)] = &[
+    ("zendesk", "deskgate-adapter-zendesk"),
+    ("freshdesk", "deskgate-adapter-freshdesk"),
+    ("intercom", "deskgate-adapter-intercom"),
+];
+
+/// Write `bytes` to `path` unless it already holds exactly them (readers never see half a file:
+/// the bytes go to a temporary file renamed over `path`).
+fn write_if_changed(path: &std::path::Path, bytes: &[u8]) {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return;
+    }
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
+    std::fs::rename(&tmp, path)
+        .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), path.display()));
+}
+
 fn main() {
     let manifest =
         PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -30,6 +60,8 @@ fn main() {
     dirs.push("components/sdk");
     dirs.push("components/edge");
     dirs.push("components/ingest-core");
+    dirs.push("components/compose");
+    dirs.extend(["components/zendesk", "components/freshdesk", "components/intercom"]);
     deskgate_component_build::rerun_if_changed(&workspace, &dirs);
 
     let packages: Vec<&str> = COMPONENTS.iter().map(|(_, p, _)| *p).collect();
@@ -63,12 +95,38 @@ fn main() {
     }
     src.push_str("    };\n}\n");
     // The Spin edge component (not an adapter, so not in `ALL`): tests serve it through the
-    // host's wasi:http runtime, linked to an adapter or pre-composed with one.
-    let edge = deskgate_component_build::build_components(&workspace, "wasm-tests", &["deskgate-edge"]);
+    // host's wasi:http runtime, linked to an adapter or pre-composed with one. Built with the
+    // adapters it is composed with, in one invocation, as `spin build` builds them.
+    let mut packages = vec!["deskgate-edge"];
+    packages.extend(EDGE_PLATFORMS.iter().map(|(_, p)| *p));
+    let built = deskgate_component_build::build_components(&workspace, EDGE_SUBDIR, &packages);
+    let edge_path = &built[0].1;
     src.push_str(&format!(
         "\n/// The edge component (`components/edge`), its adapter import not yet satisfied.\npub const EDGE: &str = {:?};\n",
-        edge[0].1.display().to_string()
+        edge_path.display().to_string()
     ));
+    let edge = std::fs::read(edge_path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", edge_path.display()));
+    src.push_str(
+        "\n/// Each platform's pre-composed edge: (platform, the adapter component it was composed\n\
+         /// with, the composed component `edge-{platform}.wasm`), all built by `tests/build.rs`.\n\
+         pub const EDGE_PLATFORMS: &[(&str, &str, &str)] = &[\n",
+    );
+    for ((platform, package), (_, adapter_path)) in EDGE_PLATFORMS.iter().zip(&built[1..]) {
+        let adapter = std::fs::read(adapter_path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", adapter_path.display()));
+        let composed = deskgate_edge_compose::compose(&edge, &adapter).unwrap_or_else(|e| {
+            panic!("pre-composing the edge with {package} failed: {e}")
+        });
+        let out = edge_path.with_file_name(format!("edge-{platform}.wasm"));
+        write_if_changed(&out, &composed);
+        src.push_str(&format!(
+            "    ({platform:?}, {:?}, {:?}),\n",
+            adapter_path.display().to_string(),
+            out.display().to_string()
+        ));
+    }
+    src.push_str("];\n");
     let out =
         PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("artifacts.rs");
     std::fs::write(&out, src).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));

@@ -3,8 +3,9 @@
 //! ingest token), with the platform simulators delivering signed webhooks over real HTTP.
 //!
 //! Every scenario runs twice: with the edge's adapter import linked by the host to the built-in
-//! adapter (as Spin's component dependencies satisfy it) and with an edge pre-composed with the
-//! adapter by `deskgate-edge-compose` (for runtimes without dependencies); both must behave alike.
+//! adapter (as Spin's component dependencies satisfy it) and with the pre-composed edge the build
+//! writes for the platform (`edge-{platform}.wasm`, by `tests/build.rs` with
+//! `deskgate-edge-compose`, for runtimes without dependencies); both must behave alike.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use deskgate::edge::{AdapterLink, EdgeConfig, EdgeServer};
 use deskgate::runtime::{Adapter, AdapterRuntime};
 use deskgate::store::{self, InboxEvent, NewConnection, Pull, SecretKey, SharedStore};
 use deskgate_sim::{AccountSpec, AgentSpec, FaultConfig, Platform, SimConfig, SimHandle, TicketSpec, WebhookTarget};
-use deskgate_tests::{EDGE, TempDir, test_config};
+use deskgate_tests::{EDGE, EDGE_PLATFORMS, TempDir, test_config};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
@@ -60,13 +61,21 @@ fn builtin_bytes(platform: &str) -> &'static [u8] {
     deskgate::builtin::ADAPTERS.iter().find(|(id, _)| *id == platform).map(|(_, b)| *b).expect("built in")
 }
 
-/// The edge component for `link` and `platform`: as built, or pre-composed here with the
-/// platform's adapter (the library step of `deskgate-edge-compose`).
+/// The pre-composed edge of `platform` the build wrote, and the adapter it was composed with.
+fn composed(platform: &str) -> (&'static str, &'static str) {
+    EDGE_PLATFORMS
+        .iter()
+        .find(|(p, _, _)| *p == platform)
+        .map(|(_, adapter, edge)| (*edge, *adapter))
+        .unwrap_or_else(|| panic!("tests/build.rs wrote no pre-composed edge for {platform}"))
+}
+
+/// The edge component for `link` and `platform`: as built, or the build's pre-composed
+/// `edge-{platform}.wasm`.
 fn edge_component(link: Link, platform: &str) -> Vec<u8> {
-    let edge = deskgate_tests::component(EDGE);
     match link {
-        Link::Linked => edge,
-        Link::Composed => deskgate_edge_compose::compose(&edge, builtin_bytes(platform)).expect("compose"),
+        Link::Linked => deskgate_tests::component(EDGE),
+        Link::Composed => deskgate_tests::component(composed(platform).0),
     }
 }
 
@@ -327,15 +336,34 @@ async fn post(url: &str, headers: &[(&str, String)], body: Vec<u8>) -> (u16, Val
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// How [`raw_post`] frames its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Declared up front by Content-Length.
+    Length,
+    /// `Transfer-Encoding: chunked`, no Content-Length: the size is only known by counting.
+    Chunked,
+}
+
 /// POST a `size`-byte body declared by Content-Length over a raw socket and return the status,
 /// reading the answer while still writing (an edge that refuses early answers before the
 /// client has sent everything).
 async fn raw_post_len(base: &str, path: &str, headers: &[(&str, String)], size: usize) -> u16 {
+    raw_post(base, path, headers, size, Framing::Length).await
+}
+
+/// POST `size` bytes of body over a raw socket, framed as `framing` says, and return the status
+/// (read while still writing, as [`raw_post_len`]).
+async fn raw_post(base: &str, path: &str, headers: &[(&str, String)], size: usize, framing: Framing) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://").to_owned();
     let sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let (mut rd, mut wr) = sock.into_split();
-    let mut head = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {size}\r\n");
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\nconnection: close\r\n");
+    match framing {
+        Framing::Length => head.push_str(&format!("content-length: {size}\r\n")),
+        Framing::Chunked => head.push_str("transfer-encoding: chunked\r\n"),
+    }
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -346,8 +374,17 @@ async fn raw_post_len(base: &str, path: &str, headers: &[(&str, String)], size: 
         let mut left = size;
         while left > 0 {
             let n = left.min(chunk.len());
+            if framing == Framing::Chunked {
+                wr.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+            }
             wr.write_all(&chunk[..n]).await?;
+            if framing == Framing::Chunked {
+                wr.write_all(b"\r\n").await?;
+            }
             left -= n;
+        }
+        if framing == Framing::Chunked {
+            wr.write_all(b"0\r\n\r\n").await?;
         }
         Ok::<_, std::io::Error>(())
     });
@@ -634,4 +671,312 @@ fn composing_the_wrong_things_is_refused_with_the_fix() {
     // An adapter in the edge's place has no adapter import to plug.
     let err = deskgate_edge_compose::compose(builtin_bytes("intercom"), builtin_bytes("zendesk")).unwrap_err().to_string();
     assert!(err.contains("deskgate:adapter/adapter@0.1.0") && err.contains("wit/adapter.wit"), "{err}");
+}
+
+/// The build writes one pre-composed edge per platform next to the built edge
+/// (`edge-{platform}.wasm`, issue #8), and each is exactly the composition of the built edge with
+/// that platform's adapter: no stale file from an older edge survives a rebuild.
+#[test]
+fn the_build_writes_one_pre_composed_edge_per_platform() {
+    let platforms: Vec<&str> = EDGE_PLATFORMS.iter().map(|(p, _, _)| *p).collect();
+    assert_eq!(platforms, ["zendesk", "freshdesk", "intercom"]);
+    let edge = deskgate_tests::component(EDGE);
+    let dir = std::path::Path::new(EDGE).parent().unwrap();
+    for (platform, adapter, file) in EDGE_PLATFORMS {
+        let path = std::path::Path::new(file);
+        assert_eq!(path.parent(), Some(dir), "{platform}: next to the built edge");
+        assert_eq!(path.file_name().unwrap().to_str(), Some(format!("edge-{platform}.wasm").as_str()));
+        let written = deskgate_tests::component(file);
+        let expected = deskgate_edge_compose::compose(&edge, &deskgate_tests::component(adapter)).unwrap();
+        assert!(written == expected, "{platform}: {file} is not the composition of {EDGE} with {adapter}");
+        let imports = deskgate::edge::component_imports(&written).unwrap();
+        assert!(!imports.iter().any(|i| i.starts_with("deskgate:adapter/adapter")), "{platform}: {imports:?}");
+    }
+}
+
+/// A platform's webhook signing scheme, as its simulator applies it.
+#[derive(Debug, Clone, Copy)]
+struct Scheme {
+    platform: Platform,
+    id: &'static str,
+    secret: &'static str,
+    /// The headers that carry the signature (and its timestamp, if any).
+    signature_headers: &'static [&'static str],
+    /// A signature of the right shape that no secret of ours produced.
+    wrong_signature: &'static str,
+    /// Whether the scheme signs a timestamp (only then can the edge refuse a replay).
+    signs_timestamp: bool,
+}
+
+const SCHEMES: [Scheme; 3] = [
+    Scheme {
+        platform: Platform::Zendesk,
+        id: "zendesk",
+        secret: "zd-signing-secret",
+        signature_headers: &["x-zendesk-webhook-signature", "x-zendesk-webhook-signature-timestamp"],
+        wrong_signature: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        signs_timestamp: true,
+    },
+    Scheme {
+        platform: Platform::Freshdesk,
+        id: "freshdesk",
+        secret: "fd-token",
+        signature_headers: &["x-deskgate-webhook-token"],
+        wrong_signature: "not-the-connections-token",
+        signs_timestamp: false,
+    },
+    Scheme {
+        platform: Platform::Intercom,
+        id: "intercom",
+        secret: "ic-client-secret",
+        signature_headers: &["x-hub-signature"],
+        wrong_signature: "sha1=0000000000000000000000000000000000000000",
+        signs_timestamp: false,
+    },
+];
+
+/// A genuine delivery, as the simulator signed and sent it: its signature headers and body,
+/// and the simulator's time when it was sent.
+#[derive(Debug, Clone)]
+struct Captured {
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    at_ms: i64,
+}
+
+/// Have `scheme`'s simulator send one webhook (a new ticket) to a local receiver and keep it.
+async fn capture_delivery(scheme: Scheme) -> Captured {
+    type Seen = Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>;
+    let seen: Seen = Arc::default();
+    let sink = seen.clone();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push((headers, body.to_vec()));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, receiver).await.unwrap() });
+    let sim = deskgate_sim::start(SimConfig::new(scheme.platform).seed(8).frozen_at(T0)).await.unwrap();
+    let account = sim.create_account(AccountSpec::default()).unwrap();
+    sim.create_agent(account.id, AgentSpec { role: Some("admin".into()), ..Default::default() }).unwrap();
+    sim.set_webhook(account.id, Some(WebhookTarget { url, secret: scheme.secret.into() })).unwrap();
+    sim.clock().advance(Duration::from_secs(1));
+    sim.create_ticket(account.id, TicketSpec { subject: Some("refusals at the edge".into()), ..Default::default() }).unwrap();
+    let start = Instant::now();
+    let (headers, body) = loop {
+        if let Some(first) = seen.lock().unwrap().first().cloned() {
+            break first;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{}: the simulator sent no webhook", scheme.id);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let at_ms = sim.clock().now_ms();
+    sim.shutdown().await;
+    server.abort();
+    let headers = scheme
+        .signature_headers
+        .iter()
+        .map(|name| {
+            let value = headers.get(*name).unwrap_or_else(|| panic!("{}: the simulator sent no {name}", scheme.id));
+            (*name, value.to_str().unwrap().to_owned())
+        })
+        .collect();
+    Captured { headers, body, at_ms }
+}
+
+/// Against each simulator's signing scheme (Zendesk's timestamped HMAC-SHA256, Freshdesk's shared
+/// header token, Intercom's HMAC-SHA1 of the body), the edge refuses a wrong signature, a body
+/// altered after signing (where the scheme covers the body), an unsigned delivery, a malformed
+/// body and an oversized one, whether declared by Content-Length or chunked without one, with
+/// a code and a reason; none of them reaches the gateway. The genuine delivery is then
+/// accepted. Replayed: Zendesk's is refused as stale (its signed timestamp is an hour old);
+/// Freshdesk's and Intercom's sign no timestamp, so the edge cannot tell a replay from the
+/// platform's own redelivery and passes it on, and the core drops it as a duplicate of the
+/// ticket version it holds: the edge answers 200, and the app still has one event. The linked
+/// and pre-composed edges answer every case identically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_schemes_forgeries_stop_at_the_edge_and_replays_reach_the_app_once() {
+    let rt = runtime();
+    for scheme in SCHEMES {
+        let genuine = capture_delivery(scheme).await;
+        let adapter = rt.get(scheme.id).unwrap();
+        let conn = format!("{}-refusals", scheme.id);
+        let mut answers = Vec::new();
+        for link in LINKS {
+            let clock = ManualClock::new(genuine.at_ms);
+            let shared: SharedClock = Arc::new(clock.clone());
+            let gw = Gateway::start(shared.clone(), vec![adapter.clone()], &[(&conn, scheme.id)], true).await;
+            let vars = edge_vars(&gw.url(), &[(&conn, scheme.id, scheme.secret)]);
+            let edge = Edge::start(link, &adapter, EdgeConfig::new(vars, shared).unwrap()).await;
+            let url = format!("{}/webhooks/{conn}", edge.url);
+            let what = format!("{} {link:?}", scheme.id);
+
+            let mut wrong = genuine.headers.clone();
+            wrong[0].1 = scheme.wrong_signature.to_owned();
+            let mut altered: Value = serde_json::from_slice(&genuine.body).unwrap();
+            altered["altered_in_transit"] = json!(true);
+            let altered = serde_json::to_vec(&altered).unwrap();
+            type Case = (&'static str, Vec<(&'static str, String)>, Vec<u8>, u16, &'static str);
+            let mut cases: Vec<Case> = vec![
+                ("wrong signature", wrong, genuine.body.clone(), 401, "forged-signature"),
+                ("unsigned", vec![], genuine.body.clone(), 401, "missing-signature"),
+                ("not JSON", genuine.headers.clone(), b"{oops".to_vec(), 400, "malformed"),
+            ];
+            // Freshdesk's token is a header the admin typed: it does not cover the body, so an
+            // altered body cannot be told from the genuine one there (TLS is what protects it).
+            if scheme.id != "freshdesk" {
+                cases.push(("body altered after signing", genuine.headers.clone(), altered, 401, "forged-signature"));
+            }
+            let mut got_all = Vec::new();
+            for (name, headers, body, status, code) in cases {
+                let (got, answer) = post(&url, &headers, body).await;
+                assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{what} {name}: {answer}");
+                assert!(answer["error"]["message"].as_str().unwrap_or("").len() > 20, "{what} {name}: a reason: {answer}");
+                got_all.push((name, got, answer));
+            }
+            let path = format!("/webhooks/{conn}");
+            for framing in [Framing::Length, Framing::Chunked] {
+                let got = raw_post(&edge.url, &path, &genuine.headers, 2 << 20, framing).await;
+                assert_eq!(got, 413, "{what}: a 2 MiB body, {framing:?}");
+            }
+            assert_eq!(gw.accepted(), 0, "{what}: nothing reached the gateway");
+            assert!(gw.events(&conn).await.is_empty(), "{what}");
+
+            let (got, answer) = post(&url, &genuine.headers, genuine.body.clone()).await;
+            assert_eq!((got, &answer), (200, &json!({"accepted": 1, "duplicates": 0, "stale": 0})), "{what}: genuine");
+            // The same delivery again, a day later.
+            clock.advance(Duration::from_secs(24 * 3600));
+            let (got, answer) = post(&url, &genuine.headers, genuine.body.clone()).await;
+            if scheme.signs_timestamp {
+                assert_eq!((got, answer["error"]["code"].as_str()), (401, Some("stale-timestamp")), "{what}: replay: {answer}");
+            } else {
+                assert_eq!(
+                    (got, &answer),
+                    (200, &json!({"accepted": 0, "duplicates": 1, "stale": 0})),
+                    "{what}: a replay passes the edge and is a duplicate at the core"
+                );
+            }
+            let events = gw.events(&conn).await;
+            assert_eq!(events.len(), 1, "{what}: the app has the change once: {events:?}");
+            println!("{what}: replay answered {got} {answer}; {} event stored", events.len());
+            got_all.push(("replayed a day later", got, answer));
+            answers.push(got_all);
+        }
+        assert_eq!(answers[0], answers[1], "{}: linked and pre-composed edges answer alike", scheme.id);
+    }
+}
+
+/// The `{{ name }}` templates in a Spin manifest value.
+fn templates(value: &str) -> Vec<String> {
+    value
+        .split("{{")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("}}").map(|(name, _)| name.trim().to_owned()))
+        .collect()
+}
+
+/// `spin.toml` (issue #8) is checked here, since Spin is not installed: manifest version 2; one
+/// component per platform whose `source` and adapter dependency `path` are the very files this
+/// build produced, and whose build command builds exactly those (same packages, target, profile
+/// and target directory); only the core's URL as outbound host; every configuration key the edge
+/// reads (`deskgate_edge::keys`) mapped, and nothing it does not read; every template a declared
+/// application variable; the token and the webhook secrets secret, with no default in the file;
+/// each platform's edge routed at `/webhooks/<platform>/:connection`.
+#[test]
+fn spin_toml_names_what_the_build_produces_and_maps_what_the_edge_reads() {
+    use deskgate_edge::keys;
+    use toml::Value as Toml;
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let text = std::fs::read_to_string(workspace.join("spin.toml")).unwrap();
+    let manifest: toml::Table = text.parse().unwrap_or_else(|e| panic!("spin.toml is not TOML: {e}"));
+    assert_eq!(manifest.get("spin_manifest_version").and_then(Toml::as_integer), Some(2), "manifest version 2");
+    let relative = |path: &str| {
+        let p = std::path::Path::new(path);
+        p.strip_prefix(workspace).unwrap_or_else(|_| panic!("{path} is outside the workspace")).to_str().unwrap().to_owned()
+    };
+    let app_vars = manifest["variables"].as_table().expect("[variables]");
+    let components = manifest["component"].as_table().expect("[component.*]");
+    assert_eq!(components.len(), EDGE_PLATFORMS.len(), "one edge per platform: {:?}", components.keys().collect::<Vec<_>>());
+    let mut secret_templates = Vec::new();
+    for (platform, adapter, _) in EDGE_PLATFORMS {
+        let id = format!("edge-{platform}");
+        let c = components.get(&id).and_then(Toml::as_table).unwrap_or_else(|| panic!("spin.toml has no [component.{id}]"));
+        let source = c["source"].as_str().expect("source");
+        assert_eq!(source, relative(EDGE), "{id}: source is the edge the build produced");
+        let deps = c["dependencies"].as_table().expect("dependencies");
+        assert_eq!(deps.keys().collect::<Vec<_>>(), [deskgate::edge::ADAPTER_INTERFACE], "{id}");
+        let dep = deps[deskgate::edge::ADAPTER_INTERFACE]["path"].as_str().expect("path");
+        assert_eq!(dep, relative(adapter), "{id}: the dependency is the {platform} adapter the build produced");
+
+        // `spin build` produces both files: its command builds those packages into that directory.
+        let command = c["build"]["command"].as_str().expect("build.command");
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let flag = |name: &str| {
+            let at = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{id}: build command lacks {name}: {command}"));
+            words[at + 1]
+        };
+        assert_eq!(&words[..2], ["cargo", "build"], "{id}: {command}");
+        let out_dir = format!("{}/{}/{}/", flag("--target-dir"), flag("--target"), flag("--profile"));
+        let packages: Vec<String> = words.windows(2).filter(|w| w[0] == "-p").map(|w| w[1].replace('-', "_")).collect();
+        for file in [source, dep] {
+            let krate = file
+                .strip_prefix(out_dir.as_str())
+                .and_then(|f| f.strip_suffix(".wasm"))
+                .unwrap_or_else(|| panic!("{id}: {file} is not in the build command's output {out_dir}"));
+            assert!(packages.iter().any(|p| p == krate), "{id}: the build command does not build {krate}: {command}");
+        }
+
+        let hosts = c["allowed_outbound_hosts"].as_array().expect("allowed_outbound_hosts");
+        assert_eq!(hosts, &vec![Toml::from(format!("{{{{ {} }}}}", keys::CORE_URL))], "{id}: only the core");
+
+        let vars = c["variables"].as_table().expect("variables");
+        let value = |key: &str| vars.get(key).and_then(Toml::as_str).unwrap_or_else(|| panic!("{id}: variable {key} is not mapped"));
+        assert_eq!(templates(value(keys::CORE_URL)), [keys::CORE_URL], "{id}");
+        assert_eq!(templates(value(keys::CORE_TOKEN)).len(), 1, "{id}: core_token from an application variable");
+        secret_templates.extend(templates(value(keys::CORE_TOKEN)));
+        let connections: Vec<&str> =
+            vars.keys().filter_map(|k| k.strip_prefix("conn_").and_then(|k| k.strip_suffix("_platform"))).collect();
+        assert!(!connections.is_empty(), "{id}: no connection configured");
+        let mut read = vec![keys::CORE_URL.to_owned(), keys::CORE_TOKEN.to_owned()];
+        for conn in connections {
+            assert_eq!(value(&keys::platform(conn)), *platform, "{id}: {conn} is on this edge's platform");
+            let secret = value(&keys::secret(conn));
+            assert_eq!(templates(secret).len(), 1, "{id}: {conn}'s secret comes from an application variable, not the file");
+            secret_templates.extend(templates(secret));
+            read.extend([keys::platform(conn), keys::secret(conn), keys::allow_unsigned(conn)]);
+        }
+        for (key, v) in vars {
+            assert!(read.contains(key), "{id}: the edge never reads `{key}`");
+            assert!(key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{id}: {key} is no Spin variable name");
+            for name in templates(v.as_str().expect("string values")) {
+                assert!(app_vars.contains_key(&name), "{id}: `{key}` uses undeclared variable {name}");
+            }
+        }
+    }
+    for name in &secret_templates {
+        let declared = app_vars[name].as_table().expect("a table");
+        assert_eq!(declared.get("secret").and_then(Toml::as_bool), Some(true), "{name} must be secret = true");
+        assert!(!declared.contains_key("default"), "{name}: a secret has no default in the file");
+    }
+    for (name, declared) in app_vars {
+        let used = text.contains(&format!("{{{{ {name} }}}}"));
+        assert!(used, "application variable {name} is declared but never used");
+        let declared = declared.as_table().expect("a table");
+        assert!(declared.get("required").and_then(Toml::as_bool) == Some(true) || declared.contains_key("default"), "{name}");
+    }
+
+    let routes = manifest["trigger"]["http"].as_array().expect("[[trigger.http]]");
+    assert_eq!(routes.len(), EDGE_PLATFORMS.len());
+    for (platform, _, _) in EDGE_PLATFORMS {
+        let id = format!("edge-{platform}");
+        let mine: Vec<_> = routes.iter().filter(|r| r["component"].as_str() == Some(id.as_str())).collect();
+        assert_eq!(mine.len(), 1, "{id}: one route");
+        assert_eq!(mine[0]["route"].as_str(), Some(format!("/webhooks/{platform}/:connection").as_str()), "{id}");
+    }
 }
