@@ -9,7 +9,7 @@
 //! 3. has the platform's adapter (the `deskgate:adapter/adapter` interface it *imports*, satisfied
 //!    by composition) parse the body into normalized events and say what to verify;
 //! 4. verifies the signature and the replay window with [`deskgate_ingest_core::verify`], the same
-//!    code the self-hosted gateway runs;
+//!    code the self-hosted gateway runs (see "Replays" below);
 //! 5. forwards the verified, normalized events to the core gateway's `POST /v1/ingest/{connection}`
 //!    with the core's edge token, retrying briefly ([`RETRY_DELAYS_MS`]);
 //! 6. answers 2xx only once the core has accepted (stored) them; 503 when the core cannot be
@@ -18,15 +18,30 @@
 //! Every refusal is `{"error": {"code", "message"}}` with the code of
 //! [`deskgate_ingest_core::Reject`] (or one of [`EdgeError`]'s own), so a sender's admin sees why.
 //!
+//! # Replays
+//!
+//! Only a scheme that signs a timestamp (Zendesk) lets the edge refuse a replay: outside the
+//! adapter's `max_age_secs` window it is `401 stale-timestamp`. Freshdesk's header token and
+//! Intercom's HMAC of the body sign no timestamp (their adapters declare `max_age_secs` none), so
+//! a replayed genuine delivery is indistinguishable from the platform's own redelivery, which
+//! must pass; and the edge keeps no state between requests (no Spin-only key-value store). Such a
+//! replay is verified and forwarded, and the core drops it as a duplicate: events are keyed by
+//! ticket version ([`deskgate_ingest_core::dedupe_key`], unique in the store), so the sender gets
+//! `200 {"accepted": 0, "duplicates": 1}` and the app sees the change once. The test suite proves
+//! it against each simulator (`tests/tests/all/edge.rs`).
+//!
 //! # Why one edge per platform
 //!
 //! The edge imports the adapter interface once. WIT instance types are structural, so one
 //! component importing three adapters would need three differently named copies of the same
 //! interface, and a new platform would mean a new edge build. Instead the same `edge.wasm` is
-//! composed once per platform (Spin's `[component.<id>.dependencies]`, or
-//! `deskgate-edge-compose` for runtimes without dependency support): any adapter that meets the
-//! contract, third-party ones included, gets an edge without touching this crate. A connection
-//! configured for another platform is refused here with a 404 naming the right edge.
+//! composed once per platform (Spin's `[component.<id>.dependencies]`, or the pre-composed
+//! `edge-{platform}.wasm` the build writes for runtimes without dependency support): any adapter
+//! that meets the contract, third-party ones included, gets an edge without touching this crate.
+//! A connection configured for another platform is refused here with a 404 naming the right
+//! edge. Satisfying three named imports from Spin needs a dependency's `export` key, which Spin
+//! composes correctly only since spinframework/spin#3385 (after v3.5): README, "Deploying the edge
+//! on Spin", has the details.
 //!
 //! # Imports
 //!
