@@ -60,6 +60,10 @@
 //! redis_prefix = "deskgate"          # optional: prefix of every Redis key
 //! lease_secs = 60                    # optional: outbox claim and timer lease period
 //!
+//! [auth]                             # optional: the credential policy (issue #5), for every connection
+//! refresh_at = 0.8                   # refresh an OAuth token once this share of its lifetime has passed, 0 < x < 1
+//! health_check_secs = 14400          # check API keys and non-expiring tokens with who-am-i this often, >= 60
+//!
 //! [push]                             # optional: POST events to the app (besides GET /v1/events)
 //! url = "https://app.example.com/deskgate/events"
 //! secret_env = "DESKGATE_PUSH_SECRET" # signs each POST: x-deskgate-timestamp, x-deskgate-signature
@@ -149,6 +153,66 @@ pub struct Config {
     pub cluster: ClusterSection,
     /// Push events to the app's own endpoint (besides the pull API).
     pub push: Option<PushSection>,
+    /// The credential policy's timing.
+    #[serde(default)]
+    pub auth: AuthSection,
+}
+
+/// `[auth]`: when OAuth tokens are refreshed and how often other credentials are checked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Refresh an OAuth token once this share of its lifetime has passed (0.8).
+    pub refresh_at: Option<f64>,
+    /// Seconds between who-am-i health checks of API keys and non-expiring tokens (4 h).
+    pub health_check_secs: Option<u64>,
+}
+
+/// `[auth]`, checked, defaults applied: copied into [`crate::auth::AuthConfig`] by `serve`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AuthSettings {
+    /// Share of an OAuth token's lifetime after which it is refreshed, in (0, 1).
+    pub refresh_at: f64,
+    /// Interval of the who-am-i health check, at least a minute.
+    pub health_check: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        let d = crate::auth::AuthConfig::default();
+        Self { refresh_at: d.refresh_at, health_check: d.health_interval }
+    }
+}
+
+/// The shortest health-check interval accepted: who-am-i more often spends the platform's rate
+/// limit on nothing.
+pub const MIN_HEALTH_CHECK_SECS: u64 = 60;
+
+fn validate_auth(a: &AuthSection, errs: &mut Vec<ConfigError>) -> AuthSettings {
+    let mut out = AuthSettings::default();
+    if let Some(x) = a.refresh_at {
+        if x.is_finite() && x > 0.0 && x < 1.0 {
+            out.refresh_at = x;
+        } else {
+            errs.push(ConfigError::new(
+                "auth.refresh_at",
+                format!("{x} is not a share of the token's lifetime strictly between 0 and 1"),
+                "use a value like 0.8 (refresh at 80% of the lifetime); 1 or more would refresh only after the token expired",
+            ));
+        }
+    }
+    if let Some(secs) = a.health_check_secs {
+        if secs >= MIN_HEALTH_CHECK_SECS {
+            out.health_check = Duration::from_secs(secs);
+        } else {
+            errs.push(ConfigError::new(
+                "auth.health_check_secs",
+                format!("{secs} s is shorter than the minimum of {MIN_HEALTH_CHECK_SECS} s"),
+                "use at least 60 (the default is 14400, every 4 hours): each check is a request against the platform's rate limit",
+            ));
+        }
+    }
+    out
 }
 
 /// `[push]`: POST inbox events to the app, signed, acknowledged on its 2xx.
@@ -329,6 +393,8 @@ pub struct Validated {
     pub cluster: ClusterSettings,
     /// Push to the app, when configured.
     pub push: Option<PushSettings>,
+    /// The credential policy's timing (`[auth]`, defaults when absent).
+    pub auth: AuthSettings,
 }
 
 /// One connection after validation.
@@ -562,6 +628,7 @@ impl Config {
 
         let cluster = validate_cluster(&self.cluster, &store, env, &mut errs);
         let push = self.push.as_ref().and_then(|p| validate_push(p, env, &mut errs));
+        let auth = validate_auth(&self.auth, &mut errs);
         let mut connections = Vec::new();
         for (id, c) in &self.connections {
             if let Some(s) = validate_connection(id, c, env, platforms, &mut errs) {
@@ -582,6 +649,7 @@ impl Config {
             connections,
             cluster,
             push,
+            auth,
         })
     }
 }
@@ -1085,6 +1153,24 @@ token_env = "ZENDESK_TOKEN"
         assert!(e.get("cluster.replicas").unwrap().problem.contains("outside"), "{e}");
         let e = Config::parse(&format!("{GOOD}\n[cluster]\nredis_url = \"redis://x\"\n")).unwrap_err();
         assert!(e.0[0].key.contains("cluster.redis_url"), "{e}");
+    }
+
+    #[test]
+    fn auth_timing_is_optional_validated_and_its_mistakes_name_the_key_and_the_fix() {
+        let v = Config::parse(GOOD).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!(v.auth, AuthSettings { refresh_at: 0.8, health_check: Duration::from_secs(4 * 3600) }, "defaults");
+        let auth = |body: &str| format!("{GOOD}\n[auth]\n{body}\n");
+        let v = Config::parse(&auth("refresh_at = 0.5\nhealth_check_secs = 900")).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!(v.auth, AuthSettings { refresh_at: 0.5, health_check: Duration::from_secs(900) });
+        for bad in ["0.0", "1.0", "1.5", "-0.2", "nan"] {
+            let e = errors(&auth(&format!("refresh_at = {bad}")), &base_env());
+            let x = e.get("auth.refresh_at").unwrap_or_else(|| panic!("refresh_at = {bad} accepted: {e}"));
+            assert!(x.problem.contains("between 0 and 1") && x.fix.contains("0.8"), "{x}");
+        }
+        let e = errors(&auth("health_check_secs = 59"), &base_env());
+        let x = e.get("auth.health_check_secs").expect("too short");
+        assert!(x.problem.contains("59 s") && x.fix.contains("at least 60"), "{x}");
+        assert!(Config::parse(&auth("refresh_fraction = 0.8")).is_err(), "unknown keys are refused");
     }
 
     #[test]

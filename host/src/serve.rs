@@ -129,6 +129,9 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             shared_budgets: shared.clone(),
             ..GatewayConfig::default()
         };
+        // `[auth]`: when tokens are refreshed and how often other credentials are checked.
+        config.auth.refresh_at = validated.auth.refresh_at;
+        config.auth.health_interval = validated.auth.health_check;
         if validated.cluster.replicas > 1 {
             // A replica meeting another replica's refresh waits for its pair (see crate::auth).
             config.auth.in_flight_wait = std::time::Duration::from_secs(30);
