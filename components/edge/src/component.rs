@@ -12,7 +12,7 @@ use spin_sdk::wit::wasi::config::store as config;
 use crate::bindings::deskgate::adapter::adapter as adapter;
 use crate::bindings::deskgate::adapter::types::{Connection, Failure, SignatureAlgorithm};
 use crate::{CoreVerdict, EdgeError, RETRY_DELAYS_MS, core_verdict, connection_of_path, keys};
-use deskgate_ingest_core::{Algorithm, MAX_WEBHOOK_BYTES, Reject, check_size, verify};
+use deskgate_ingest_core::{Algorithm, MAX_WEBHOOK_BYTES, Reject, SignatureCheck, authenticate, check_size};
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
@@ -123,28 +123,18 @@ async fn receive(request: IncomingRequest) -> Result<(u16, Vec<u8>), EdgeError> 
     let connection = Connection { id: connection_id.clone(), plan: String::new(), agent_id: None, settings: Vec::new() };
     let webhook = adapter::parse_webhook(&connection, &headers, &body)
         .map_err(|f| EdgeError::from(Reject::Malformed(explain(&f))))?;
-    match &webhook.signature {
-        Some(check) => {
-            let secret = get(&keys::secret(&connection_id))?.unwrap_or_default();
-            verify(
-                algorithm(check.algorithm),
-                secret.as_bytes(),
-                &check.signed,
-                &check.provided,
-                check.timestamp,
-                now_ms(),
-                descriptor.webhook.max_age_secs,
-            )?;
-        }
-        None => {
-            let key = keys::allow_unsigned(&connection_id);
-            let allowed = keys::parse_bool(&key, get(&key)?.as_deref())
-                .map_err(|m| EdgeError::new(500, "edge-misconfigured", m))?;
-            if !allowed {
-                return Err(Reject::MissingSignature.into());
-            }
-        }
-    }
+    let secret = get(&keys::secret(&connection_id))?.unwrap_or_default();
+    let unsigned_key = keys::allow_unsigned(&connection_id);
+    let allow_unsigned = keys::parse_bool(&unsigned_key, get(&unsigned_key)?.as_deref())
+        .map_err(|m| EdgeError::new(500, "edge-misconfigured", m))?;
+    // The same decision the self-hosted gateway's /webhooks/{connection} makes.
+    let check = webhook.signature.as_ref().map(|c| SignatureCheck {
+        algorithm: algorithm(c.algorithm),
+        signed: &c.signed,
+        provided: &c.provided,
+        timestamp_ms: c.timestamp,
+    });
+    authenticate(check, secret.as_bytes(), allow_unsigned, now_ms(), descriptor.webhook.max_age_secs)?;
 
     let core_url = required(keys::CORE_URL)?;
     let token = required(keys::CORE_TOKEN)?;

@@ -277,6 +277,41 @@ pub fn verify(
     Ok(())
 }
 
+/// What an adapter's `parse-webhook` said to verify (the WIT `signature-check`), borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignatureCheck<'a> {
+    /// How the sender signs.
+    pub algorithm: Algorithm,
+    /// The exact bytes the sender signed.
+    pub signed: &'a [u8],
+    /// The signature (or shared secret) as sent.
+    pub provided: &'a str,
+    /// The signed timestamp, ms since the Unix epoch, for schemes that sign one.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// Authenticate a delivery the adapter has parsed: with a signature, [`verify`] it against the
+/// connection's `secret` and the adapter's `max_age_secs`; without one, accept it only when the
+/// connection allows unsigned webhooks. The self-hosted gateway and the edge both call this after
+/// `parse-webhook`, so what passes one passes the other.
+///
+/// # Errors
+/// Those of [`verify`], and [`Reject::MissingSignature`] for an unsigned delivery the connection
+/// does not accept.
+pub fn authenticate(
+    check: Option<SignatureCheck<'_>>,
+    secret: &[u8],
+    allow_unsigned: bool,
+    now_ms: i64,
+    max_age_secs: Option<u64>,
+) -> Result<(), Reject> {
+    match check {
+        Some(c) => verify(c.algorithm, secret, c.signed, c.provided, c.timestamp_ms, now_ms, max_age_secs),
+        None if allow_unsigned => Ok(()),
+        None => Err(Reject::MissingSignature),
+    }
+}
+
 fn strip_prefix<'a>(s: &'a str, prefix: &str) -> &'a str {
     match s.get(..prefix.len()) {
         Some(p) if p.eq_ignore_ascii_case(prefix) => &s[prefix.len()..],
@@ -313,6 +348,26 @@ mod tests {
 
     // 2024-04-17T17:18:10Z
     const TS_MS: i64 = 1_713_374_290_000;
+
+    #[test]
+    fn authenticate_verifies_signed_and_gates_unsigned() {
+        let body = b"{}";
+        let ts = "2024-04-17T17:18:10Z";
+        let sig = zendesk_sig("s", ts, body);
+        let data = signed(ts, body);
+        let check = SignatureCheck {
+            algorithm: Algorithm::HmacSha256Base64,
+            signed: &data,
+            provided: &sig,
+            timestamp_ms: Some(TS_MS),
+        };
+        assert_eq!(authenticate(Some(check), b"s", false, TS_MS, Some(300)), Ok(()));
+        assert_eq!(authenticate(Some(check), b"other", true, TS_MS, Some(300)), Err(Reject::Forged));
+        assert!(matches!(authenticate(Some(check), b"s", false, TS_MS + 301_000, Some(300)), Err(Reject::Stale { .. })));
+        assert_eq!(authenticate(Some(check), b"", true, TS_MS, Some(300)), Err(Reject::NoSecret));
+        assert_eq!(authenticate(None, b"s", false, TS_MS, None), Err(Reject::MissingSignature));
+        assert_eq!(authenticate(None, b"", true, TS_MS, None), Ok(()));
+    }
 
     #[test]
     fn known_vectors() {

@@ -31,7 +31,7 @@ use crate::bindings::{Connection, SignatureAlgorithm};
 use crate::clock::{Millis, SharedClock};
 use crate::runtime::Adapter;
 use crate::store::{StoreError, WebhookSecretRecord};
-use deskgate_ingest_core::{Algorithm, Reject, check_size, verify};
+use deskgate_ingest_core::{Algorithm, Reject, SignatureCheck, authenticate, check_size};
 
 /// What the endpoint needs to know about a connection to take its webhooks.
 #[derive(Clone)]
@@ -494,20 +494,16 @@ impl WebhookIngestor {
             .parse_webhook(&route.connection, headers, body)
             .map_err(|e| IngestError::Adapter(e.to_string()))?
             .map_err(|f| IngestError::Rejected(Reject::Malformed(f.explain().to_string())))?;
-        match &webhook.signature {
-            Some(check) => verify(
-                algorithm(check.algorithm),
-                &route.secret,
-                &check.signed,
-                &check.provided,
-                check.timestamp,
-                self.clock.now_ms(),
-                route.adapter.descriptor().webhook.max_age_secs,
-            )
-            .map_err(IngestError::Rejected)?,
-            None if route.allow_unsigned => {}
-            None => return Err(IngestError::Rejected(Reject::MissingSignature)),
-        }
+        // The same decision the Spin edge makes (components/edge).
+        let check = webhook.signature.as_ref().map(|c| SignatureCheck {
+            algorithm: algorithm(c.algorithm),
+            signed: &c.signed,
+            provided: &c.provided,
+            timestamp_ms: c.timestamp,
+        });
+        let max_age_secs = route.adapter.descriptor().webhook.max_age_secs;
+        authenticate(check, &route.secret, route.allow_unsigned, self.clock.now_ms(), max_age_secs)
+            .map_err(IngestError::Rejected)?;
         let candidates: Vec<Candidate> = webhook
             .events
             .iter()
