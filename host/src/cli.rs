@@ -179,7 +179,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Adapter { command: AdapterCommand::Check { component, json } } => adapter_check(component, json),
         Command::Sim(args) => sim(args),
         Command::Serve(args) => crate::serve::serve(args),
-        Command::Connect(args) => ops::run(ops::Verb::Connect(args)),
+        Command::Connect(args) => ops::run(ops::Verb::Connect(Box::new(args))),
         Command::Probe(args) => ops::run(ops::Verb::Probe(args)),
         Command::Status(args) => ops::run(ops::Verb::Status(args)),
         Command::Alerts { command } => ops::run(ops::Verb::Alerts(command)),
@@ -302,6 +302,9 @@ fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(path, json + "\n").map_err(|e| anyhow::anyhow!("--json {}: {e}", path.display()))?;
         eprintln!("report written to {}", path.display());
     }
-    let clean = report.duplicate_writes == 0 && report.lost_tickets == 0 && report.responses_429.write == 0;
-    Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let problems = report.problems();
+    for p in &problems {
+        eprintln!("demo failed: {p}");
+    }
+    Ok(if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -184,8 +184,8 @@ pub struct ResumeArgs {
 /// One operator verb.
 #[derive(Debug)]
 pub enum Verb {
-    /// `connect`
-    Connect(ConnectArgs),
+    /// `connect` (boxed: its arguments outweigh every other verb's)
+    Connect(Box<ConnectArgs>),
     /// `probe`
     Probe(ProbeArgs),
     /// `status`
@@ -224,7 +224,7 @@ fn now_ms() -> i64 {
 
 async fn dispatch(verb: Verb) -> Result<ExitCode, ClientError> {
     match verb {
-        Verb::Connect(a) => connect(a).await,
+        Verb::Connect(a) => connect(*a).await,
         Verb::Probe(a) => {
             let c = a.client.client()?;
             let v = c.post(&format!("/v1/connections/{}/probe", segment(&a.id)), &json!({})).await?;

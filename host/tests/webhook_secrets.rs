@@ -303,6 +303,48 @@ async fn bad_webhook_secrets_and_unknown_connections_are_refused() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The secret cache: the process that writes a secret uses it at once; another process sharing
+/// the store (a replica) keeps verifying with its cached copy for at most the cache's TTL, then
+/// reads the new one. An in-memory override wins until a stored write replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_follows_another_replicas_rotation_within_the_cache_ttl() {
+    use deskgate::ingest::webhook::{StoreRoutes, WebhookSecret};
+    let dir = test_dir("cache");
+    let store = store::open(dir.join("deskgate.sqlite").to_str().unwrap(), SecretKey::from_bytes(KEY)).await.unwrap();
+    store.create_connection(&store::NewConnection::new("zd", "zendesk", "zd"), 1).await.unwrap();
+    // Long enough that a loaded machine does not outrun it between two reads.
+    let ttl = Duration::from_secs(2);
+    let here = StoreRoutes::new(store.clone(), std::iter::empty()).with_cache_ttl(ttl);
+    let there = StoreRoutes::new(store.clone(), std::iter::empty()).with_cache_ttl(ttl);
+    let secret = |r: Option<WebhookSecret>| r.map(|s| String::from_utf8(s.secret).unwrap());
+
+    assert_eq!(secret(there.secret("zd").await.unwrap()), None, "no secret yet (and that is cached too)");
+    here.store_secret("zd", Some(FIRST.as_bytes()), false, 2).await.unwrap();
+    assert_eq!(secret(here.secret("zd").await.unwrap()).as_deref(), Some(FIRST), "the writer uses it at once");
+    let stale = secret(there.secret("zd").await.unwrap());
+    assert_eq!(stale, None, "the other replica is within its TTL");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    assert_eq!(secret(there.secret("zd").await.unwrap()).as_deref(), Some(FIRST), "and follows once it has passed");
+    assert_eq!(secret(here.secret("zd").await.unwrap()).as_deref(), Some(FIRST), "read again, cached afresh");
+
+    there.store_secret("zd", Some(SECOND.as_bytes()), true, 3).await.unwrap();
+    assert_eq!(secret(there.secret("zd").await.unwrap()).as_deref(), Some(SECOND));
+    assert_eq!(secret(here.secret("zd").await.unwrap()).as_deref(), Some(FIRST), "cached");
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    let s = here.secret("zd").await.unwrap().unwrap();
+    assert_eq!((s.secret.as_slice(), s.allow_unsigned), (SECOND.as_bytes(), true));
+    let signing = here.signing("zd").await.unwrap();
+    assert!(signing.secret_set && signing.allow_unsigned, "{signing:?}");
+
+    // An in-memory override (tests, the demo) wins until a stored write replaces it.
+    here.set_secret("zd", WebhookSecret { secret: b"in-memory".to_vec(), allow_unsigned: false });
+    assert_eq!(secret(here.secret("zd").await.unwrap()).as_deref(), Some("in-memory"));
+    here.store_secret("zd", Some(FIRST.as_bytes()), false, 4).await.unwrap();
+    assert_eq!(secret(here.secret("zd").await.unwrap()).as_deref(), Some(FIRST));
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // ---------------------------------------------------------------------------------------------
 // `deskgate serve` and `deskgate connect`, the real binary
 
