@@ -887,3 +887,156 @@ async fn a_correction_read_by_one_replica_reaches_the_others() {
     a.close();
     b.close();
 }
+
+/// One gateway replica in this process: its own store pool, API state (inbox, counters) and
+/// supervisor, on the shared PostgreSQL database and the test's manual clock.
+async fn gateway_replica(db: &PgDb, clock: &ManualClock, owner: &str, tune: impl FnOnce(&mut deskgate::gateway::GatewayConfig)) -> (deskgate::gateway::Gateway, SharedStore) {
+    use deskgate::gateway::{Gateway, GatewayConfig, GatewayParts};
+    let store = store::open(&db.url(), SecretKey::from_bytes([6; 32])).await.unwrap();
+    let shared: deskgate::clock::SharedClock = Arc::new(clock.clone());
+    let adapters: Vec<_> = runtime().adapters().cloned().collect();
+    let state = deskgate::api::AppState::new(store.clone(), shared.clone(), deskgate::config::Secret::new(SERVE_TOKEN), adapters.clone());
+    let mut config = GatewayConfig { owner: owner.into(), ..GatewayConfig::default() };
+    config.outbox.poll_interval = Duration::from_millis(20);
+    tune(&mut config);
+    let gateway = Gateway::new(GatewayParts {
+        store: store.clone(),
+        clock: shared,
+        driver: Driver::new(DriverConfig::default()).unwrap(),
+        adapters,
+        inbox: state.inbox().clone(),
+        metrics: state.ingest_metrics().clone(),
+        config,
+    })
+    .unwrap()
+    .with_status(state.status().clone());
+    (gateway, store)
+}
+
+/// A Zendesk account with an API-token connection `acme` stored live in `store` (a credential
+/// that never expires: the credential timer health-checks it).
+async fn api_key_connection(sim: &SimHandle, store: &SharedStore) -> u64 {
+    let account = sim.create_account(AccountSpec::default()).unwrap().id;
+    let admin = sim.create_agent(account, AgentSpec { name: Some("Ada Admin".into()), ..Default::default() }).unwrap();
+    let cred = sim.create_credential(account, CredentialSpec { agent_id: Some(admin.id), ..Default::default() }).unwrap();
+    let mut nc = deskgate::store::NewConnection::new("acme", "zendesk", "Acme");
+    nc.settings = serde_json::json!({ "base_url": sim.base_url() });
+    store.create_connection(&nc, T0).await.unwrap();
+    let secret = deskgate::store::CredentialSecret::ApiKey {
+        fields: [("email".to_string(), cred.email.clone()), ("token".to_string(), cred.token.clone())].into(),
+    };
+    store.put_credential("acme", &secret, None, deskgate::store::Expect::Absent, T0).await.unwrap();
+    store.set_connection_state("acme", &deskgate::store::ConnectionState::Live, T0).await.unwrap();
+    account
+}
+
+/// Three gateways on one PostgreSQL database, a manual clock moved a minute at a time over five
+/// health-check intervals: the platform sees exactly one who-am-i health check per interval (not
+/// one per replica), all from the replica holding the connection's timer lease, which alone
+/// sweeps too. Then that replica dies (its timer passes stop, nothing is released): another takes
+/// the lease within one lease period plus one tick and carries on from the shared mark, still one
+/// check per interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_run_once_per_interval_across_replicas() {
+    use deskgate::auth::TickOutcome;
+    use deskgate_sim::RequestFilter;
+
+    const MIN: i64 = 60_000;
+    let interval = 60 * MIN;
+    let lease = 5 * MIN;
+    let db = PgDb::create().await;
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(12).frozen_at(T0)).await.unwrap();
+    let clock = ManualClock::new(T0);
+    let mut gateways = Vec::new();
+    for r in ["r1", "r2", "r3"] {
+        gateways.push(
+            gateway_replica(&db, &clock, r, |c| {
+                c.auth.health_interval = Duration::from_millis(interval as u64);
+                c.timer_lease = Duration::from_millis(lease as u64);
+                c.sweep_every = (Duration::from_secs(20 * 60), Duration::from_secs(30 * 60));
+            })
+            .await,
+        );
+    }
+    let account = api_key_connection(&sim, &gateways[0].1).await;
+    for (g, _) in &gateways {
+        assert_eq!(g.sync().await.unwrap(), vec!["acme".to_string()]);
+    }
+    // Who-am-i calls from here on are health checks (attach learned the agent id before).
+    let since = sim.requests(RequestFilter::default()).last().map(|r| r.seq);
+    let who_am_i = || {
+        sim.requests(RequestFilter { account_id: Some(account), since_seq: since })
+            .into_iter()
+            .filter(|r| r.path.starts_with("/api/v2/users/me"))
+            .map(|r| r.at_ms)
+            .collect::<Vec<i64>>()
+    };
+    let advance = |by: i64| {
+        clock.advance(Duration::from_millis(by as u64));
+        sim.clock().advance(Duration::from_millis(by as u64));
+    };
+    let mut checks_by: Vec<(i64, usize)> = Vec::new();
+    let mut sweeps_by = [0u32; 3];
+    let mut alive = [true, true, true];
+    let mut crashed_at = None;
+    let mut taken_over_at = None;
+    let mut holder: Option<usize> = None;
+    for minute in 1..=5 * 60 {
+        advance(MIN);
+        let now = T0 + minute * MIN;
+        let mut leased = Vec::new();
+        for (i, (g, _)) in gateways.iter().enumerate() {
+            if !alive[i] {
+                continue;
+            }
+            let rep = g.run_timers_once().await.remove("acme").expect("acme attached");
+            assert!(rep.errors.is_empty(), "minute {minute}, r{}: {:?}", i + 1, rep.errors);
+            if rep.leased {
+                leased.push(i);
+            }
+            if let Some(TickOutcome::HealthCheck(ok)) = rep.auth {
+                assert!(ok, "the credential works");
+                checks_by.push((now, i));
+            }
+            if rep.sweep.is_some() {
+                sweeps_by[i] += 1;
+                assert!(rep.leased, "r{} swept without the connection's lease", i + 1);
+            }
+        }
+        assert!(leased.len() <= 1, "minute {minute}: several replicas ran the timers: {leased:?}");
+        match (holder, leased.first()) {
+            (None, Some(&i)) => holder = Some(i),
+            (Some(h), Some(&i)) if h != i => {
+                assert!(crashed_at.is_some() && !alive[h], "minute {minute}: the lease moved from a live replica r{}", h + 1);
+                taken_over_at.get_or_insert(now);
+                holder = Some(i);
+            }
+            (Some(_), None) => assert!(crashed_at.is_some(), "minute {minute}: nobody ran the timers"),
+            _ => {}
+        }
+        // Half-way through the third interval, the holder dies.
+        if minute == 150 {
+            let h = holder.expect("someone holds the lease");
+            alive[h] = false;
+            crashed_at = Some(now);
+        }
+    }
+    let calls = who_am_i();
+    println!("health checks {checks_by:?}; who-am-i at {:?}; sweeps {sweeps_by:?}", calls.iter().map(|t| (t - T0) / MIN).collect::<Vec<_>>());
+    // One per interval, each when the interval is up, through the crash and the take-over.
+    let minutes: Vec<i64> = calls.iter().map(|t| (t - T0) / MIN).collect();
+    assert_eq!(minutes, vec![60, 120, 180, 240, 300], "who-am-i calls at the platform, minutes from the start");
+    assert_eq!(checks_by.len(), calls.len(), "every call at the platform is a health check one replica reported");
+    let crashed = crashed_at.unwrap();
+    let moved = taken_over_at.expect("a survivor took the connection's timers over");
+    assert!(moved - crashed <= lease + MIN, "the timers moved {} min after the crash (lease {} min)", (moved - crashed) / MIN, lease / MIN);
+    // Before the crash on the replica that died, after it on the one that took over.
+    assert!(checks_by.iter().all(|(t, i)| (*t <= crashed) != alive[*i]), "checks ran on the lease holder: {checks_by:?}");
+    assert_eq!(sweeps_by.iter().filter(|n| **n > 0).count(), 2, "sweeps ran on the holder, then on the one that took over: {sweeps_by:?}");
+    for (g, s) in gateways {
+        g.shutdown().await;
+        s.close().await;
+    }
+    db.drop_db().await;
+}
+

@@ -35,6 +35,11 @@
 //! is cleared without a new pair (that refresh failed), they retry on the usual schedule. No replica is left
 //! holding a spent refresh token: every replica reads the pair from the store before refreshing.
 //!
+//! Health checks of credentials that do not expire run every [`AuthConfig::health_interval`]
+//! once per cluster: only the replica holding the connection's timer lease runs the timer
+//! ([`crate::gateway`]), and the time of the last check is the store mark [`HEALTH_MARK`], read
+//! before checking, so a replica that takes the connection over does not check again early.
+//!
 //! # Why is a 403 never a reason to re-authenticate?
 //!
 //! A 403 says the credential is fine and lacks a permission. Re-authenticating cannot grant it,
@@ -75,6 +80,11 @@ use crate::store::{
 
 /// Suspension kind for credentials that must be re-entered.
 pub const SUSPEND_REAUTH: &str = "reauth";
+
+/// Store mark (per connection) of the last who-am-i health check, in clock milliseconds. Shared by
+/// every replica: whoever runs the connection's timers reads it before checking, so the check
+/// happens once per [`AuthConfig::health_interval`] across the cluster, not once per replica.
+pub const HEALTH_MARK: &str = "health";
 
 /// Credential policy settings.
 #[derive(Debug, Clone)]
@@ -371,7 +381,9 @@ impl CredentialManager {
     /// [`CredentialError`]; a who-am-i that could not be driven leaves the marker in place.
     pub async fn start(&self) -> Result<StartReport, CredentialError> {
         let cred = self.reload().await?;
-        lock(&self.inner.state).last_health = self.now();
+        // The last check of any replica (or of a previous run); none yet: an interval from now.
+        let last = self.inner.store.get_mark(&cred.connection_id, HEALTH_MARK).await?;
+        lock(&self.inner.state).last_health = last.unwrap_or_else(|| self.now());
         let Some(marker) = cred.refresh_in_flight.clone() else {
             return Ok(StartReport::Clean);
         };
@@ -575,10 +587,30 @@ impl CredentialManager {
             }
             return Ok(TickOutcome::Idle);
         }
-        if now >= last_health + crate::store::ms(self.inner.config.health_interval) {
+        let interval = crate::store::ms(self.inner.config.health_interval);
+        if now >= last_health + interval {
+            // Another replica (an earlier holder of the connection's timers) may have checked
+            // since this one last looked: its mark counts as this replica's own check.
+            let shared = self.inner.store.get_mark(&self.connection_id(), HEALTH_MARK).await?;
+            if let Some(at) = shared.filter(|at| *at > last_health) {
+                lock(&self.inner.state).last_health = at;
+                if now < at + interval {
+                    return Ok(TickOutcome::Idle);
+                }
+            }
             return Ok(TickOutcome::HealthCheck(self.health_check().await?));
         }
         Ok(TickOutcome::Idle)
+    }
+
+    /// Record a who-am-i the platform answered at `at`: here, and in the store's
+    /// [`HEALTH_MARK`] for the other replicas. A mark that cannot be written is logged: the
+    /// worst outcome is one extra check by another replica.
+    async fn record_health(&self, at: Millis) {
+        lock(&self.inner.state).last_health = at;
+        if let Err(e) = self.inner.store.put_mark(&self.connection_id(), HEALTH_MARK, at, at).await {
+            tracing::warn!(connection = %self.connection_id(), "recording the health check for the other replicas failed: {e}");
+        }
     }
 
     /// When [`CredentialManager::tick`] next has something to do.
@@ -603,7 +635,7 @@ impl CredentialManager {
     pub async fn health_check(&self) -> Result<bool, CredentialError> {
         let target = self.target().ok_or_else(|| CredentialError::NoCredential(self.connection_id()))?;
         let r = self.inner.driver.execute(&self.inner.adapter, &target, &Operation::WhoAmI, None, &mut NoHooks).await?;
-        lock(&self.inner.state).last_health = self.now();
+        self.record_health(self.now()).await;
         match r {
             Err(Failure::Unauthenticated(d)) => {
                 let text = format!(
@@ -870,6 +902,8 @@ impl CredentialManager {
         let stored = self.inner.store.put_credential(&id, &secret, expires_at, Expect::Any, now).await?;
         lock(&self.inner.state).reported_forbidden.clear();
         self.set_cred(stored);
+        // The who-am-i above is a health check of the new credential.
+        self.record_health(now).await;
         let report = probe::probe_connection(&self.inner.store, &self.inner.driver, &self.inner.adapter, &target, self.now()).await?;
         if report.passed {
             self.resume().await?;

@@ -12,9 +12,24 @@
 //!   with the store every tick (another replica, or the config, may have changed it).
 //! - Timers, checked every [`GatewayConfig::tick`] of real time against the injected clock:
 //!   the credential's refresh or health check ([`CredentialManager::tick`]) and the
-//!   reconciliation sweep ([`SweepTimer`]), each per connection under a store timer lease so
-//!   that one replica runs them; alert delivery and the optional push to the app, gateway-wide,
-//!   under leases of their own.
+//!   reconciliation sweep ([`SweepTimer`]). All of one connection's timers run on the replica
+//!   that holds its [`CONNECTION_LEASE`]; alert delivery and the optional push to the app,
+//!   gateway-wide, under leases of their own.
+//!
+//! # One lease per connection, held while the replica lives
+//!
+//! The replica holding a connection's [`CONNECTION_LEASE`] renews it whenever less than half of
+//! [`GatewayConfig::timer_lease`] is left (one store write per connection per half lease, not per
+//! tick), and runs that connection's refresh, health check and sweep; the other replicas run none
+//! of them. When it dies its lease lapses and the first replica to tick after that takes it:
+//! the connection's timers move within one lease period plus one tick. A clean shutdown (or a
+//! detach) releases the lease so they move at once.
+//!
+//! What a timer last did is not the holder's memory: the health check's time is the store mark
+//! [`crate::auth::HEALTH_MARK`] and the sweep's the mark [`SWEEP_MARK`] (plus the `reconcile`
+//! lease a sweep holds for its minimum interval), so a replica that takes a connection over runs
+//! its health check once per interval and does not sweep again early. A refresh is guarded by the
+//! credential row's refresh marker besides (see [`crate::auth`]).
 //!
 //! Tests drive the timers with [`Gateway::run_timers_once`] after moving a manual clock; nothing
 //! here sleeps for a policy's sake. A timer pass that fails is logged and retried at the next
@@ -40,10 +55,11 @@ use crate::ingest::sweep::{Reconciler, SweepConfig, SweepMarks, SweepReport, Swe
 use crate::ingest::{IngestMetrics, Inbox};
 use crate::outbox::{OutboxConfig, OutboxWorker, WorkerParts};
 use crate::runtime::Adapter;
-use crate::store::{Connection, ConnectionState, CredentialSecret, Expect, SharedStore, StoreError};
+use crate::store::{Connection, ConnectionState, CredentialSecret, Expect, SharedStore, StoreError, TimerLease};
 
-/// The timer lease under which a connection's credential timer (refresh, health check) runs.
-pub const AUTH_LEASE: &str = "auth";
+/// The timer lease under which all of a connection's timers (refresh, health check, sweep) run:
+/// held, and renewed, by one replica at a time (see the module docs).
+pub const CONNECTION_LEASE: &str = "connection";
 /// The gateway-wide lease for alert delivery.
 pub const ALERTS_LEASE: &str = "alerts";
 /// The gateway-wide lease for pushing events to the app.
@@ -136,6 +152,8 @@ pub struct Attached {
     /// Its rate budget.
     pub gate: BudgetGate,
     sweep: tokio::sync::Mutex<SweepTimer>,
+    /// This replica's [`CONNECTION_LEASE`] on the connection, as last taken or renewed.
+    lease: Mutex<Option<TimerLease>>,
     /// Since when the platform has kept a bucket blocked (429s), and whether that was alerted.
     rate_limited_since: Mutex<Option<(Millis, bool)>>,
     busy: Arc<tokio::sync::Mutex<()>>,
@@ -152,7 +170,9 @@ impl std::fmt::Debug for Attached {
 /// What one timer pass did for one connection (tests and logs).
 #[derive(Debug, Clone, Default)]
 pub struct TimerReport {
-    /// The credential timer's outcome, if this replica held its lease.
+    /// Whether this replica held the connection's [`CONNECTION_LEASE`] for this pass.
+    pub leased: bool,
+    /// The credential timer's outcome, if this replica held the lease and it was due.
     pub auth: Option<TickOutcome>,
     /// The sweep's report, if one ran.
     pub sweep: Option<SweepReport>,
@@ -381,6 +401,7 @@ impl Gateway {
             worker: worker.clone(),
             gate,
             sweep: tokio::sync::Mutex::new(SweepTimer::new(conn.id.clone(), inner.config.owner.clone(), schedule, inner.clock.now_ms())),
+            lease: Mutex::new(None),
             rate_limited_since: Mutex::new(None),
             busy: Arc::new(tokio::sync::Mutex::new(())),
             stop,
@@ -443,25 +464,83 @@ impl Gateway {
         if let Some(t) = task {
             let _ = t.await;
         }
+        self.release_connection_lease(&a).await;
         tracing::info!(connection = %id, "detached");
     }
 
-    /// One connection's timers, now: the credential timer under its lease, then the sweep if
-    /// one is due and the connection is live.
+    /// Take or keep this replica's [`CONNECTION_LEASE`] on `a` at `now`: no store write while
+    /// more than half the lease is left, a renewal (or a take-over of a free or lapsed lease)
+    /// otherwise. Whether this replica holds it now.
+    ///
+    /// # Errors
+    /// The store's; the lease is then treated as not held by this pass.
+    pub async fn hold_connection_lease(&self, a: &Attached, now: Millis) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let ttl = crate::store::ms(inner.config.timer_lease);
+        let held = lock(&a.lease).clone();
+        if held.as_ref().is_some_and(|l| now < l.until - ttl / 2) {
+            return Ok(true);
+        }
+        let taken = inner.store.acquire_lease(&a.id, CONNECTION_LEASE, &inner.config.owner, now, inner.config.timer_lease).await;
+        let mut slot = lock(&a.lease);
+        match taken {
+            Ok(Some(l)) => {
+                if held.as_ref().map(|h| h.generation) != Some(l.generation) {
+                    tracing::info!(connection = %a.id, generation = l.generation, "this replica now runs the connection's timers");
+                }
+                *slot = Some(l);
+                Ok(true)
+            }
+            Ok(None) => {
+                if held.is_some() {
+                    tracing::warn!(connection = %a.id, "the connection's timer lease passed to another replica");
+                }
+                *slot = None;
+                Ok(false)
+            }
+            Err(e) => {
+                *slot = held.filter(|l| now < l.until);
+                Err(e)
+            }
+        }
+    }
+
+    /// This replica's [`CONNECTION_LEASE`]s, as last taken or renewed, and still running at `now`
+    /// (metrics: which connections' timers this replica runs).
+    pub async fn held_connection_leases(&self, now: Millis) -> Vec<TimerLease> {
+        let conns: Vec<Arc<Attached>> = self.inner.conns.lock().await.values().cloned().collect();
+        conns.iter().filter_map(|a| lock(&a.lease).clone().filter(|l| now < l.until)).collect()
+    }
+
+    /// Give up this replica's lease on `a` (detach, shutdown), so another replica takes its
+    /// timers at its next tick instead of after the lease period.
+    async fn release_connection_lease(&self, a: &Attached) {
+        if lock(&a.lease).take().is_some()
+            && let Err(e) = self.inner.store.release_lease(&a.id, CONNECTION_LEASE, &self.inner.config.owner).await
+        {
+            tracing::warn!(connection = %a.id, "releasing the timer lease: {e}; it lapses on its own");
+        }
+    }
+
+    /// One connection's timers, now, if this replica holds (or can take) the connection's
+    /// [`CONNECTION_LEASE`]: the credential timer if it is due, then the sweep if one is due and
+    /// the connection is live.
     pub async fn connection_timers(&self, a: &Attached) -> TimerReport {
         let inner = &self.inner;
         let mut rep = TimerReport::default();
         let now = inner.clock.now_ms();
-        // The lease is taken only when the credential timer has something to do: a lease write
-        // per connection per tick would keep the store's single writer busy for nothing.
-        let auth_due = a.manager.next_due_at().is_some_and(|at| now >= at);
-        let lease = if auth_due {
-            inner.store.acquire_lease(&a.id, AUTH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
-        } else {
-            Ok(None)
+        rep.leased = match self.hold_connection_lease(a, now).await {
+            Ok(held) => held,
+            Err(e) => {
+                rep.errors.push(format!("connection timer lease: {e}"));
+                false
+            }
         };
-        match lease {
-            Ok(Some(_)) => match a.manager.tick().await {
+        // Due by this replica's view; the manager re-reads the shared health mark before it
+        // checks, so a check another replica ran is not repeated.
+        let auth_due = a.manager.next_due_at().is_some_and(|at| now >= at);
+        if rep.leased && auth_due {
+            match a.manager.tick().await {
                 Ok(t) => {
                     if t != TickOutcome::Idle && t != TickOutcome::Inactive {
                         tracing::info!(connection = %a.id, outcome = ?t, "credential timer");
@@ -469,14 +548,12 @@ impl Gateway {
                     rep.auth = Some(t);
                 }
                 Err(e) => rep.errors.push(format!("credential timer: {e}")),
-            },
-            Ok(None) => {}
-            Err(e) => rep.errors.push(format!("credential timer lease: {e}")),
+            }
         }
         if let Err(e) = self.watch_rate_limiting(a, now).await {
             rep.errors.push(format!("rate-limit watch: {e}"));
         }
-        let live = matches!(inner.store.get_connection(&a.id).await, Ok(Some(c)) if c.state == ConnectionState::Live);
+        let live = rep.leased && matches!(inner.store.get_connection(&a.id).await, Ok(Some(c)) if c.state == ConnectionState::Live);
         if live {
             let due = {
                 let mut timer = a.sweep.lock().await;
@@ -671,6 +748,9 @@ impl Gateway {
             if let Some(t) = task {
                 let _ = t.await;
             }
+            // Its timers move to another replica at once instead of after the lease period.
+            let _busy = a.busy.lock().await;
+            self.release_connection_lease(&a).await;
         }
     }
 
