@@ -1040,3 +1040,157 @@ async fn health_checks_run_once_per_interval_across_replicas() {
     db.drop_db().await;
 }
 
+/// What the app's push endpoint saw: the event ids of each POST, per replica, and whether a POST
+/// of one replica came while the other's was in flight.
+#[derive(Default)]
+struct PushApp {
+    a: Vec<Vec<i64>>,
+    b: Vec<Vec<i64>>,
+    a_in_flight: bool,
+    overlap: bool,
+    /// Take the push lease away from replica A during its POST number n (1-based).
+    steal_during: Option<usize>,
+}
+
+fn push_ids(body: &serde_json::Value) -> Vec<i64> {
+    body["events"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect()
+}
+
+/// Two gateways push to the app (replica A to `/a`, B to `/b`) and the app is slow: each POST
+/// takes 60% of the push lease on the clock, and while A's POST is in flight B runs its timers.
+/// A renews its lease before every batch, so B never pushes while A's run lasts (without the
+/// renewal B would take the lapsed lease at A's second batch and POST the same events). Once A is
+/// done and its lease lapses, B pushes. Then the lease is taken from A mid-run: A's next renewal
+/// fails and it stops pushing, leaving the rest unacknowledged for the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_push_lease_is_renewed_per_batch_and_a_lost_lease_stops_the_push() {
+    use deskgate::gateway::PUSH_LEASE;
+    use deskgate::ingest::push::PushConfig;
+    use std::sync::Mutex;
+
+    let lease = Duration::from_secs(60);
+    let db = PgDb::create().await;
+    let clock = ManualClock::new(T0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let push = |path: &str| {
+        let mut p = PushConfig::new(format!("{base}{path}"));
+        p.batch = 1;
+        Some(p)
+    };
+    let (ga, store) = gateway_replica(&db, &clock, "ra", |c| {
+        c.push = push("/a");
+        c.timer_lease = lease;
+    })
+    .await;
+    let (gb, store_b) = gateway_replica(&db, &clock, "rb", |c| {
+        c.push = push("/b");
+        c.timer_lease = lease;
+    })
+    .await;
+    let app = Arc::new(Mutex::new(PushApp::default()));
+    let router = {
+        let (app_a, app_b, clock, gb, store) = (app.clone(), app.clone(), clock.clone(), gb.clone(), store.clone());
+        axum::Router::new()
+            .route(
+                "/a",
+                axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                    let (app, clock, gb, store) = (app_a.clone(), clock.clone(), gb.clone(), store.clone());
+                    async move {
+                        let n = {
+                            let mut st = app.lock().unwrap();
+                            st.a.push(push_ids(&body));
+                            st.a_in_flight = true;
+                            st.a.len()
+                        };
+                        // A slow app: this POST takes 60% of the lease.
+                        clock.advance(lease * 6 / 10);
+                        let steal = app.lock().unwrap().steal_during == Some(n);
+                        if steal {
+                            clock.advance(lease);
+                            let now = deskgate::clock::Clock::now_ms(&clock);
+                            assert!(store.acquire_lease("", PUSH_LEASE, "thief", now, lease).await.unwrap().is_some());
+                        } else {
+                            // Meanwhile, the other replica's timers.
+                            gb.run_timers_once().await;
+                        }
+                        app.lock().unwrap().a_in_flight = false;
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            )
+            .route(
+                "/b",
+                axum::routing::post(move |axum::Json(body): axum::Json<serde_json::Value>| {
+                    let app = app_b.clone();
+                    async move {
+                        let mut st = app.lock().unwrap();
+                        st.b.push(push_ids(&body));
+                        if st.a_in_flight {
+                            st.overlap = true;
+                        }
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            )
+    };
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    store.create_connection(&deskgate::store::NewConnection::new("acme", "zendesk", "Acme"), T0).await.unwrap();
+    let insert = |from: usize, n: usize| {
+        let store = store.clone();
+        let clock = clock.clone();
+        async move {
+            let events: Vec<deskgate::store::NewEvent> = (from..from + n)
+                .map(|i| deskgate::store::NewEvent {
+                    connection_id: "acme".into(),
+                    platform: "zendesk".into(),
+                    ticket_id: i.to_string(),
+                    kind: "ticket.updated".into(),
+                    ticket: serde_json::json!({ "id": i }),
+                    dedupe_key: format!("ticket:{i}:v1"),
+                })
+                .collect();
+            store.insert_events(&events, deskgate::clock::Clock::now_ms(&clock)).await.unwrap();
+        }
+    };
+    let unacked = || {
+        let store = store.clone();
+        let now = deskgate::clock::Clock::now_ms(&clock);
+        async move { store.pull_events(&deskgate::store::Pull { after: 0, limit: 1000, connection_id: None, now }).await.unwrap().len() }
+    };
+
+    // A long run by A, B ticking during each batch.
+    insert(0, 5).await;
+    ga.run_timers_once().await;
+    {
+        let st = app.lock().unwrap();
+        println!("A posted {:?}, B posted {:?}", st.a, st.b);
+        assert_eq!(st.a.concat().len(), 5, "A pushed every event once: {:?}", st.a);
+        assert!(st.b.is_empty() && !st.overlap, "B pushed while A's run held the lease: {:?}", st.b);
+    }
+    assert_eq!(unacked().await, 0);
+
+    // A is done; once its lease lapses the push moves to B.
+    clock.advance(lease);
+    insert(5, 1).await;
+    gb.run_timers_once().await;
+    assert_eq!(app.lock().unwrap().b.concat().len(), 1, "B took the lapsed lease and pushed");
+    clock.advance(lease);
+
+    // The lease is taken from A during its second batch: A stops after it.
+    insert(6, 5).await;
+    let before = app.lock().unwrap().a.len();
+    app.lock().unwrap().steal_during = Some(before + 2);
+    ga.run_timers_once().await;
+    let posted = app.lock().unwrap().a.len() - before;
+    assert_eq!(posted, 2, "A kept pushing after losing its lease");
+    assert_eq!(unacked().await, 3, "the events after the lost lease wait for the holder");
+    assert!(!app.lock().unwrap().overlap);
+
+    ga.shutdown().await;
+    gb.shutdown().await;
+    store.close().await;
+    store_b.close().await;
+    db.drop_db().await;
+}

@@ -659,9 +659,27 @@ impl Gateway {
         let mut pusher = inner.pusher.lock().await;
         if let Some((p, next_at)) = pusher.as_mut() {
             if now >= *next_at
-                && let Ok(Some(_)) = inner.store.acquire_lease("", PUSH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+                && let Ok(Some(lease)) = inner.store.acquire_lease("", PUSH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
             {
+                // Two pushers would POST the same unacknowledged events: before each batch the
+                // lease is renewed, and the loop stops unless it is still the one taken here
+                // (same generation: it never changed hands meanwhile).
+                let mut first = true;
                 loop {
+                    if !std::mem::take(&mut first) {
+                        let renewed = inner.store.renew_lease("", PUSH_LEASE, &inner.config.owner, inner.clock.now_ms(), inner.config.timer_lease).await;
+                        match renewed {
+                            Ok(Some(l)) if l.generation == lease.generation => {}
+                            Ok(_) => {
+                                tracing::warn!("push: the push lease passed to another replica mid-run (a batch took longer than the lease); stopping here");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!("push: renewing the push lease failed ({e}); stopping here, the next tick tries again");
+                                break;
+                            }
+                        }
+                    }
                     match p.push_once().await {
                         Ok(PushOutcome::Delivered(_)) => continue,
                         Ok(PushOutcome::Idle) => break,
