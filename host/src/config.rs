@@ -64,6 +64,10 @@
 //! refresh_at = 0.8                   # refresh an OAuth token once this share of its lifetime has passed, 0 < x < 1
 //! health_check_secs = 14400          # check API keys and non-expiring tokens with who-am-i this often, >= 60
 //!
+//! [sweep]                            # optional: reconciliation sweeps of every connection
+//! min_interval_secs = 300            # a sweep every min..max seconds (jittered), each >= 1
+//! max_interval_secs = 600
+//!
 //! [push]                             # optional: POST events to the app (besides GET /v1/events)
 //! url = "https://app.example.com/deskgate/events"
 //! secret_env = "DESKGATE_PUSH_SECRET" # signs each POST: x-deskgate-timestamp, x-deskgate-signature
@@ -156,6 +160,54 @@ pub struct Config {
     /// The credential policy's timing.
     #[serde(default)]
     pub auth: AuthSection,
+    /// Reconciliation sweep timing.
+    #[serde(default)]
+    pub sweep: SweepSection,
+}
+
+/// `[sweep]`: how often each connection is swept (listed for changes its webhooks missed).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepSection {
+    /// Shortest seconds between two sweeps of a connection (300).
+    pub min_interval_secs: Option<u64>,
+    /// Longest seconds between two sweeps of a connection (600).
+    pub max_interval_secs: Option<u64>,
+}
+
+/// The sweep interval after validation: each sweep is jittered between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepSettings {
+    /// Shortest interval.
+    pub min: Duration,
+    /// Longest interval.
+    pub max: Duration,
+}
+
+impl Default for SweepSettings {
+    fn default() -> Self {
+        let (min, max) = crate::gateway::GatewayConfig::default().sweep_every;
+        Self { min, max }
+    }
+}
+
+fn validate_sweep(w: &SweepSection, errs: &mut Vec<ConfigError>) -> SweepSettings {
+    let mut out = SweepSettings::default();
+    for (key, v, slot) in [("sweep.min_interval_secs", w.min_interval_secs, &mut out.min), ("sweep.max_interval_secs", w.max_interval_secs, &mut out.max)] {
+        match v {
+            Some(0) => errs.push(ConfigError::new(key, "0 s would sweep on every tick", "use at least 1 (the defaults are 300 and 600): every sweep spends the connection's read budget")),
+            Some(secs) => *slot = Duration::from_secs(secs),
+            None => {}
+        }
+    }
+    if out.min > out.max {
+        errs.push(ConfigError::new(
+            "sweep.max_interval_secs",
+            format!("{} s is shorter than sweep.min_interval_secs ({} s)", out.max.as_secs(), out.min.as_secs()),
+            "set max_interval_secs to at least min_interval_secs (sweeps are jittered between the two)",
+        ));
+    }
+    out
 }
 
 /// `[auth]`: when OAuth tokens are refreshed and how often other credentials are checked.
@@ -395,6 +447,8 @@ pub struct Validated {
     pub push: Option<PushSettings>,
     /// The credential policy's timing (`[auth]`, defaults when absent).
     pub auth: AuthSettings,
+    /// Sweep interval (`[sweep]`, defaults when absent).
+    pub sweep: SweepSettings,
 }
 
 /// One connection after validation.
@@ -629,6 +683,7 @@ impl Config {
         let cluster = validate_cluster(&self.cluster, &store, env, &mut errs);
         let push = self.push.as_ref().and_then(|p| validate_push(p, env, &mut errs));
         let auth = validate_auth(&self.auth, &mut errs);
+        let sweep = validate_sweep(&self.sweep, &mut errs);
         let mut connections = Vec::new();
         for (id, c) in &self.connections {
             if let Some(s) = validate_connection(id, c, env, platforms, &mut errs) {
@@ -650,6 +705,7 @@ impl Config {
             cluster,
             push,
             auth,
+            sweep,
         })
     }
 }
@@ -1171,6 +1227,21 @@ token_env = "ZENDESK_TOKEN"
         let x = e.get("auth.health_check_secs").expect("too short");
         assert!(x.problem.contains("59 s") && x.fix.contains("at least 60"), "{x}");
         assert!(Config::parse(&auth("refresh_fraction = 0.8")).is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn sweep_interval_is_optional_validated_and_its_mistakes_name_the_key_and_the_fix() {
+        let v = Config::parse(GOOD).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!(v.sweep, SweepSettings { min: Duration::from_secs(300), max: Duration::from_secs(600) }, "defaults");
+        let sweep = |body: &str| format!("{GOOD}\n[sweep]\n{body}\n");
+        let v = Config::parse(&sweep("min_interval_secs = 2\nmax_interval_secs = 3")).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+        assert_eq!(v.sweep, SweepSettings { min: Duration::from_secs(2), max: Duration::from_secs(3) });
+        let e = errors(&sweep("min_interval_secs = 0"), &base_env());
+        assert!(e.get("sweep.min_interval_secs").expect("zero").fix.contains("at least 1"), "{e}");
+        let e = errors(&sweep("min_interval_secs = 900"), &base_env());
+        let x = e.get("sweep.max_interval_secs").expect("min above the default max");
+        assert!(x.problem.contains("600 s") && x.fix.contains("at least min_interval_secs"), "{x}");
+        assert!(Config::parse(&sweep("every = 5")).is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         // `[auth]`: when tokens are refreshed and how often other credentials are checked.
         config.auth.refresh_at = validated.auth.refresh_at;
         config.auth.health_interval = validated.auth.health_check;
+        // `[sweep]`: how often each connection is reconciled.
+        config.sweep_every = (validated.sweep.min, validated.sweep.max);
         if validated.cluster.replicas > 1 {
             // A replica meeting another replica's refresh waits for its pair (see crate::auth).
             config.auth.in_flight_wait = std::time::Duration::from_secs(30);
