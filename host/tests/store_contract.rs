@@ -1517,6 +1517,8 @@ mod cases {
             .unwrap()
             .expect("free lease");
         assert_eq!((a.owner.as_str(), a.until, a.generation), ("replica-a", T0 + MIN, 1));
+        assert_eq!(s.get_lease("zd", "reconcile").await.unwrap(), Some(a.clone()), "read as taken");
+        assert_eq!(s.get_lease("zd", "never-taken").await.unwrap(), None);
         assert_eq!(
             s.acquire_lease("zd", "reconcile", "replica-b", T0 + 1, ttl).await.unwrap(),
             None
@@ -1558,6 +1560,8 @@ mod cases {
         assert!(!s.release_lease("zd", "reconcile", "replica-a").await.unwrap());
         assert!(s.release_lease("zd", "reconcile", "replica-b").await.unwrap());
         assert!(!s.release_lease("zd", "reconcile", "replica-b").await.unwrap());
+        let released = s.get_lease("zd", "reconcile").await.unwrap().expect("the row stays");
+        assert_eq!((released.owner.as_str(), released.until, released.generation), ("", 0, 2), "released: blank owner, lapsed");
         let a3 = s
             .acquire_lease("zd", "reconcile", "replica-a", T0 + 30_001 + MIN, ttl)
             .await

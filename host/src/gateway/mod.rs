@@ -21,7 +21,8 @@
 //! The replica holding a connection's [`CONNECTION_LEASE`] renews it whenever less than half of
 //! [`GatewayConfig::timer_lease`] is left (one store write per connection per half lease, not per
 //! tick), and runs that connection's refresh, health check and sweep; the other replicas run none
-//! of them. When it dies its lease lapses and the first replica to tick after that takes it:
+//! of them, and read when its lease ends ([`crate::store::Store::get_lease`]) instead of trying to
+//! take it every tick. When it dies its lease lapses and the first replica to tick after that takes it:
 //! the connection's timers move within one lease period plus one tick. A clean shutdown (or a
 //! detach) releases the lease so they move at once.
 //!
@@ -154,6 +155,8 @@ pub struct Attached {
     sweep: tokio::sync::Mutex<SweepTimer>,
     /// This replica's [`CONNECTION_LEASE`] on the connection, as last taken or renewed.
     lease: Mutex<Option<TimerLease>>,
+    /// Until when another replica holds it, as last read: no attempt to take it before then.
+    held_elsewhere_until: Mutex<Millis>,
     /// Since when the platform has kept a bucket blocked (429s), and whether that was alerted.
     rate_limited_since: Mutex<Option<(Millis, bool)>>,
     busy: Arc<tokio::sync::Mutex<()>>,
@@ -402,6 +405,7 @@ impl Gateway {
             gate,
             sweep: tokio::sync::Mutex::new(SweepTimer::new(conn.id.clone(), inner.config.owner.clone(), schedule, inner.clock.now_ms())),
             lease: Mutex::new(None),
+            held_elsewhere_until: Mutex::new(0),
             rate_limited_since: Mutex::new(None),
             busy: Arc::new(tokio::sync::Mutex::new(())),
             stop,
@@ -481,7 +485,17 @@ impl Gateway {
         if held.as_ref().is_some_and(|l| now < l.until - ttl / 2) {
             return Ok(true);
         }
+        // Held by another replica: nothing to try before its lease could have lapsed (a
+        // replica per connection per tick writing the row would load the store for nothing).
+        if held.is_none() && now < *lock(&a.held_elsewhere_until) {
+            return Ok(false);
+        }
         let taken = inner.store.acquire_lease(&a.id, CONNECTION_LEASE, &inner.config.owner, now, inner.config.timer_lease).await;
+        if let Ok(None) = taken {
+            // One read per renewal of the holder: try again at the first tick after its lease ends.
+            let until = inner.store.get_lease(&a.id, CONNECTION_LEASE).await?.map_or(0, |l| l.until);
+            *lock(&a.held_elsewhere_until) = until;
+        }
         let mut slot = lock(&a.lease);
         match taken {
             Ok(Some(l)) => {

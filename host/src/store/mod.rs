@@ -1350,6 +1350,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         owner: &str,
     ) -> Result<bool, StoreError>;
 
+    /// The lease on a timer as stored (held, lapsed or released: compare `until` with the time
+    /// and `owner` with `""`), `None` if it was never taken. A read, for replicas that do not
+    /// hold it to learn when it can next be taken instead of trying every tick.
+    async fn get_lease(&self, connection_id: &str, name: &str) -> Result<Option<TimerLease>, StoreError>;
+
     // -- marks -----------------------------------------------------------------------------
 
     /// A connection's durable mark `name` (the sweep's high-water mark), if one was written.

@@ -1020,6 +1020,16 @@ impl Store for PgStore {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn get_lease(&self, connection_id: &str, name: &str) -> Result<Option<TimerLease>, StoreError> {
+        sqlx::query("SELECT * FROM timer_leases WHERE connection_id = $1 AND name = $2")
+            .bind(connection_id)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| codec::timer_lease(&r))
+            .transpose()
+    }
+
     // -- marks -----------------------------------------------------------------------------
 
     async fn get_mark(&self, connection_id: &str, name: &str) -> Result<Option<i64>, StoreError> {

@@ -1473,6 +1473,14 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_lease(&self, connection_id: &str, name: &str) -> Result<Option<TimerLease>, StoreError> {
+        let (id, name) = (connection_id.to_owned(), name.to_owned());
+        self.read(move |c| {
+            query_one(c, "SELECT * FROM timer_leases WHERE connection_id = ?1 AND name = ?2", [&id, &name], |r| codec::timer_lease(r))
+        })
+        .await
+    }
+
     // -- marks -----------------------------------------------------------------------------
 
     async fn get_mark(&self, connection_id: &str, name: &str) -> Result<Option<i64>, StoreError> {
