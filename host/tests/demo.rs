@@ -64,6 +64,22 @@ fn the_demo_day_keeps_every_promise() {
     // Lost webhooks include those of our own updates, which a later event supersedes; what the
     // sweeps must catch is every change no webhook delivered (lost_tickets == 0 above says so).
     assert!(n(&r, "webhooks_dropped") > 0 && n(&r, "reconciliation_catches") > 0, "{r}");
+    // Duplicated deliveries were dropped by the inbox; writes that timed out after landing were
+    // confirmed by reading the ticket back (and duplicate_writes == 0 above says none was resent).
+    assert!(n(&r, "webhooks_duplicated") > 0 && n(&r, "duplicate_events_dropped") > 0, "{r}");
+    assert!(n(&r, "faults_injected") > 0 && n(&r, "confirmed_by_read_back") > 0, "{r}");
+    // The storms ran (other clients spent their share) and deskgate's writes met no 429 in them.
+    assert!(n(&r, "storm_requests") > 0, "{r}");
+    // Every note says what happened, measured, not what was meant to happen.
+    for f in r["failures"].as_array().unwrap() {
+        let handled = f["handled"].as_str().unwrap();
+        if f["injected"].as_str().unwrap().starts_with("429 storm") {
+            assert!(handled.contains("deskgate") && handled.contains(" 0 write 429s); budgets"), "{f}");
+        }
+        if f["injected"].as_str().unwrap().ends_with("OAuth access token expires") {
+            assert!(handled.starts_with("refreshed at ") && handled.contains("before it expired"), "{f}");
+        }
+    }
     assert!(n(&r, "alerts_delivered") >= 2, "alerts reach the admin contact: {r}");
     // The token expiring at 02:00 was refreshed before it did; the revoked grant suspended the
     // connection and the operator's fix resumed it.

@@ -160,6 +160,16 @@ pub struct DemoReport {
     pub lost_tickets: u64,
     /// 429s deskgate received, per lane.
     pub responses_429: LaneCounts,
+    /// Webhook deliveries the platforms sent twice.
+    pub webhooks_duplicated: u64,
+    /// Duplicate ticket events the inbox dropped (same platform event or same ticket version).
+    pub duplicate_events_dropped: u64,
+    /// Requests the simulators answered with an injected fault (writes that time out after
+    /// landing, the demo's 2%).
+    pub faults_injected: u64,
+    /// Resolutions confirmed by reading the ticket back after an ambiguous outcome, instead of
+    /// being sent again.
+    pub confirmed_by_read_back: u64,
     /// Requests the other clients of the same accounts sent during the storms (each paces at
     /// most 60% of its account's per-minute limit; fewer when the machine cannot keep up).
     pub storm_requests: u64,
@@ -289,6 +299,21 @@ async fn alert_receiver(count: Arc<AtomicU64>) -> anyhow::Result<(String, tokio:
 }
 
 /// What the automation client saw and did.
+/// What one 429 storm's half hour looked like at the simulators.
+#[derive(Debug, Default)]
+struct StormEvidence {
+    /// The storm's half hour, day clock.
+    from: Millis,
+    until: Millis,
+    /// Requests deskgate sent then, and the 429s among them.
+    ours: u64,
+    ours_429_read: u64,
+    ours_429_write: u64,
+    /// Requests the other clients sent then, and the 429s among them.
+    others: u64,
+    others_429: u64,
+}
+
 #[derive(Debug, Default)]
 struct AppView {
     /// Tickets delivered, per connection.
@@ -664,7 +689,7 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         }
         for (h, name) in [(6, "storm-06"), (13, "storm-13"), (19, "storm-19")] {
             if now >= at(h, 0) && events.insert(name) {
-                progress(&format!("{} 429 storm: other clients of the Zendesk and Freshdesk accounts spend 60% of each rate limit for 30 minutes", hhmm(now)));
+                progress(&format!("{} 429 storm: other clients of the Zendesk and Freshdesk accounts pace up to 60% of each rate limit for 30 minutes", hhmm(now)));
                 // Zendesk and Freshdesk accounts: Intercom's 10,000 a minute would take tens of
                 // thousands of requests a real second to dent on the compressed clock.
                 for t in tenants.iter().filter(|t| t.platform != Platform::Intercom) {
@@ -681,7 +706,7 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
                 }
                 failures.push(FailureNote {
                     at: hhmm(at(h, 0)),
-                    injected: "429 storm: other clients of every Zendesk and Freshdesk account spend 60% of its rate limit for 30 minutes".into(),
+                    injected: "429 storm: other clients of every Zendesk and Freshdesk account pace up to 60% of its rate limit for 30 minutes".into(),
                     handled: "budgets corrected from the platforms' rate headers; reads waited, writes kept their reserved share".into(),
                 });
             }
@@ -875,6 +900,9 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             report.resolutions_submitted += 1;
             if e.state == OutboxState::Confirmed {
                 report.resolutions_confirmed += 1;
+                if e.result.as_ref().and_then(|r| r.get("confirmed_by")).and_then(Value::as_str).is_some_and(|b| b.contains("read-back")) {
+                    report.confirmed_by_read_back += 1;
+                }
                 *confirmed_per.entry(e.connection_id.clone()).or_default() += 1;
                 latencies.push((e.updated_at - e.created_at) as f64 / rate);
             } else {
@@ -923,6 +951,13 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             state: conn.map(|c| c.state.name().to_string()).unwrap_or_default(),
         });
     }
+    // What each injected failure did, measured from the simulators' request logs (the notes
+    // written while the day ran say what was injected; these say what happened).
+    let day_at = |h: Millis, m: Millis| DAY_START_MS + h * HOUR + m * MINUTE;
+    let mut storm_evidence: Vec<StormEvidence> =
+        [6, 13, 19].iter().map(|&h| StormEvidence { from: day_at(h, 0), until: day_at(h, 30), ..StormEvidence::default() }).collect();
+    let revoked_at = day_at(10, 0);
+    let (mut first_refresh, mut refused_before_revocation): (Option<Millis>, u64) = (None, 0);
     // deskgate's 429s: requests made with a credential the demo gave deskgate (the storm clients
     // have credentials of their own).
     for (si, sim) in sims.iter().enumerate() {
@@ -938,9 +973,32 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             })
             .collect();
         let all_requests = sim.requests(deskgate_sim::RequestFilter::default());
+        let zd1_account = zd1.filter(|&i| tenants[i].sim == si).map(|i| tenants[i].account);
         for r in &all_requests {
             let (Some(acct), Some(cred)) = (r.account_id, r.credential_id) else { continue };
-            if r.status != 429 || !deskgate_creds.contains(&(acct * 1_000 + cred)) {
+            let ours = deskgate_creds.contains(&(acct * 1_000 + cred));
+            if let Some(e) = storm_evidence.iter_mut().find(|e| (e.from..e.until).contains(&r.at_ms)) {
+                if ours {
+                    e.ours += 1;
+                    if r.status == 429 {
+                        if r.method == "GET" {
+                            e.ours_429_read += 1;
+                        } else {
+                            e.ours_429_write += 1;
+                        }
+                    }
+                } else {
+                    e.others += 1;
+                    e.others_429 += u64::from(r.status == 429);
+                }
+            }
+            if zd1_account == Some(acct) && ours && r.at_ms < revoked_at {
+                if r.path.starts_with("/oauth/tokens") && r.status == 200 {
+                    first_refresh = Some(first_refresh.map_or(r.at_ms, |t: Millis| t.min(r.at_ms)));
+                }
+                refused_before_revocation += u64::from(r.status == 401);
+            }
+            if r.status != 429 || !ours {
                 continue;
             }
             if r.method == "GET" {
@@ -972,17 +1030,68 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
                 }
             }
         }
-        report.webhooks_dropped += sim.webhook_deliveries().iter().filter(|d| d.result == "dropped").count() as u64;
+        let deliveries = sim.webhook_deliveries();
+        report.webhooks_dropped += deliveries.iter().filter(|d| d.result == "dropped").count() as u64;
+        report.webhooks_duplicated += deliveries.iter().filter(|d| d.duplicate).count() as u64;
+        for t in tenants.iter().filter(|t| t.sim == si) {
+            report.faults_injected += sim.stats(t.account).map_or(0, |s| s.faults);
+        }
     }
     report.storm_requests = storm_sent;
     report.storm_responses_429 = storm_429;
+    for e in &storm_evidence {
+        if let Some(note) = report.failures.iter_mut().find(|f| f.at == hhmm(e.from) && f.injected.starts_with("429 storm")) {
+            note.handled = format!(
+                "in the 30 minutes the other clients sent {} requests ({} of them 429s) and deskgate {} ({} read and {} write 429s); {}",
+                e.others,
+                e.others_429,
+                e.ours,
+                e.ours_429_read,
+                e.ours_429_write,
+                if e.ours_429_write == 0 {
+                    "budgets corrected from the platforms' rate headers kept deskgate under the limit; reads waited, writes kept their reserved share"
+                } else {
+                    "writes met 429s: DESKGATE_DEMO_DEBUG=1 lists each with who spent the minute before it"
+                }
+            );
+        }
+    }
+    if let Some(note) = report.failures.iter_mut().find(|f| f.injected.ends_with("OAuth access token expires")) {
+        let expiry = day_at(2, 0);
+        note.handled = match first_refresh {
+            Some(t) if t < expiry => format!(
+                "refreshed at {} ({:.0}% of its two-hour lifetime), before it expired; the rotated pair was stored before use; {} requests refused with 401 before the 10:00 revocation",
+                hhmm(t),
+                (t - DAY_START_MS) as f64 * 100.0 / (expiry - DAY_START_MS) as f64,
+                refused_before_revocation
+            ),
+            Some(t) => format!("refreshed only at {}, after it expired; {refused_before_revocation} requests refused with 401 before the 10:00 revocation", hhmm(t)),
+            None => format!("never refreshed before the 10:00 revocation; {refused_before_revocation} requests refused with 401"),
+        };
+    }
     for a in store.list_alerts(None, true, 100_000).await? {
         *report.alerts.entry(a.kind).or_default() += 1;
     }
     report.alerts_delivered = alerts_posted.load(Ordering::Relaxed);
     report.suspensions = view.suspended_events;
     report.resumptions = view.resumed_events;
-    report.reconciliation_catches = gateway.ingest_metrics().snapshot().iter().find(|(k, _)| k == "sweep_caught").map_or(0, |(_, v)| *v);
+    let ingest = gateway.ingest_metrics().snapshot();
+    let counter = |name: &str| ingest.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v);
+    report.reconciliation_catches = counter("sweep_caught");
+    report.duplicate_events_dropped = counter("webhook_events_duplicate");
+    if let Some(note) = report.failures.iter_mut().find(|f| f.at == "all day") {
+        note.handled = format!(
+            "{} webhook deliveries lost and {} sent twice by the platforms: the inbox dropped {} duplicate events and the sweeps caught {} changes no webhook delivered ({} tickets never reached the app); {} requests faulted, {} resolutions confirmed by read-back instead of being sent again, {} duplicate writes",
+            report.webhooks_dropped,
+            report.webhooks_duplicated,
+            report.duplicate_events_dropped,
+            report.reconciliation_catches,
+            report.lost_tickets,
+            report.faults_injected,
+            report.confirmed_by_read_back,
+            report.duplicate_writes
+        );
+    }
     for t in &tenants {
         if t.cred.kind == CredKind::Oauth
             && let Some(c) = store.get_credential(&t.conn).await?
@@ -1060,6 +1169,10 @@ impl DemoReport {
             ("requests of the storm clients", self.storm_requests.to_string()),
             ("429s to the storm clients", self.storm_responses_429.to_string()),
             ("webhooks dropped by the platforms", self.webhooks_dropped.to_string()),
+            ("webhooks sent twice by the platforms", self.webhooks_duplicated.to_string()),
+            ("duplicate events dropped by the inbox", self.duplicate_events_dropped.to_string()),
+            ("requests faulted by the platforms", self.faults_injected.to_string()),
+            ("resolutions confirmed by read-back", self.confirmed_by_read_back.to_string()),
             ("caught by reconciliation sweeps", self.reconciliation_catches.to_string()),
             ("OAuth refreshes", self.token_refreshes.to_string()),
             ("suspensions / resumptions", format!("{} / {}", self.suspensions, self.resumptions)),
