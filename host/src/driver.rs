@@ -114,8 +114,9 @@ fn fill(template: &str, fields: &BTreeMap<String, String>) -> Result<String, Aut
     Ok(out)
 }
 
-/// Where and as whom an operation runs.
-#[derive(Debug, Clone)]
+/// Where and as whom an operation runs. Its `Debug` shows the authorization's scheme only, never
+/// the credential.
+#[derive(Clone)]
 pub struct Target {
     /// The platform's base URL, without a trailing slash (for example `https://acme.zendesk.com`).
     pub base_url: String,
@@ -123,6 +124,25 @@ pub struct Target {
     pub authorization: String,
     /// What the adapter is told about the connection.
     pub connection: Connection,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `Basic dXNlcjpwYXNz` -> `Basic ***`: the scheme helps debugging, the rest is the secret.
+        let scheme = self.authorization.split_once(' ').map_or("", |(s, _)| s);
+        let authorization = if self.authorization.is_empty() {
+            String::new()
+        } else if scheme.is_empty() {
+            "***".to_string()
+        } else {
+            format!("{scheme} ***")
+        };
+        f.debug_struct("Target")
+            .field("base_url", &crate::store::redact_url(&self.base_url))
+            .field("authorization", &authorization)
+            .field("connection", &self.connection)
+            .finish()
+    }
 }
 
 /// A transport failure, classified by whether the request may have been applied.
@@ -353,6 +373,22 @@ mod tests {
         assert_eq!(authorization(&[oauth], &Credential::Bearer("t".into())).unwrap(), "Bearer t");
         let e = authorization(&[basic("{api_key}", "X", &["api_key"])], &Credential::Bearer("t".into())).unwrap_err();
         assert!(matches!(e, AuthError::Mismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_target_never_prints_its_credential() {
+        let connection = Connection { id: "acme".into(), plan: "team".into(), agent_id: None, settings: vec![] };
+        let t = Target {
+            base_url: "https://bot:url-pass@acme.example".into(),
+            authorization: "Basic dXNlcjpzZWNyZXQtdG9rZW4=".into(),
+            connection: connection.clone(),
+        };
+        let shown = format!("{t:?} {t:#?}");
+        assert!(!shown.contains("dXNlcjpzZWNyZXQtdG9rZW4="), "{shown}");
+        assert!(!shown.contains("url-pass"), "{shown}");
+        assert!(shown.contains("Basic ***") && shown.contains("acme.example") && shown.contains("acme"), "{shown}");
+        let bare = Target { base_url: "https://x".into(), authorization: "opaque-token".into(), connection };
+        assert!(!format!("{bare:?}").contains("opaque-token"));
     }
 
     #[test]

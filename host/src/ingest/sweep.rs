@@ -165,8 +165,9 @@ impl SweepMarks for MemoryMarks {
     }
 }
 
-/// The connection a sweep lists: its adapter, where and as whom, and its rate budget.
-#[derive(Debug, Clone, Copy)]
+/// The connection a sweep lists: its adapter, where and as whom, and its rate budget. Its `Debug`
+/// goes through [`Target`]'s, which never shows the credential.
+#[derive(Clone, Copy)]
 pub struct SweepSource<'a> {
     /// The adapter.
     pub adapter: &'a Adapter,
@@ -176,6 +177,16 @@ pub struct SweepSource<'a> {
     pub gate: &'a BudgetGate,
     /// The platform id stored with each event.
     pub platform: &'a str,
+}
+
+impl std::fmt::Debug for SweepSource<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepSource")
+            .field("adapter", &self.adapter.id())
+            .field("target", self.target)
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs sweeps: see the module docs.
@@ -472,6 +483,33 @@ impl SweepTimer {
 mod tests {
     use super::*;
     use crate::clock::{Clock, ManualClock};
+
+    #[test]
+    fn a_sweep_source_never_prints_its_credential() {
+        use crate::bindings::{BucketScope, Connection, PlanLimits, RateBucket};
+        use crate::budget::{BudgetConfig, RateBudget};
+        let mut rt = crate::runtime::AdapterRuntime::new(crate::runtime::RuntimeConfig {
+            cache_dir: Some(std::env::temp_dir().join("deskgate-unit-compile-cache")),
+            ..Default::default()
+        })
+        .unwrap();
+        rt.load_builtin().unwrap();
+        let adapter = rt.get("zendesk").unwrap();
+        let plan = PlanLimits {
+            plan: "team".into(),
+            buckets: vec![RateBucket { name: "account".into(), scope: BucketScope::Account, limit: 100, window_ms: 60_000, description: String::new() }],
+        };
+        let gate = BudgetGate::new(RateBudget::new(&plan, BudgetConfig::default()), Arc::new(ManualClock::new(0)));
+        let target = Target {
+            base_url: "https://acme.zendesk.com".into(),
+            authorization: "Bearer sweep-secret-token".into(),
+            connection: Connection { id: "acme".into(), plan: "team".into(), agent_id: None, settings: vec![] },
+        };
+        let source = SweepSource { adapter: &adapter, target: &target, gate: &gate, platform: "zendesk" };
+        let shown = format!("{source:?}");
+        assert!(!shown.contains("sweep-secret-token"), "{shown}");
+        assert!(shown.contains("Bearer ***") && shown.contains("zendesk"), "{shown}");
+    }
 
     #[test]
     fn schedule_stays_in_bounds_and_spreads() {
