@@ -581,21 +581,24 @@ impl Config {
     ///
     /// # Errors
     /// As [`Config::validate`].
-    pub fn validate_with_process_env(&self, platforms: &[&str]) -> Result<Validated, ConfigErrors> {
+    pub fn validate_with_process_env<P: KnownPlatform>(&self, platforms: &[P]) -> Result<Validated, ConfigErrors> {
         self.validate(&|k| std::env::var(k).ok(), platforms)
     }
 
     /// Check everything the types cannot: addresses and URLs, that secrets are present (in the
     /// file or in the environment `env` describes), budget shares, that each platform is one of
-    /// `platforms`, and that the credential key is set and well-formed. Returns every problem.
+    /// `platforms` and each plan one its adapter declares (where `platforms` know their plans:
+    /// pass the loaded adapters), and that the credential key is set and well-formed. Returns
+    /// every problem.
     ///
     /// # Errors
     /// [`ConfigErrors`] with one [`ConfigError`] per problem.
-    pub fn validate(
+    pub fn validate<P: KnownPlatform>(
         &self,
         env: &dyn Fn(&str) -> Option<String>,
-        platforms: &[&str],
+        platforms: &[P],
     ) -> Result<Validated, ConfigErrors> {
+        let ids: Vec<&str> = platforms.iter().map(KnownPlatform::id).collect();
         let mut errs = Vec::new();
         let listen_text = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
         let listen = match listen_text.parse::<SocketAddr>() {
@@ -686,7 +689,10 @@ impl Config {
         let sweep = validate_sweep(&self.sweep, &mut errs);
         let mut connections = Vec::new();
         for (id, c) in &self.connections {
-            if let Some(s) = validate_connection(id, c, env, platforms, &mut errs) {
+            if let Some(p) = platforms.iter().find(|p| p.id() == c.platform) {
+                check_plan(id, c.plan.as_deref(), p, &mut errs);
+            }
+            if let Some(s) = validate_connection(id, c, env, &ids, &mut errs) {
                 connections.push(s);
             }
         }
@@ -917,6 +923,63 @@ fn validate_cluster(
     ClusterSettings { redis: c.redis.clone(), replicas: replicas.clamp(1, 1000), replica_id, redis_prefix, lease }
 }
 
+/// A platform connections may name, as [`Config::validate`] checks them: the adapter's id and,
+/// when known, the plans its descriptor declares. Loaded adapters know their plans; a bare id
+/// (`&str`, as in [`BUILTIN_PLATFORMS`]) does not, and the plan is then only checked when the
+/// connection starts.
+pub trait KnownPlatform {
+    /// The id connections name in `platform`.
+    fn id(&self) -> &str;
+    /// The plans the adapter declares and its default one, or `None` when not known here.
+    fn plans(&self) -> Option<(Vec<&str>, &str)>;
+}
+
+impl KnownPlatform for &str {
+    fn id(&self) -> &str {
+        self
+    }
+    fn plans(&self) -> Option<(Vec<&str>, &str)> {
+        None
+    }
+}
+
+impl KnownPlatform for std::sync::Arc<crate::runtime::Adapter> {
+    fn id(&self) -> &str {
+        crate::runtime::Adapter::id(self)
+    }
+    fn plans(&self) -> Option<(Vec<&str>, &str)> {
+        let d = self.descriptor();
+        Some((d.plans.iter().map(|p| p.plan.as_str()).collect(), d.default_plan.as_str()))
+    }
+}
+
+/// Why `plan` is not one `platform` declares, if it is not: the problem and the fix, shared by
+/// the configuration's check and the API's. `None` (no plan, or an empty one) means the adapter's
+/// default plan, which is always valid.
+pub fn unknown_plan(plan: Option<&str>, platform: &dyn KnownPlatform) -> Option<(String, String)> {
+    let plan = plan.filter(|p| !p.is_empty())?;
+    let (plans, default) = platform.plans()?;
+    if plans.contains(&plan) {
+        return None;
+    }
+    Some((
+        format!(
+            "the {} adapter declares no plan `{plan}`: its rate budget would be unknown and the connection would never start",
+            platform.id()
+        ),
+        format!(
+            "use one of {} (the account's plan on the platform), or leave the plan out for the default, `{default}`",
+            plans.join(", ")
+        ),
+    ))
+}
+
+fn check_plan(id: &str, plan: Option<&str>, platform: &dyn KnownPlatform, errs: &mut Vec<ConfigError>) {
+    if let Some((problem, fix)) = unknown_plan(plan, platform) {
+        errs.push(ConfigError::new(format!("connections.{id}.plan"), problem, fix));
+    }
+}
+
 /// Whether `id` can name a connection (it appears in URLs).
 pub fn valid_connection_id(id: &str) -> bool {
     !id.is_empty()
@@ -924,16 +987,44 @@ pub fn valid_connection_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// Check a URL is absolute http(s) with a host; `Err` says what is wrong.
+/// Check a URL is absolute http(s) with a host; `Err` says what is wrong, quoting the URL through
+/// [`redact_url`] (a URL may carry a password or a token in its query, and the message goes to
+/// logs and API answers).
 pub fn check_http_url(text: &str) -> Result<String, String> {
-    let u = url::Url::parse(text).map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+    let shown = || redact_url(text);
+    let u = url::Url::parse(text).map_err(|e| format!("`{}` is not a URL: {e}", shown()))?;
     if u.scheme() != "https" && u.scheme() != "http" {
-        return Err(format!("`{text}` uses scheme `{}`, not http or https", u.scheme()));
+        return Err(format!("`{}` uses scheme `{}`, not http or https", shown(), u.scheme()));
     }
     if u.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{text}` has no host"));
+        return Err(format!("`{}` has no host", shown()));
     }
     Ok(text.trim_end_matches('/').to_string())
+}
+
+/// `url` as errors, logs, the API and the dashboard may show it: the password replaced by `***`
+/// ([`crate::store::redact_url`]) and every query value too (`?token=***`), since webhook and
+/// contact URLs often carry their secret there. Keys, host and path stay, to tell URLs apart.
+pub fn redact_url(url: &str) -> String {
+    let url = crate::store::redact_url(url);
+    let Some((head, query)) = url.split_once('?') else { return url };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) => format!("{k}=***"),
+            None if pair.is_empty() => String::new(),
+            None => "***".to_string(),
+        })
+        .collect();
+    let mut out = format!("{head}?{}", query.join("&"));
+    if fragment.is_some() {
+        out.push_str("#***");
+    }
+    out
 }
 
 fn validate_connection(
@@ -1156,6 +1247,44 @@ token_env = "ZENDESK_TOKEN"
 
     fn with(line: &str) -> String {
         GOOD.replace("plan = \"team\"\n", &format!("plan = \"team\"\n{line}\n"))
+    }
+
+    /// A platform with a descriptor's plans, as a loaded adapter reports them.
+    struct Planned(&'static str, &'static [&'static str]);
+    impl KnownPlatform for Planned {
+        fn id(&self) -> &str {
+            self.0
+        }
+        fn plans(&self) -> Option<(Vec<&str>, &str)> {
+            Some((self.1.to_vec(), self.1[0]))
+        }
+    }
+    const PLANNED: [Planned; 2] = [Planned("zendesk", &["team", "enterprise"]), Planned("freshdesk", &["growth"])];
+
+    #[test]
+    fn a_plan_the_adapter_does_not_declare_is_named_with_the_valid_ones() {
+        let text = GOOD.replace("plan = \"team\"", "plan = \"gold\"");
+        let e = Config::parse(&text).unwrap().validate(&base_env(), &PLANNED).unwrap_err();
+        let err = e.get("connections.acme.plan").unwrap_or_else(|| panic!("{e}"));
+        assert!(err.problem.contains("`gold`") && err.problem.contains("zendesk"), "{err:?}");
+        assert!(err.fix.contains("team, enterprise") && err.fix.contains("`team`"), "{err:?}");
+        // Declared plans, an absent plan (the default) and bare platform ids all pass.
+        Config::parse(GOOD).unwrap().validate(&base_env(), &PLANNED).unwrap();
+        Config::parse(&GOOD.replace("plan = \"team\"\n", "")).unwrap().validate(&base_env(), &PLANNED).unwrap();
+        Config::parse(&GOOD.replace("plan = \"team\"", "plan = \"enterprise\"")).unwrap().validate(&base_env(), &PLANNED).unwrap();
+        Config::parse(&text).unwrap().validate(&base_env(), &BUILTIN_PLATFORMS).unwrap();
+    }
+
+    #[test]
+    fn urls_in_errors_hide_passwords_and_query_values() {
+        let e = errors(&with("admin_contact_url = \"ftp://ops:hunter2@alerts.example/hook?token=s3cr3t&x=1\""), &base_env());
+        let err = e.get("connections.acme.admin_contact_url").unwrap_or_else(|| panic!("{e}"));
+        let shown = e.to_string();
+        assert!(!shown.contains("hunter2") && !shown.contains("s3cr3t"), "{shown}");
+        assert!(err.problem.contains("ops:***@alerts.example/hook?token=***&x=***"), "{err:?}");
+        assert_eq!(redact_url("https://a.example/p?k=v#frag"), "https://a.example/p?k=***#***");
+        assert_eq!(redact_url("https://a.example/p"), "https://a.example/p");
+        assert_eq!(redact_url("not a url?secret"), "not a url?***");
     }
 
     #[test]

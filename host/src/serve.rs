@@ -70,8 +70,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             eprintln!("warning: adapters_dir: {e}");
         }
     }
-    let platforms: Vec<String> = rt.adapters().map(|a| a.id().to_owned()).collect();
-    let platforms: Vec<&str> = platforms.iter().map(String::as_str).collect();
+    // The loaded adapters, so that each connection's platform and plan are checked against them.
+    let platforms: Vec<Arc<Adapter>> = rt.adapters().cloned().collect();
     let validated = match config.validate_with_process_env(&platforms) {
         Ok(v) => v,
         Err(e) => {

@@ -142,6 +142,22 @@ async fn errors_are_json_with_stable_codes() {
     assert!(body["error"]["message"].as_str().unwrap().contains("zendesk"), "{body}");
     let (status, body) = s.post("/v1/connections", json!({"id": "a", "platform": "zendesk", "base_url": "acme"})).await;
     assert_eq!((status, code(&body)), (400, "invalid_connection"));
+    // A plan the adapter does not declare would leave the connection without a budget, never
+    // running: refused, naming the plans that exist.
+    let (status, body) = s.post("/v1/connections", json!({"id": "a", "platform": "zendesk", "base_url": "https://a.b", "plan": "gold"})).await;
+    assert_eq!((status, code(&body)), (400, "unknown_plan"), "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("`gold`") && message.contains("team"), "{body}");
+    assert_error(&body);
+    let (status, _) = s.get("/v1/connections/a").await;
+    assert_eq!(status, 404, "a refused connection is not created");
+    // URLs in errors hide their password and query values.
+    let (status, body) = s
+        .post("/v1/connections", json!({"id": "a", "platform": "zendesk", "base_url": "ftp://bot:hunter2@a.b/?token=t0ps3cret"}))
+        .await;
+    assert_eq!((status, code(&body)), (400, "invalid_connection"));
+    assert!(!body.to_string().contains("hunter2") && !body.to_string().contains("t0ps3cret"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("bot:***@a.b"), "{body}");
     let (status, body) = s.get("/v1/actions/abc").await;
     assert_eq!((status, code(&body)), (400, "invalid_path"));
     let (status, body) = s.get("/v1/actions/999").await;
@@ -194,6 +210,28 @@ async fn connections_store_credentials_but_never_show_them() {
     assert_eq!((status, code(&body)), (404, "connection_not_found"));
     let (_, list) = s.get("/v1/connections").await;
     assert!(list["connections"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn contact_urls_are_shown_without_their_secrets() {
+    let s = Server::start().await;
+    let url = "https://ops:hunter2@alerts.example/hooks/deskgate?token=t0ps3cret&team=support";
+    let (status, created) = s
+        .post(
+            "/v1/connections",
+            json!({"id": "acme", "platform": "zendesk", "base_url": "https://acme.zendesk.com", "plan": "team", "admin_contact_url": url}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let (_, got) = s.get("/v1/connections/acme").await;
+    let (_, list) = s.get("/v1/connections").await;
+    for shown in [&created, &got, &list["connections"][0]] {
+        assert_eq!(shown["admin_contact_url"], "https://ops:***@alerts.example/hooks/deskgate?token=***&team=***", "{shown}");
+        assert!(!shown.to_string().contains("hunter2") && !shown.to_string().contains("t0ps3cret"), "{shown}");
+    }
+    // Stored as given: alerts still reach the full URL.
+    let stored = s.state.store().get_connection("acme").await.unwrap().unwrap();
+    assert_eq!(stored.admin_contact_url.as_deref(), Some(url));
 }
 
 #[tokio::test]
@@ -373,6 +411,28 @@ async fn the_openapi_document_matches_the_routes() {
         assert_ne!(status, 405, "{method} {path} is documented but not routed");
         assert_ne!(body["error"]["code"], "route_not_found", "{method} {path} is documented but not routed");
     }
+    // The other way: `app()` is built from ROUTES alone (it panics on an entry without a handler),
+    // and on every routed path each method ROUTES does not list is refused, so the router
+    // answers nothing the list, and so the document, leaves out.
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+    for path in paths {
+        let concrete = path.replace("{id}", "1").replace("{connection}", "nobody");
+        for method in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+            if ROUTES.contains(&(method, path)) {
+                continue;
+            }
+            let (status, body) = s.send(s.req(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), &concrete)).await;
+            assert_eq!((status, code(&body)), (405, "method_not_allowed"), "{method} {path} is answered but not in api::ROUTES");
+        }
+    }
+    let (status, body) = s.get("/v1/not-in-the-document").await;
+    assert_eq!((status, code(&body)), (404, "route_not_found"));
+    // The document served is the one embedded (and so the one checked above), without a token.
+    let r = s.http.get(format!("{}/openapi.json", s.base)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{:?}", r.headers());
+    let served: Value = r.json().await.unwrap();
+    assert_eq!(served, doc, "GET /openapi.json differs from api::OPENAPI");
 }
 
 fn deskgate_serve(config: &str, env: &[(&str, &str)], extra: &[&str]) -> std::process::Child {
@@ -398,7 +458,7 @@ const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1
 
 #[test]
 fn serve_refuses_a_bad_config_naming_every_key() {
-    let config = "store = \"STORE\"\n[connections.acme]\nplatform = \"zendesk\"\nbase_url = \"nope\"\nbudget_target = 1.5\n\
+    let config = "store = \"STORE\"\n[connections.acme]\nplatform = \"zendesk\"\nbase_url = \"nope\"\nbudget_target = 1.5\nplan = \"gold\"\n\
                   [connections.acme.credentials]\ntoken_env = \"ACME_TOKEN\"\n";
     let out = deskgate_serve(config, &[], &["--check"]).wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -406,6 +466,7 @@ fn serve_refuses_a_bad_config_naming_every_key() {
     for key in [
         "connections.acme.base_url",
         "connections.acme.budget_target",
+        "connections.acme.plan: the zendesk adapter declares no plan `gold`",
         "connections.acme.credentials.token_env",
         "DESKGATE_SECRET_KEY: not set, but credentials are configured",
         "DESKGATE_API_TOKEN",

@@ -87,8 +87,9 @@ use crate::store::{
 /// The OpenAPI 3.1 description of this API, served at `GET /openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Every route the API serves, as (method, path). The router is built from the handlers below and
-/// `host/tests/api.rs` checks it against both this list and [`OPENAPI`].
+/// Every route the API serves, as (method, path). [`app`] builds the router from this list (so it
+/// serves nothing else), and `host/tests/api.rs` checks the list against [`OPENAPI`] and that the
+/// router answers each entry, and only the listed methods on each path.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -318,41 +319,78 @@ impl AppState {
     }
 }
 
-/// The whole API as one router: see the module docs.
+/// The whole API as one router: see the module docs. Every route comes from [`ROUTES`] (its
+/// handler from [`handler`]), so the router can serve nothing the list (and, by the API tests, the
+/// OpenAPI document) does not name.
 pub fn app(state: AppState) -> Router {
-    let open = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/openapi.json", get(openapi))
-        .route("/", get(dashboard::page))
-        .route("/login", post(dashboard::login))
-        .route("/logout", post(dashboard::logout))
-        .route("/v1/ingest/{connection}", post(edge_ingest::ingest));
-    let authed = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/connections", get(list_connections).post(create_connection))
-        .route("/v1/connections/{id}", get(get_connection).delete(delete_connection))
-        .route("/v1/connections/{id}/credentials", axum::routing::put(put_credentials))
-        .route(
-            "/v1/connections/{id}/webhook-secret",
-            axum::routing::put(put_webhook_secret).delete(delete_webhook_secret),
-        )
-        .route("/v1/connections/{id}/probe", post(probe_connection))
-        .route("/v1/connections/{id}/suspend", post(suspend_connection))
-        .route("/v1/connections/{id}/resume", post(resume_connection))
-        .route("/v1/connections/{id}/actions", post(submit_action))
-        .route("/v1/actions/{id}", get(get_action))
-        .route("/v1/events", get(pull_events))
-        .route("/v1/events/ack", post(ack_events))
-        .route("/v1/alerts", get(list_alerts))
-        .route("/v1/alerts/{id}/ack", post(ack_alert))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    open.merge(authed)
-        .with_state(state.clone())
-        .merge(webhook_routes(state.inner.ingestor.clone()))
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+    let mut open = Router::new();
+    let mut authed = Router::new();
+    let mut webhooks = false;
+    for &(method, path) in ROUTES {
+        if path == WEBHOOK_ROUTE {
+            webhooks = true;
+            continue;
+        }
+        let Some((access, route)) = handler(method, path) else {
+            panic!("api::ROUTES lists {method} {path}, but api::handler has no handler for it: add one");
+        };
+        match access {
+            Access::Open => open = open.route(path, route),
+            Access::Token => authed = authed.route(path, route),
+        }
+    }
+    let router = open
+        .merge(authed.route_layer(middleware::from_fn_with_state(state.clone(), require_token)))
+        .with_state(state.clone());
+    // The webhook route runs on the ingestor's own state (the edge's routes share it).
+    let router = if webhooks { router.merge(webhook_routes(state.inner.ingestor.clone())) } else { router };
+    router.fallback(route_not_found).method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The webhook receiver's entry in [`ROUTES`]; [`webhook_routes`] serves exactly this path.
+const WEBHOOK_ROUTE: &str = "/webhooks/{connection}";
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone: health, the document, the dashboard's own login, ingestion (signed by platforms).
+    Open,
+    /// Bearer token required.
+    Token,
+}
+
+/// The handler of one entry of [`ROUTES`], or `None` for a pair it does not list.
+fn handler(method: &str, path: &str) -> Option<(Access, axum::routing::MethodRouter<AppState>)> {
+    use Access::{Open, Token};
+    use axum::routing::{delete, put};
+    Some(match (method, path) {
+        ("GET", "/healthz") => (Open, get(healthz)),
+        ("GET", "/readyz") => (Open, get(readyz)),
+        ("GET", "/openapi.json") => (Open, get(openapi)),
+        ("GET", "/") => (Open, get(dashboard::page)),
+        ("POST", "/login") => (Open, post(dashboard::login)),
+        ("POST", "/logout") => (Open, post(dashboard::logout)),
+        ("POST", "/v1/ingest/{connection}") => (Open, post(edge_ingest::ingest)),
+        ("GET", "/metrics") => (Token, get(metrics)),
+        ("GET", "/v1/status") => (Token, get(status)),
+        ("GET", "/v1/connections") => (Token, get(list_connections)),
+        ("POST", "/v1/connections") => (Token, post(create_connection)),
+        ("GET", "/v1/connections/{id}") => (Token, get(get_connection)),
+        ("DELETE", "/v1/connections/{id}") => (Token, delete(delete_connection)),
+        ("PUT", "/v1/connections/{id}/credentials") => (Token, put(put_credentials)),
+        ("PUT", "/v1/connections/{id}/webhook-secret") => (Token, put(put_webhook_secret)),
+        ("DELETE", "/v1/connections/{id}/webhook-secret") => (Token, delete(delete_webhook_secret)),
+        ("POST", "/v1/connections/{id}/probe") => (Token, post(probe_connection)),
+        ("POST", "/v1/connections/{id}/suspend") => (Token, post(suspend_connection)),
+        ("POST", "/v1/connections/{id}/resume") => (Token, post(resume_connection)),
+        ("POST", "/v1/connections/{id}/actions") => (Token, post(submit_action)),
+        ("GET", "/v1/actions/{id}") => (Token, get(get_action)),
+        ("GET", "/v1/events") => (Token, get(pull_events)),
+        ("POST", "/v1/events/ack") => (Token, post(ack_events)),
+        ("GET", "/v1/alerts") => (Token, get(list_alerts)),
+        ("POST", "/v1/alerts/{id}/ack") => (Token, post(ack_alert)),
+        _ => return None,
+    })
 }
 
 async fn route_not_found() -> ApiError {
@@ -557,7 +595,8 @@ fn connection_json(c: &Connection, has_credentials: Option<bool>, webhooks: Webh
         "plan": c.plan,
         "settings": c.settings,
         "state": c.state.name(),
-        "admin_contact_url": c.admin_contact_url,
+        // Where alerts go, shown without a password or query values (a token often rides there).
+        "admin_contact_url": c.admin_contact_url.as_deref().map(crate::config::redact_url),
         "probe_report": c.probe_report,
         "webhook_secret_set": webhooks.secret_set,
         "allow_unsigned_webhooks": webhooks.allow_unsigned,
@@ -585,12 +624,16 @@ async fn create_connection(
             "`id` may hold only lowercase letters, digits, `-` and `_` (1-64 characters)",
         ));
     }
-    if !s.adapters.contains_key(&body.platform) {
+    let Some(adapter) = s.adapters.get(&body.platform) else {
         let known: Vec<&str> = s.adapters.keys().map(String::as_str).collect();
         return Err(ApiError::bad_request(
             "unknown_platform",
             format!("no adapter is loaded for platform `{}`: use one of {}", body.platform, known.join(", ")),
         ));
+    };
+    // A plan the adapter does not declare has no rate budget: the connection would never start.
+    if let Some((problem, fix)) = crate::config::unknown_plan(body.plan.as_deref(), adapter) {
+        return Err(ApiError::bad_request("unknown_plan", format!("`plan`: {problem}; {fix}")));
     }
     let base_url = crate::config::check_http_url(&body.base_url)
         .map_err(|e| ApiError::bad_request("invalid_connection", format!("`base_url`: {e}")))?;
