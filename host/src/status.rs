@@ -199,6 +199,8 @@ pub struct LiveStatus {
 #[derive(Debug, Default)]
 pub struct StatusRegistry {
     entries: RwLock<BTreeMap<String, Entry>>,
+    /// Timer leases this process took: (connection, lease name) → held until.
+    leases: RwLock<BTreeMap<(String, String), Millis>>,
 }
 
 impl StatusRegistry {
@@ -269,6 +271,28 @@ impl StatusRegistry {
     /// When the next reconciliation sweep of `connection_id` runs (`None`: none planned).
     pub fn set_next_sweep(&self, connection_id: &str, at: Option<Millis>) {
         self.write().entry(connection_id.to_owned()).or_default().next_sweep = at;
+    }
+
+    /// This process took (or renewed) timer lease `name` of `connection_id` (`""` for a
+    /// gateway-wide timer) until `until`; `None`: it no longer holds it.
+    pub fn note_lease(&self, connection_id: &str, name: &str, until: Option<Millis>) {
+        let mut leases = self.leases.write().unwrap_or_else(|e| e.into_inner());
+        let key = (connection_id.to_owned(), name.to_owned());
+        match until {
+            Some(u) => {
+                leases.insert(key, u);
+            }
+            None => {
+                leases.remove(&key);
+            }
+        }
+    }
+
+    /// The timer leases this process holds at `now`: (connection, lease name), `""` for the
+    /// gateway-wide ones.
+    pub fn leases_held(&self, now: Millis) -> Vec<(String, String)> {
+        let leases = self.leases.read().unwrap_or_else(|e| e.into_inner());
+        leases.iter().filter(|(_, until)| **until > now).map(|(k, _)| k.clone()).collect()
     }
 
     fn status_of(id: &str, e: &Entry) -> LiveStatus {

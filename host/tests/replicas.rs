@@ -916,17 +916,19 @@ async fn a_correction_read_by_one_replica_reaches_the_others() {
     b.close();
 }
 
-/// One gateway replica in this process: its own store pool, API state (inbox, counters) and
-/// supervisor, on the shared PostgreSQL database and the test's manual clock.
-async fn gateway_replica(db: &PgDb, clock: &ManualClock, owner: &str, tune: impl FnOnce(&mut deskgate::gateway::GatewayConfig)) -> (deskgate::gateway::Gateway, SharedStore) {
+/// One gateway replica in this process: its own store pool, API state (inbox, counters, the
+/// replica id for /metrics) and supervisor, on the shared PostgreSQL database and the test's
+/// manual clock.
+async fn gateway_replica(db: &PgDb, clock: &ManualClock, owner: &str, tune: impl FnOnce(&mut deskgate::gateway::GatewayConfig)) -> (deskgate::gateway::Gateway, SharedStore, deskgate::api::AppState) {
     use deskgate::gateway::{Gateway, GatewayConfig, GatewayParts};
     let store = store::open(&db.url(), SecretKey::from_bytes([6; 32])).await.unwrap();
     let shared: deskgate::clock::SharedClock = Arc::new(clock.clone());
     let adapters: Vec<_> = runtime().adapters().cloned().collect();
-    let state = deskgate::api::AppState::new(store.clone(), shared.clone(), deskgate::config::Secret::new(SERVE_TOKEN), adapters.clone());
     let mut config = GatewayConfig { owner: owner.into(), ..GatewayConfig::default() };
     config.outbox.poll_interval = Duration::from_millis(20);
     tune(&mut config);
+    let state = deskgate::api::AppState::new(store.clone(), shared.clone(), deskgate::config::Secret::new(SERVE_TOKEN), adapters.clone())
+        .with_replica(owner, config.shared_budgets.clone());
     let gateway = Gateway::new(GatewayParts {
         store: store.clone(),
         clock: shared,
@@ -938,7 +940,8 @@ async fn gateway_replica(db: &PgDb, clock: &ManualClock, owner: &str, tune: impl
     })
     .unwrap()
     .with_status(state.status().clone());
-    (gateway, store)
+    let state = state.with_control(Arc::new(gateway.clone()));
+    (gateway, store, state)
 }
 
 /// A Zendesk account with an API-token connection `acme` stored live in `store` (a credential
@@ -987,7 +990,7 @@ async fn health_checks_run_once_per_interval_across_replicas() {
         );
     }
     let account = api_key_connection(&sim, &gateways[0].1).await;
-    for (g, _) in &gateways {
+    for (g, _, _) in &gateways {
         assert_eq!(g.sync().await.unwrap(), vec!["acme".to_string()]);
     }
     // Who-am-i calls from here on are health checks (attach learned the agent id before).
@@ -1013,7 +1016,7 @@ async fn health_checks_run_once_per_interval_across_replicas() {
         advance(MIN);
         let now = T0 + minute * MIN;
         let mut leased = Vec::new();
-        for (i, (g, _)) in gateways.iter().enumerate() {
+        for (i, (g, _, _)) in gateways.iter().enumerate() {
             if !alive[i] {
                 continue;
             }
@@ -1061,7 +1064,7 @@ async fn health_checks_run_once_per_interval_across_replicas() {
     // Before the crash on the replica that died, after it on the one that took over.
     assert!(checks_by.iter().all(|(t, i)| (*t <= crashed) != alive[*i]), "checks ran on the lease holder: {checks_by:?}");
     assert_eq!(sweeps_by.iter().filter(|n| **n > 0).count(), 2, "sweeps ran on the holder, then on the one that took over: {sweeps_by:?}");
-    for (g, s) in gateways {
+    for (g, s, _) in gateways {
         g.shutdown().await;
         s.close().await;
     }
@@ -1106,12 +1109,12 @@ async fn the_push_lease_is_renewed_per_batch_and_a_lost_lease_stops_the_push() {
         p.batch = 1;
         Some(p)
     };
-    let (ga, store) = gateway_replica(&db, &clock, "ra", |c| {
+    let (ga, store, _) = gateway_replica(&db, &clock, "ra", |c| {
         c.push = push("/a");
         c.timer_lease = lease;
     })
     .await;
-    let (gb, store_b) = gateway_replica(&db, &clock, "rb", |c| {
+    let (gb, store_b, _) = gateway_replica(&db, &clock, "rb", |c| {
         c.push = push("/b");
         c.timer_lease = lease;
     })
@@ -1220,5 +1223,100 @@ async fn the_push_lease_is_renewed_per_batch_and_a_lost_lease_stops_the_push() {
     gb.shutdown().await;
     store.close().await;
     store_b.close().await;
+    db.drop_db().await;
+}
+
+/// `GET /metrics` of one in-process replica, as (series with labels, value) lines.
+async fn scrape(state: &deskgate::api::AppState) -> Vec<(String, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    let server = tokio::spawn(axum::serve(listener, deskgate::api::app(state.clone())).into_future());
+    let text = reqwest::Client::new().get(url).bearer_auth(SERVE_TOKEN).send().await.unwrap().text().await.unwrap();
+    server.abort();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+fn sample<'a>(metrics: &'a [(String, String)], series: &str) -> Option<&'a str> {
+    metrics.iter().find(|(k, _)| k == series).map(|(_, v)| v.as_str())
+}
+
+/// Two replicas on one PostgreSQL database and one Redis, each scraped: the `replica`-labelled
+/// series say which one runs the connection's timers (its `connection` lease), whose workers hold
+/// which outbox claims, that both budget in shared mode, and carry each replica's own 429 and
+/// lane figures; store-wide series are the same on both and say so in their help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_reports_what_it_holds_in_its_metrics() {
+    let db = PgDb::create().await;
+    let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(13).frozen_at(T0)).await.unwrap();
+    let clock = ManualClock::new(T0);
+    let prefix = unique("metrics");
+    let mut replicas = Vec::new();
+    for r in ["m1", "m2"] {
+        let backend = RedisBackend::new(&redis_url(), &prefix, Duration::from_millis(500)).unwrap();
+        let settings = SharedSettings { replica_id: r.into(), replicas: 2, probe_every: Duration::from_secs(1) };
+        let shared = Arc::new(SharedBudgets::new(Arc::new(backend), settings, None));
+        replicas.push(gateway_replica(&db, &clock, r, |c| c.shared_budgets = Some(shared)).await);
+    }
+    let store = replicas[0].1.clone();
+    api_key_connection(&sim, &store).await;
+    // A second connection, live but without credentials, so no worker claims its entry: the
+    // claim below is the one m2's worker would have made.
+    store.create_connection(&deskgate::store::NewConnection::new("beta", "zendesk", "Beta"), T0).await.unwrap();
+    store.set_connection_state("beta", &deskgate::store::ConnectionState::Live, T0).await.unwrap();
+    let new = deskgate::store::NewAction {
+        connection_id: "beta".into(),
+        ticket_id: "1".into(),
+        action: serde_json::json!({ "type": "reply", "body": "hi" }),
+        idempotency_key: "metrics-test-1".into(),
+        app_key: None,
+        not_before: T0,
+    };
+    store.enqueue(&new, T0, Duration::from_secs(60)).await.unwrap();
+    let claim = deskgate::store::Claim { owner: "m2/beta".into(), now: T0, lease_for: Duration::from_secs(300), limit: 10, connection_id: Some("beta".into()) };
+    assert_eq!(store.claim_actions(&claim).await.unwrap().len(), 1);
+    // m1 ticks first and takes acme's timers.
+    for (g, _, _) in &replicas {
+        g.run_timers_once().await;
+    }
+    let m1 = scrape(&replicas[0].2).await;
+    let m2 = scrape(&replicas[1].2).await;
+    for (m, id) in [(&m1, "m1"), (&m2, "m2")] {
+        assert_eq!(sample(m, &format!("deskgate_replica_info{{replica=\"{id}\"}}")), Some("1"), "{id}");
+        assert_eq!(sample(m, &format!("deskgate_replica_shared_budget_mode{{replica=\"{id}\",mode=\"shared\"}}")), Some("1"), "{id}");
+        assert_eq!(sample(m, &format!("deskgate_replica_shared_budget_mode{{replica=\"{id}\",mode=\"fallback\"}}")), Some("0"), "{id}");
+        for lane in ["write", "read"] {
+            assert_eq!(sample(m, &format!("deskgate_replica_rate_limited_total{{replica=\"{id}\",connection=\"acme\",lane=\"{lane}\"}}")), Some("0"), "{id}");
+            let u = sample(m, &format!("deskgate_replica_lane_utilization{{replica=\"{id}\",connection=\"acme\",bucket=\"account\",lane=\"{lane}\"}}"));
+            assert!(u.is_some_and(|u| u.parse::<f64>().is_ok_and(|u| (0.0..=1.0).contains(&u))), "{id} {lane}: {u:?}");
+        }
+        // Store-wide: the same on both replicas.
+        assert_eq!(sample(m, "deskgate_outbox_in_flight{state=\"sent\"}").or(Some("0")), sample(&m1, "deskgate_outbox_in_flight{state=\"sent\"}").or(Some("0")));
+    }
+    let lease = |id: &str, conn: &str, name: &str| format!("deskgate_replica_leases_held{{replica=\"{id}\",connection=\"{conn}\",lease=\"{name}\"}}");
+    assert_eq!(sample(&m1, &lease("m1", "acme", "connection")), Some("1"), "m1 runs acme's timers");
+    assert_eq!(sample(&m2, &lease("m2", "acme", "connection")), None, "m2 does not");
+    let claims = |id: &str, conn: &str| format!("deskgate_replica_outbox_claims{{replica=\"{id}\",connection=\"{conn}\"}}");
+    assert_eq!(sample(&m2, &claims("m2", "beta")), Some("1"), "m2's worker holds beta's entry");
+    assert_eq!(sample(&m1, &claims("m1", "beta")), Some("0"));
+    assert_eq!(sample(&m1, "deskgate_inbox_pending{connection=\"acme\"}"), sample(&m2, "deskgate_inbox_pending{connection=\"acme\"}"));
+
+    // m1 stops: m2 takes acme's timers once the lease period it last read has passed.
+    replicas[0].0.shutdown().await;
+    clock.advance(deskgate::gateway::GatewayConfig::default().timer_lease);
+    replicas[1].0.run_timers_once().await;
+    let m2 = scrape(&replicas[1].2).await;
+    assert_eq!(sample(&m2, &lease("m2", "acme", "connection")), Some("1"), "m2 took acme's timers");
+    let m1 = scrape(&replicas[0].2).await;
+    assert_eq!(sample(&m1, &lease("m1", "acme", "connection")), None, "m1 no longer reports the lease it released");
+    for (g, s, _) in replicas {
+        g.shutdown().await;
+        s.close().await;
+    }
     db.drop_db().await;
 }

@@ -33,6 +33,17 @@
 //! Budget, gate, counter and next-check figures come from the
 //! [`crate::status::StatusRegistry`]: a connection whose workers do not run in this process has
 //! none.
+//!
+//! # Several replicas
+//!
+//! Families read from the store (connections, outbox queues, inbox, open alerts) are the same on
+//! every replica and say so in their help ("Store-wide"): aggregate them with `max`, never `sum`.
+//! The `_total` counters count what this process did and sum across replicas. The budget gauges
+//! are this replica's view of the budget, which in shared mode is the account's whole window on
+//! every replica (`max` again). With a replica id ([`crate::api::AppState::with_replica`]) the
+//! `deskgate_replica_*` families ([`render_replica`]) carry a `replica` label: budget mode, 429s and
+//! lane utilization of this replica's gates, outbox entries leased to its workers, and the timer
+//! leases it holds.
 
 use std::collections::BTreeMap;
 use std::fmt::{Display, Write as _};
@@ -100,7 +111,7 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
     let mut x = Exposition::default();
     let conns = &view.connections;
 
-    x.family("deskgate_connections", "gauge", "Connections by state (deleted excluded).");
+    x.family("deskgate_connections", "gauge", "Connections by state (deleted excluded). Store-wide: every replica reports the same value (aggregate with max, not sum).");
     let mut by_state: BTreeMap<&str, u64> = ["pending_probe", "live", "suspended"].into_iter().map(|k| (k, 0)).collect();
     for c in conns {
         *by_state.entry(c.state).or_default() += 1;
@@ -109,7 +120,7 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
         x.sample("deskgate_connections", &[("state", k)], n);
     }
 
-    x.family("deskgate_connection_suspended", "gauge", "1 while the connection is suspended, labelled with the suspension's kind.");
+    x.family("deskgate_connection_suspended", "gauge", "1 while the connection is suspended, labelled with the suspension's kind. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     for c in conns {
         let kind = c.suspended.as_ref().map_or("", |s| s.kind.as_str());
         x.sample("deskgate_connection_suspended", &[("connection", &c.id), ("kind", kind)], u8::from(c.suspended.is_some()));
@@ -125,7 +136,7 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
             x.sample("deskgate_auth_state", &[("connection", &c.id), ("state", s)], u8::from(c.auth.state == *s));
         }
     }
-    x.family("deskgate_credential_expires_in_seconds", "gauge", "Seconds until the access token expires (negative once expired); expiring credentials only.");
+    x.family("deskgate_credential_expires_in_seconds", "gauge", "Seconds until the access token expires (negative once expired); expiring credentials only. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     for c in conns {
         if let Some(ms) = c.auth.expires_in_ms {
             x.sample("deskgate_credential_expires_in_seconds", &[("connection", &c.id)], secs(ms));
@@ -185,17 +196,17 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
             x.sample("deskgate_gate_waiting", &[("connection", &c.id), ("queue", q)], n);
         }
     }
-    x.family("deskgate_outbox_queue", "gauge", "The connection's outbox entries still owed an outcome, by state.");
+    x.family("deskgate_outbox_queue", "gauge", "The connection's outbox entries still owed an outcome, by state. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     for c in conns {
         for (s, n) in &c.queues.outbox {
             x.sample("deskgate_outbox_queue", &[("connection", &c.id), ("state", s)], n);
         }
     }
-    x.family("deskgate_outbox_in_flight", "gauge", "Outbox entries still owed an outcome, by state.");
+    x.family("deskgate_outbox_in_flight", "gauge", "Outbox entries still owed an outcome, by state. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     for (k, n) in &extra.in_flight {
         x.sample("deskgate_outbox_in_flight", &[("state", k)], n);
     }
-    x.family("deskgate_inbox_pending", "gauge", "Inbox events not yet acknowledged by the app.");
+    x.family("deskgate_inbox_pending", "gauge", "Inbox events not yet acknowledged by the app. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     for c in conns {
         x.sample("deskgate_inbox_pending", &[("connection", &c.id)], c.queues.inbox_pending);
     }
@@ -219,9 +230,9 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
         x.sample("deskgate_reconciliation_catches_total", &[("connection", &c.id)], c.counters.reconciliation_catches);
     }
 
-    x.family("deskgate_alerts_open", "gauge", "Alerts not yet acknowledged.");
+    x.family("deskgate_alerts_open", "gauge", "Alerts not yet acknowledged. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     x.sample("deskgate_alerts_open", &[], extra.open_alerts.len());
-    x.family("deskgate_alerts_open_by_kind", "gauge", "Alerts not yet acknowledged, by connection (empty: gateway-wide) and kind.");
+    x.family("deskgate_alerts_open_by_kind", "gauge", "Alerts not yet acknowledged, by connection (empty: gateway-wide) and kind. Store-wide: every replica reports the same value (aggregate with max, not sum).");
     let mut by_kind: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for a in extra.open_alerts {
         *by_kind.entry((a.connection_id.as_deref().unwrap_or(""), a.kind.as_str())).or_default() += 1;
@@ -258,6 +269,55 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
                 None => x.sample(&family, &[], n),
             }
         }
+    }
+    x.finish()
+}
+
+/// What is this replica's alone, for [`render_replica`].
+pub(crate) struct ReplicaFigures<'a> {
+    /// The replica's id (every sample's `replica` label).
+    pub id: &'a str,
+    /// The shared budgets' mode: `shared`, `fallback` (Redis unreachable), or `local` (none).
+    pub mode: &'static str,
+    /// Outbox entries leased to this replica's workers now, by connection.
+    pub claims: BTreeMap<String, u64>,
+    /// Timer leases this replica holds now: (connection, lease), `""` for gateway-wide ones.
+    pub leases: Vec<(String, String)>,
+}
+
+/// The `deskgate_replica_*` families: figures that differ from replica to replica (summing them
+/// across replicas gives the cluster's total), each labelled with the replica.
+pub(crate) fn render_replica(view: &StatusView, r: &ReplicaFigures<'_>) -> String {
+    let mut x = Exposition::default();
+    let id = r.id;
+    x.family("deskgate_replica_info", "gauge", "This replica's id.");
+    x.sample("deskgate_replica_info", &[("replica", id)], 1);
+    x.family("deskgate_replica_shared_budget_mode", "gauge", "1 for this replica's budget mode: shared (Redis), fallback (Redis unreachable: 1/replicas of each budget) or local (no Redis configured).");
+    for m in ["shared", "fallback", "local"] {
+        x.sample("deskgate_replica_shared_budget_mode", &[("replica", id), ("mode", m)], u8::from(r.mode == m));
+    }
+    x.family("deskgate_replica_rate_limited_total", "counter", "Requests this replica's gate let through that the platform answered 429, by connection and lane.");
+    for c in &view.connections {
+        x.sample("deskgate_replica_rate_limited_total", &[("replica", id), ("connection", &c.id), ("lane", "write")], c.counters.rate_limited_write);
+        x.sample("deskgate_replica_rate_limited_total", &[("replica", id), ("connection", &c.id), ("lane", "read")], c.counters.rate_limited_read);
+    }
+    x.family("deskgate_replica_lane_utilization", "gauge", "Used over capacity of each lane of each bucket in the current window, as this replica's gate sees it.");
+    for c in &view.connections {
+        for b in c.budget.iter().flat_map(|g| &g.budget.buckets) {
+            for lane in [Lane::Write, Lane::Read] {
+                let l = b.lane(lane);
+                let u = if l.capacity == 0 { 0.0 } else { l.used as f64 / l.capacity as f64 };
+                x.sample("deskgate_replica_lane_utilization", &[("replica", id), ("connection", &c.id), ("bucket", &b.bucket), ("lane", lane_name(lane))], format!("{u:.4}"));
+            }
+        }
+    }
+    x.family("deskgate_replica_outbox_claims", "gauge", "Outbox entries leased to this replica's workers now, by connection.");
+    for c in &view.connections {
+        x.sample("deskgate_replica_outbox_claims", &[("replica", id), ("connection", &c.id)], r.claims.get(&c.id).copied().unwrap_or(0));
+    }
+    x.family("deskgate_replica_leases_held", "gauge", "Timer leases this replica holds now: connection (its refresh, health check and sweep run here), reconcile (a sweep), and the gateway-wide alerts and push (connection empty).");
+    for (conn, lease) in &r.leases {
+        x.sample("deskgate_replica_leases_held", &[("replica", id), ("connection", conn), ("lease", lease)], 1);
     }
     x.finish()
 }

@@ -510,8 +510,35 @@ async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let mut out = metrics::render(&view, &extra);
     use std::fmt::Write as _;
     if let Some(r) = &s.replica {
-        out.push_str("# HELP deskgate_replica_info This replica's id.\n# TYPE deskgate_replica_info gauge\n");
-        let _ = writeln!(out, "deskgate_replica_info{{replica=\"{}\"}} 1", metrics::label(&r.id));
+        let now = s.clock.now_ms();
+        // Outbox entries leased to this replica's workers (owner `{replica}/{connection}`).
+        let mut claims: BTreeMap<String, u64> = BTreeMap::new();
+        let mut after_id = 0;
+        loop {
+            let page = s
+                .store
+                .list_actions(&crate::store::ActionQuery { in_flight_only: true, after_id, limit: 500, ..Default::default() })
+                .await?;
+            for e in &page {
+                if let Some(l) = &e.lease
+                    && l.until > now
+                    && l.owner.strip_prefix(r.id.as_str()).and_then(|rest| rest.strip_prefix('/')) == Some(e.connection_id.as_str())
+                {
+                    *claims.entry(e.connection_id.clone()).or_default() += 1;
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == 500 => after_id = last.id,
+                _ => break,
+            }
+        }
+        let mode = match &r.shared {
+            Some(sh) if sh.status().up => "shared",
+            Some(_) => "fallback",
+            None => "local",
+        };
+        let figures = metrics::ReplicaFigures { id: &r.id, mode, claims, leases: s.status.leases_held(now) };
+        out.push_str(&metrics::render_replica(&view, &figures));
         if let Some(sh) = &r.shared {
             let st = sh.status();
             out.push_str("# HELP deskgate_shared_budget_up Whether the shared budget backend answered the last call.\n# TYPE deskgate_shared_budget_up gauge\n");

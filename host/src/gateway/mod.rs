@@ -24,7 +24,8 @@
 //! of them, and read when its lease ends ([`crate::store::Store::get_lease`]) instead of trying to
 //! take it every tick. When it dies its lease lapses and the first replica to tick after that takes it:
 //! the connection's timers move within one lease period plus one tick. A clean shutdown (or a
-//! detach) releases the lease so they move at once.
+//! detach) releases the lease: a replica that has not read the old end yet (one just started, in a
+//! rolling restart) takes it at its first tick, the others once the end they read has passed.
 //!
 //! What a timer last did is not the holder's memory: the health check's time is the store mark
 //! [`crate::auth::HEALTH_MARK`] and the sweep's the mark [`SWEEP_MARK`] (plus the `reconcile`
@@ -496,6 +497,11 @@ impl Gateway {
             let until = inner.store.get_lease(&a.id, CONNECTION_LEASE).await?.map_or(0, |l| l.until);
             *lock(&a.held_elsewhere_until) = until;
         }
+        match &taken {
+            Ok(Some(l)) => inner.status.note_lease(&a.id, CONNECTION_LEASE, Some(l.until)),
+            Ok(None) => inner.status.note_lease(&a.id, CONNECTION_LEASE, None),
+            Err(_) => {}
+        }
         let mut slot = lock(&a.lease);
         match taken {
             Ok(Some(l)) => {
@@ -529,6 +535,7 @@ impl Gateway {
     /// Give up this replica's lease on `a` (detach, shutdown), so another replica takes its
     /// timers at its next tick instead of after the lease period.
     async fn release_connection_lease(&self, a: &Attached) {
+        self.inner.status.note_lease(&a.id, CONNECTION_LEASE, None);
         if lock(&a.lease).take().is_some()
             && let Err(e) = self.inner.store.release_lease(&a.id, CONNECTION_LEASE, &self.inner.config.owner).await
         {
@@ -571,7 +578,11 @@ impl Gateway {
         if live {
             let due = {
                 let mut timer = a.sweep.lock().await;
-                let due = timer.claim(&inner.store, inner.clock.now_ms()).await;
+                let at = inner.clock.now_ms();
+                let due = timer.claim(&inner.store, at).await;
+                if let Ok(true) = due {
+                    inner.status.note_lease(&a.id, crate::ingest::sweep::SWEEP_LEASE, Some(at + timer.lease_hold_ms()));
+                }
                 inner.status.set_next_sweep(&a.id, Some(timer.next_at()));
                 due
             };
@@ -664,8 +675,9 @@ impl Gateway {
         let now = inner.clock.now_ms();
         let alerts_due = matches!(inner.store.alerts_due(now, 1).await, Ok(due) if !due.is_empty());
         if alerts_due
-            && let Ok(Some(_)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
+            && let Ok(Some(lease)) = inner.store.acquire_lease("", ALERTS_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
         {
+            inner.status.note_lease("", ALERTS_LEASE, Some(lease.until));
             if let Err(e) = inner.alerts.deliver_due().await {
                 tracing::warn!("alert delivery: {e}");
             }
@@ -675,6 +687,7 @@ impl Gateway {
             if now >= *next_at
                 && let Ok(Some(lease)) = inner.store.acquire_lease("", PUSH_LEASE, &inner.config.owner, now, inner.config.timer_lease).await
             {
+                inner.status.note_lease("", PUSH_LEASE, Some(lease.until));
                 // Two pushers would POST the same unacknowledged events: before each batch the
                 // lease is renewed, and the loop stops unless it is still the one taken here
                 // (same generation: it never changed hands meanwhile).
@@ -683,8 +696,9 @@ impl Gateway {
                     if !std::mem::take(&mut first) {
                         let renewed = inner.store.renew_lease("", PUSH_LEASE, &inner.config.owner, inner.clock.now_ms(), inner.config.timer_lease).await;
                         match renewed {
-                            Ok(Some(l)) if l.generation == lease.generation => {}
+                            Ok(Some(l)) if l.generation == lease.generation => inner.status.note_lease("", PUSH_LEASE, Some(l.until)),
                             Ok(_) => {
+                                inner.status.note_lease("", PUSH_LEASE, None);
                                 tracing::warn!("push: the push lease passed to another replica mid-run (a batch took longer than the lease); stopping here");
                                 break;
                             }

@@ -463,6 +463,11 @@ impl SweepTimer {
         self.next_at
     }
 
+    /// How long a claimed [`SWEEP_LEASE`] is held: the schedule's minimum interval (ms).
+    pub fn lease_hold_ms(&self) -> Millis {
+        self.schedule.min
+    }
+
     /// At `now`: whether this replica should sweep now. Not yet due: `false`. Due: take the
     /// lease; either way the timer moves on to the next jittered time.
     ///
