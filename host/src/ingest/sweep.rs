@@ -29,6 +29,9 @@
 //! starts with many connections does not sweep them all at once. [`SweepTimer`] adds the
 //! cluster: when a replica's timer comes due it takes the connection's `reconcile` timer lease for
 //! the minimum interval, so with several replicas a connection is still swept once per interval.
+//! The gateway runs a connection's sweep timer only on the replica holding the connection's timer
+//! lease ([`crate::gateway::CONNECTION_LEASE`]); the `reconcile` lease then keeps a replica that
+//! takes the connection over from sweeping again within the minimum interval.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
