@@ -437,3 +437,72 @@ async fn a_deleted_connection_leaves_the_view_and_its_counters_go_with_it() {
     let text = g.req(reqwest::Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
     assert!(!text.contains("connection=\"acme\""), "{text}");
 }
+
+/// Every `tracing` event of this test binary at `deskgate::outbox` debug level, as JSON lines
+/// (tests in this file that write nothing add nothing).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static BUF: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> = std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf: &'static std::sync::Mutex<Vec<u8>> = Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct Lines(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("deskgate::outbox=debug"))
+            .with_writer(move || Lines(buf))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber in this test binary");
+        buf
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_log_lines_name_its_connection_ticket_and_action() {
+    let logs = captured_logs();
+    let g = Gateway::start_supervised().await;
+    let z = common::ZendeskAccount::start().await;
+    let (status, conn) = g
+        .post(
+            "/v1/connections",
+            json!({"id": "acme-logs", "platform": "zendesk", "base_url": z.sim.base_url(), "credentials": z.full_credentials()}),
+        )
+        .await;
+    assert_eq!((status, conn["state"].as_str()), (201, Some("live")), "{conn}");
+    let ticket = z.sim.create_ticket(z.full.account_id, deskgate_sim::TicketSpec::default()).unwrap()["id"].as_u64().unwrap().to_string();
+    let (status, accepted) = g
+        .post("/v1/connections/acme-logs/actions", json!({"ticket_id": ticket, "action": {"type": "reply", "body": "Logged."}}))
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_i64().unwrap_or_else(|| panic!("{accepted}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, a) = g.get(&format!("/v1/actions/{id}")).await;
+        if a["state"] == "confirmed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not confirmed in 30 s: {a}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = String::from_utf8(logs.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .filter(|l| l["fields"]["action_id"] == id && l["fields"]["connection"] == "acme-logs")
+        .collect();
+    let messages: Vec<&str> = lines.iter().map(|l| l["fields"]["message"].as_str().unwrap_or("")).collect();
+    assert!(messages.contains(&"write sent") && messages.contains(&"write confirmed"), "{messages:?} in:\n{text}");
+    for l in &lines {
+        assert_eq!(l["fields"]["ticket"], ticket.as_str(), "{l}");
+        assert_eq!(l["fields"]["action"], "reply", "{l}");
+        assert_eq!(l["level"], "DEBUG", "routine steps log at debug: {l}");
+    }
+    assert!(!text.contains(z.full.token.as_str()), "no credential in the logs");
+}

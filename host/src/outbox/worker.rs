@@ -13,6 +13,13 @@
 //! Write-log details start with a marker the worker reads back on the next claim:
 //! `[rate-limited]` (retry at write-retry priority), `[unresolved]` (read back before resending),
 //! `[held]`, `[not-sent]`, `[ambiguous]`, `[partial]`, `[adapter]`, `[auth]`.
+//!
+//! Every state change is also a `tracing` event (target `deskgate::outbox::worker`) carrying
+//! `connection`, `ticket`, `action_id` and `action` (the kind): `debug` for the routine ones (sent,
+//! confirmed by the response, held behind an older write), `info` for those that recover on their
+//! own (confirmed by a read-back, a retry scheduled and why, a 429 parked until the bucket
+//! reopens, an unresolved send to read back), `warn` for the ones a person must look at (failed,
+//! diverged; each also raises its alert). Fields are only computed for enabled levels.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -350,6 +357,12 @@ fn parts_of(action: &Action) -> Vec<String> {
     }
 }
 
+/// An entry's action kind for a log line (`unknown` when it does not decode). Only called where
+/// the event is enabled: the macros evaluate fields after their level check.
+fn entry_kind(e: &OutboxEntry) -> &'static str {
+    decode_action(e).map_or("unknown", |a| action_kind(&a))
+}
+
 impl Inner {
     fn now(&self) -> Millis {
         self.clock.now_ms()
@@ -409,9 +422,57 @@ impl Inner {
     /// Settle, mapping a lost lease to [`Step::LeaseLost`].
     async fn settle(&self, e: &OutboxEntry, s: Settle) -> Result<Option<OutboxEntry>, OutboxError> {
         match self.store.settle_action(e.id, &self.owner, &s, self.now()).await {
-            Ok(done) => Ok(Some(done)),
-            Err(StoreError::LeaseLost { .. }) => Ok(None),
+            Ok(done) => {
+                self.log_settled(e, &s);
+                Ok(Some(done))
+            }
+            Err(StoreError::LeaseLost { .. }) => {
+                tracing::debug!(connection = %e.connection_id, ticket = %e.ticket_id, action_id = e.id, action = entry_kind(e),
+                    "write not settled: another worker took its lease");
+                Ok(None)
+            }
             Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The `tracing` event of a state change just stored (see the module docs for the levels).
+    fn log_settled(&self, e: &OutboxEntry, s: &Settle) {
+        let (conn, ticket, id, attempts) = (&e.connection_id, &e.ticket_id, e.id, e.attempts);
+        match s {
+            Settle::Confirmed { result, .. } => {
+                let by = result.get("confirmed_by").and_then(Value::as_str).unwrap_or("response");
+                if by == "response" {
+                    tracing::debug!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts,
+                        "write confirmed");
+                } else {
+                    tracing::info!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts, confirmed_by = by,
+                        "write confirmed by read-back, not re-sent");
+                }
+            }
+            Settle::Retry { detail, not_before } if detail.starts_with("[held]") => {
+                tracing::debug!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e),
+                    retry_in_ms = not_before - self.now(), why = %detail, "write held behind an older one of the same ticket");
+            }
+            Settle::Retry { detail, not_before } if detail.starts_with("[rate-limited]") => {
+                tracing::info!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts,
+                    retry_in_ms = not_before - self.now(), why = %detail, "write got a 429: parked until the bucket reopens, then sent first");
+            }
+            Settle::Retry { detail, not_before } => {
+                tracing::info!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts,
+                    retry_in_ms = not_before - self.now(), why = %detail, "write retry scheduled");
+            }
+            Settle::Ambiguous { detail, not_before } => {
+                tracing::info!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts,
+                    retry_in_ms = not_before - self.now(), why = %detail, "write sent without a clear outcome: read back before any resend");
+            }
+            Settle::Failed { why, .. } => {
+                tracing::warn!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts, why = %why,
+                    "write failed for good (write-failed alert raised)");
+            }
+            Settle::Diverged { .. } => {
+                tracing::warn!(connection = %conn, ticket = %ticket, action_id = id, action = entry_kind(e), attempts,
+                    "write diverged: part of it landed (divergence alert raised)");
+            }
         }
     }
 
@@ -516,9 +577,14 @@ impl Inner {
             } else {
                 super::idempotency_key(&e.connection_id, &e.ticket_id, action)
             };
+            let was_marked = *marked;
             let mut hooks = Hooks::new(self, Some((e.id, &mut *marked)), priority);
             let r = self.driver.execute(&self.adapter, &target, &op, honoured.then_some(key.as_str()), &mut hooks).await;
             let (sent, draws, lease_lost) = (hooks.sent, hooks.last_draws.clone(), hooks.lease_lost);
+            if !was_marked && *marked {
+                tracing::debug!(connection = %e.connection_id, ticket = %e.ticket_id, action_id = e.id, action = action_kind(action),
+                    attempt = e.attempts + 1, "write sent");
+            }
             let anything_sent = i > 0 || sent > 0;
             match r {
                 Ok(Ok(Outcome::Written(w))) => {
@@ -624,6 +690,8 @@ impl Inner {
                     Ok(_) => {
                         marked = true;
                         state = OutboxState::Sent;
+                        tracing::debug!(connection = %e.connection_id, ticket = %e.ticket_id, action_id = e.id, action = action_kind(&action),
+                            "write marked sent before its read-back (a resend may follow)");
                     }
                     Err(StoreError::LeaseLost { .. }) => {
                         rep.lease_lost += 1;
