@@ -24,11 +24,16 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List the loaded adapters (built-in, plus any in --dir) with their descriptors.
+    /// List the loaded adapters (built-in, plus any in --dir) with their descriptors
+    /// (`deskgate adapters` is `deskgate adapters list`).
+    #[command(args_conflicts_with_subcommands = true)]
     Adapters {
-        /// What to do with adapters.
+        /// What to do with adapters (default: list).
         #[command(subcommand)]
-        command: AdaptersCommand,
+        command: Option<AdaptersCommand>,
+        /// `list`'s options, when `list` is left out.
+        #[command(flatten)]
+        list: AdaptersListArgs,
     },
     /// Work on one adapter component.
     Adapter {
@@ -126,14 +131,18 @@ pub struct ServeArgs {
 #[derive(Debug, Subcommand)]
 pub enum AdaptersCommand {
     /// Print each adapter: id, name, version, auth, plans and buckets, capabilities, webhooks.
-    List {
-        /// Also load every *.wasm in this directory.
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    List(AdaptersListArgs),
+}
+
+/// `deskgate adapters [list] ...`
+#[derive(Debug, Args)]
+pub struct AdaptersListArgs {
+    /// Also load every *.wasm in this directory.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `deskgate adapter ...`
@@ -161,6 +170,11 @@ pub struct SimArgs {
     /// Seed for fault injection, so a run can be replayed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Print what the simulator holds (base URL, admin URL, account, credentials with their
+    /// ready-made `Authorization` values, ticket ids) as one JSON line for scripts, instead of
+    /// lines for a person.
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn runtime() -> anyhow::Result<AdapterRuntime> {
@@ -175,7 +189,9 @@ fn runtime() -> anyhow::Result<AdapterRuntime> {
 /// Run the command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Adapters { command: AdaptersCommand::List { dir, json } } => adapters_list(dir, json),
+        Command::Adapters { command: Some(AdaptersCommand::List(args)), .. } | Command::Adapters { command: None, list: args } => {
+            adapters_list(args.dir, args.json)
+        }
         Command::Adapter { command: AdapterCommand::Check { component, json } } => adapter_check(component, json),
         Command::Sim(args) => sim(args),
         Command::Serve(args) => crate::serve::serve(args),
@@ -270,8 +286,49 @@ fn sim(args: SimArgs) -> anyhow::Result<ExitCode> {
         anyhow::anyhow!("--listen {:?} is not an address like 127.0.0.1:0: {e}", args.listen)
     })?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(deskgate_sim::cli::run(platform, listen, args.seed))?;
+    rt.block_on(async {
+        let (sim, info) = deskgate_sim::cli::start_demo(platform, listen, args.seed).await?;
+        if args.json {
+            println!("{info}");
+        } else {
+            print!("{}", sim_text(&info));
+        }
+        tokio::signal::ctrl_c().await.map_err(|e| anyhow::anyhow!("cannot wait for ctrl-c: {e}"))?;
+        sim.shutdown().await;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `deskgate sim`'s output for a person: where it listens first (one line), then the account,
+/// its credentials and tickets, from the JSON `--json` prints.
+fn sim_text(info: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let s = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+    let mut out = format!(
+        "{} simulator (seed {}) listening on {}; admin API {}\n",
+        s(&info["platform"]),
+        info["seed"],
+        s(&info["base_url"]),
+        s(&info["admin_url"])
+    );
+    let admin = &info["admin"];
+    let _ = writeln!(
+        out,
+        "  account {} on plan {}; admin {} <{}> (agent {})",
+        info["account_id"],
+        s(&info["plan"]),
+        s(&admin["name"]),
+        s(&admin["email"]),
+        admin["id"]
+    );
+    for c in info["credentials"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  credential {} ({}, agent {}): Authorization: {}", c["id"], s(&c["kind"]), c["agent_id"], s(&c["authorization"]));
+    }
+    let tickets: Vec<String> = info["ticket_ids"].as_array().into_iter().flatten().map(ToString::to_string).collect();
+    let _ = writeln!(out, "  tickets: {}", tickets.join(", "));
+    out.push_str("ctrl-c stops it; --json prints all of this as one JSON line for scripts\n");
+    out
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {

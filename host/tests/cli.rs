@@ -71,7 +71,7 @@ fn adapters_list_reports_a_bad_file_in_the_directory_but_lists_the_rest() {
 fn sim_prints_one_json_line_with_a_working_base_url_and_credentials() {
     use std::io::{BufRead, BufReader, Read, Write};
     let mut child = Command::new(env!("CARGO_BIN_EXE_deskgate"))
-        .args(["sim", "--platform", "zendesk", "--seed", "3"])
+        .args(["sim", "--platform", "zendesk", "--seed", "3", "--json"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start deskgate sim");
@@ -89,6 +89,47 @@ fn sim_prints_one_json_line_with_a_working_base_url_and_credentials() {
     child.wait().ok();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"role\":\"admin\""), "{response}");
+}
+
+#[test]
+fn sim_prints_lines_for_a_person_by_default() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deskgate"))
+        .args(["sim", "--platform", "freshdesk", "--seed", "3"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start deskgate sim");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut text = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let last = line.starts_with("ctrl-c");
+        text.push(line);
+        if last {
+            break;
+        }
+    }
+    child.kill().ok();
+    child.wait().ok();
+    let first = &text[0];
+    assert!(first.starts_with("freshdesk simulator (seed 3) listening on http://127.0.0.1:"), "{text:?}");
+    assert!(serde_json::from_str::<serde_json::Value>(first).is_err(), "not JSON without --json: {first}");
+    assert!(text.iter().any(|l| l.contains("Authorization: Basic ")), "{text:?}");
+    assert!(text.iter().any(|l| l.starts_with("  tickets: ")), "{text:?}");
+}
+
+#[test]
+fn adapters_alone_lists_them() {
+    let alone = deskgate(&["adapters"]);
+    assert!(alone.status.success(), "{}", String::from_utf8_lossy(&alone.stderr));
+    let list = deskgate(&["adapters", "list"]);
+    assert_eq!(alone.stdout, list.stdout);
+    let text = String::from_utf8_lossy(&alone.stdout);
+    for id in ["zendesk", "freshdesk", "intercom"] {
+        assert!(text.lines().any(|l| l.starts_with(&format!("{id} ("))), "{id} not listed:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&deskgate(&["adapters", "--json"]).stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! `deskgate sim --platform zendesk|freshdesk|intercom [--listen 127.0.0.1:0] [--seed N]`: starts a
-//! sim with a ready-made account, prints ONE JSON line (base URL, admin URL, credentials, ticket
-//! ids) on stdout, then serves until ctrl-c. The host binary calls [`run`]; [`start_demo`] is the
-//! same without the waiting, for tests.
+//! `deskgate sim --platform zendesk|freshdesk|intercom [--listen 127.0.0.1:0] [--seed N] [--json]`:
+//! starts a sim with a ready-made account, prints what it holds (base URL, admin URL, credentials,
+//! ticket ids; with `--json` as ONE JSON line) on stdout, then serves until ctrl-c. The host binary
+//! calls [`start_demo`] and prints its JSON line or lines for a person; [`run`] is the JSON-only
+//! form for other binaries.
 
 use std::net::SocketAddr;
 

@@ -19,7 +19,7 @@
 //! | `server` | the HTTP accept loop and the request pipeline |
 //! | `admin` | the `/_sim/...` admin API (JSON over HTTP), a thin layer over [`Sim`] |
 //! | `zendesk`, `freshdesk`, `intercom` | the platform APIs |
-//! | [`cli`] | `deskgate sim --platform …`: start, print one JSON line, serve until ctrl-c |
+//! | [`cli`] | `deskgate sim --platform … [--json]`: start, print what it holds (one JSON line with `--json`), serve until ctrl-c |
 //!
 //! # Example
 //!
