@@ -237,6 +237,10 @@ async fn metrics_are_valid_prometheus_text_with_every_per_connection_family() {
     assert!(get("deskgate_budget_limit", &[("connection", "acme"), ("bucket", b)]) > 0.0);
     assert_eq!(get("deskgate_budget_lane_used", &[("connection", "acme"), ("bucket", b), ("lane", "write")]), 7.0);
     assert_eq!(get("deskgate_budget_lane_used", &[("connection", "acme"), ("bucket", b), ("lane", "read")]), 0.0);
+    let capacity = get("deskgate_budget_lane_capacity", &[("connection", "acme"), ("bucket", b), ("lane", "write")]);
+    let lane_util = get("deskgate_budget_lane_utilization", &[("connection", "acme"), ("bucket", b), ("lane", "write")]);
+    assert!(capacity > 0.0 && (lane_util - 7.0 / capacity).abs() < 1e-3, "{lane_util} vs 7/{capacity}");
+    assert_eq!(get("deskgate_budget_lane_utilization", &[("connection", "acme"), ("bucket", b), ("lane", "read")]), 0.0);
     let util = get("deskgate_budget_utilization", &[("connection", "acme"), ("bucket", b)]);
     let limit = get("deskgate_budget_limit", &[("connection", "acme"), ("bucket", b)]);
     assert!((util - 7.0 / limit).abs() < 1e-3, "{util} vs 7/{limit}");
@@ -272,6 +276,7 @@ async fn metrics_are_valid_prometheus_text_with_every_per_connection_family() {
         ("deskgate_ingest_webhooks_accepted_total", "counter"),
         ("deskgate_ingest_webhooks_rejected_total", "counter"),
         ("deskgate_budget_utilization", "gauge"),
+        ("deskgate_budget_lane_utilization", "gauge"),
         ("deskgate_credential_expires_in_seconds", "gauge"),
     ] {
         assert_eq!(types.get(family).map(String::as_str), Some(kind), "{family}");

@@ -16,6 +16,7 @@
 //! | `deskgate_budget_utilization` | gauge (spent / limit) | `connection`, `bucket` |
 //! | `deskgate_budget_blocked` | gauge (1 while a 429 penalty holds) | `connection`, `bucket` |
 //! | `deskgate_budget_lane_capacity` / `_used` / `_available` | gauge | `connection`, `bucket`, `lane` |
+//! | `deskgate_budget_lane_utilization` | gauge (used / capacity) | `connection`, `bucket`, `lane` |
 //! | `deskgate_rate_limited_total` | counter (429 answers) | `connection`, `lane` |
 //! | `deskgate_gate_waiting` | gauge | `connection`, `queue` (`write_retry`, `write`, `read`) |
 //! | `deskgate_outbox_queue` | gauge | `connection`, `state` |
@@ -181,6 +182,18 @@ pub(crate) fn render(view: &StatusView, extra: &Extra<'_>) -> String {
                 for lane in [Lane::Write, Lane::Read] {
                     x.sample(name, &[("connection", &c.id), ("bucket", &b.bucket), ("lane", lane_name(lane))], f(b.lane(lane)));
                 }
+            }
+        }
+    }
+    // From the same snapshots: the lane's share of its own capacity, the figure to alert on
+    // (a write lane near 1 means writes are about to queue at the gate).
+    x.family("deskgate_budget_lane_utilization", "gauge", "Units the lane spent over its capacity in the bucket's current window (0 when the lane has none).");
+    for c in conns {
+        for b in c.budget.iter().flat_map(|g| &g.budget.buckets) {
+            for lane in [Lane::Write, Lane::Read] {
+                let l = b.lane(lane);
+                let u = if l.capacity == 0 { 0.0 } else { l.used as f64 / l.capacity as f64 };
+                x.sample("deskgate_budget_lane_utilization", &[("connection", &c.id), ("bucket", &b.bucket), ("lane", lane_name(lane))], format!("{u:.4}"));
             }
         }
     }
