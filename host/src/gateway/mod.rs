@@ -26,6 +26,9 @@
 //! the connection's timers move within one lease period plus one tick. A clean shutdown (or a
 //! detach) releases the lease: a replica that has not read the old end yet (one just started, in a
 //! rolling restart) takes it at its first tick, the others once the end they read has passed.
+//! A timer pass that outlasts half a lease (a sweep waiting in the read lane behind a write
+//! burst) does not stop the renewals: the timer loop renews the lease of a connection whose pass
+//! is still running.
 //!
 //! What a timer last did is not the holder's memory: the health check's time is the store mark
 //! [`crate::auth::HEALTH_MARK`] and the sweep's the mark [`SWEEP_MARK`] (plus the `reconcile`
@@ -161,6 +164,8 @@ pub struct Attached {
     /// Since when the platform has kept a bucket blocked (429s), and whether that was alerted.
     rate_limited_since: Mutex<Option<(Millis, bool)>>,
     busy: Arc<tokio::sync::Mutex<()>>,
+    /// Held while the lease is renewed apart from a timer pass (one that outlasts half a lease).
+    renewing: Arc<tokio::sync::Mutex<()>>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -409,6 +414,7 @@ impl Gateway {
             held_elsewhere_until: Mutex::new(0),
             rate_limited_since: Mutex::new(None),
             busy: Arc::new(tokio::sync::Mutex::new(())),
+            renewing: Arc::new(tokio::sync::Mutex::new(())),
             stop,
             task: Mutex::new(None),
         });
@@ -758,12 +764,27 @@ impl Gateway {
                 }
                 let conns: Vec<Arc<Attached>> = me.inner.conns.lock().await.values().cloned().collect();
                 for a in conns {
-                    let Ok(guard) = a.busy.clone().try_lock_owned() else { continue };
                     let g = me.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        g.connection_timers(&a).await;
-                    });
+                    match a.busy.clone().try_lock_owned() {
+                        Ok(guard) => {
+                            tokio::spawn(async move {
+                                let _guard = guard;
+                                g.connection_timers(&a).await;
+                            });
+                        }
+                        // A pass still running (a long sweep waiting in the read lane, a slow
+                        // refresh) must not let the lease lapse under it: keep it renewed.
+                        Err(_) => {
+                            let Ok(guard) = a.renewing.clone().try_lock_owned() else { continue };
+                            tokio::spawn(async move {
+                                let _guard = guard;
+                                let now = g.inner.clock.now_ms();
+                                if let Err(e) = g.hold_connection_lease(&a, now).await {
+                                    tracing::warn!(connection = %a.id, "renewing the timer lease: {e}");
+                                }
+                            });
+                        }
+                    }
                 }
                 if let Ok(guard) = gateway_busy.clone().try_lock_owned() {
                     let g = me.clone();

@@ -472,7 +472,8 @@ impl SweepTimer {
     }
 
     /// At `now`: whether this replica should sweep now. Not yet due: `false`. Due: take the
-    /// lease; either way the timer moves on to the next jittered time.
+    /// lease and move on to the next jittered time; if another replica holds the lease (it swept
+    /// less than the minimum interval ago), the timer is next due when that lease ends.
     ///
     /// # Errors
     /// The store's error; the timer is left as it was (try again).
@@ -482,7 +483,15 @@ impl SweepTimer {
         }
         let hold = Duration::from_millis(u64::try_from(self.schedule.min).unwrap_or(0));
         let lease = store.acquire_lease(&self.connection_id, SWEEP_LEASE, &self.owner, now, hold).await?;
-        self.next_at = self.schedule.next_after(now);
+        self.next_at = match &lease {
+            Some(_) => self.schedule.next_after(now),
+            // Another replica swept less than the minimum interval ago (it held the connection
+            // before this one): the next sweep is due when its lease ends, not an interval later.
+            None => match store.get_lease(&self.connection_id, SWEEP_LEASE).await? {
+                Some(other) if other.until > now => other.until,
+                _ => self.schedule.next_after(now),
+            },
+        };
         Ok(lease.is_some())
     }
 }
