@@ -465,7 +465,9 @@ async fn storm(base_url: String, authorization: String, path: String, per_minute
                     limited += u64::from(r.status().as_u16() == 429);
                 }
             }
-            next = now + spacing;
+            // Past every slot due now, sent or not: the fraction of a slot already elapsed
+            // carries over, and the slots the minute's cap refused are skipped, not made up.
+            next += Millis::try_from(due).unwrap_or(1) * spacing;
         }
         tokio::time::sleep(clock.real_wait((next - clock.now_ms()).max(0)).min(Duration::from_millis(5))).await;
     }
