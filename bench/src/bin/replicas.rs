@@ -71,15 +71,15 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("\nshared / local, mean: {:.0}x\n", shared.0 / local.0);
 
-    println!("## Outbox: {actions} replies, all submitted at once\n");
-    println!("| set-up | actions/s | write p50 ms | write p99 ms |");
-    println!("|---|---|---|---|");
+    println!("## Outbox: {actions} replies submitted in one burst while the workers run\n");
+    println!("| set-up | actions/s | write p50 ms | write p99 ms | from submission p50 ms | from submission p99 ms |");
+    println!("|---|---|---|---|---|---|");
     let rt = runtime();
     for (name, replicas, pg) in
         [("SQLite (embedded), 1 replica", 1, false), ("PostgreSQL + Redis, 1 replica", 1, true), ("PostgreSQL + Redis, 3 replicas", 3, true)]
     {
         let r = outbox_run(&rt, actions, replicas, pg).await?;
-        println!("| {name} | {:.0} | {:.0} | {:.0} |", r.0, r.1, r.2);
+        println!("| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |", r.rate, r.sent.0, r.sent.1, r.submitted.0, r.submitted.1);
     }
     Ok(())
 }
@@ -130,8 +130,19 @@ async fn decision_cost(redis: Option<String>, n: usize) -> anyhow::Result<(f64, 
     Ok((mean, percentile(&us, 0.5), percentile(&us, 0.99)))
 }
 
-/// Actions per second and write latency (marked sent to confirmed) percentiles in ms.
-async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bool) -> anyhow::Result<(f64, f64, f64)> {
+/// What one outbox run measured.
+struct Run {
+    /// Actions confirmed per second, from the first submission to the outbox drained.
+    rate: f64,
+    /// p50 and p99 (ms) of marked sent → confirmed: the write itself.
+    sent: (f64, f64),
+    /// p50 and p99 (ms) of submitted → confirmed: what the app waits, queueing behind the burst
+    /// included (the workers run while the burst is submitted, as fast as one submitter can).
+    submitted: (f64, f64),
+}
+
+/// Actions per second and write latency percentiles in ms, from the send and from submission.
+async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bool) -> anyhow::Result<Run> {
     // Intercom: its write rate is bounded only by the app and workspace limits (lifted here);
     // Zendesk's declared Update Ticket cap (100 per minute) would make this a plan benchmark.
     let adapter = rt.get("intercom").expect("intercom");
@@ -190,11 +201,6 @@ async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bo
     let config = OutboxConfig::default();
     let outbox = Outbox::new(stores[0].clone(), clock.clone(), config.clone());
     let prefix = format!("dgbench_{}", tag());
-    let mut ids = Vec::with_capacity(actions);
-    for i in 0..actions {
-        let rec = outbox.submit("acme", &tickets[i % tickets.len()], &Action::Reply(format!("reply {i}")), None).await?;
-        ids.push(rec.id);
-    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let mut workers = Vec::new();
@@ -223,6 +229,13 @@ async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bo
         let rx = stop_rx.clone();
         workers.push(tokio::spawn(async move { worker.run(rx).await }));
     }
+    // The workers are running when the app submits, as in the gateway: latency from submission is
+    // what the app waits for its action to be confirmed, queueing behind the burst included.
+    let mut ids = Vec::with_capacity(actions);
+    for i in 0..actions {
+        let rec = outbox.submit("acme", &tickets[i % tickets.len()], &Action::Reply(format!("reply {i}")), None).await?;
+        ids.push(rec.id);
+    }
     let last = *ids.last().unwrap();
     loop {
         let pending = stores[0]
@@ -245,11 +258,14 @@ async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bo
         let _ = w.await;
     }
     let mut lat = Vec::with_capacity(actions);
+    let mut from_submission = Vec::with_capacity(actions);
     for id in &ids {
         let e = stores[0].get_action(*id).await?.context("action")?;
         anyhow::ensure!(e.state == OutboxState::Confirmed, "action {id} ended {:?}", e.state);
         lat.push((e.updated_at - e.last_sent_at.unwrap_or(e.updated_at)) as f64);
+        from_submission.push((e.updated_at - e.created_at) as f64);
     }
+    from_submission.sort_by(|a, b| a.total_cmp(b));
     // Exactly once: one reply per action on the platform.
     let writes = count_writes() - writes_before;
     anyhow::ensure!(writes == actions, "{writes} writes for {actions} actions");
@@ -262,5 +278,9 @@ async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bo
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    Ok((actions as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.5), percentile(&lat, 0.99)))
+    Ok(Run {
+        rate: actions as f64 / elapsed.as_secs_f64(),
+        sent: (percentile(&lat, 0.5), percentile(&lat, 0.99)),
+        submitted: (percentile(&from_submission, 0.5), percentile(&from_submission, 0.99)),
+    })
 }
