@@ -933,3 +933,57 @@ async fn outbox_401_waits_refreshes_and_replays() {
     assert_eq!(rig.state().await, ConnectionState::Live);
     assert!(rig.alerts().await.is_empty());
 }
+
+/// An OAuth pair stored without its expiry (as `deskgate serve` stores one from deskgate.toml,
+/// with its client) is refreshed once at the first tick to learn the lifetime, and from then on
+/// at 80% of it, like a pair whose expiry was known from the start; a pair without a refresh
+/// token cannot learn it and is health-checked like a key instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth_pair_of_unknown_expiry_is_refreshed_once_to_learn_its_lifetime() {
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    let client = store::OAuthClientSecret { client_id: rig.cred.client_id.clone().unwrap(), client_secret: rig.cred.client_secret.clone().unwrap() };
+    let stored = CredentialSecret::OAuth { access_token: rig.cred.token.clone(), refresh_token: rig.cred.refresh_token.clone(), client: Some(client) };
+    rig.store.put_credential(&rig.conn, &stored, None, Expect::Any, T0).await.unwrap();
+    // No client given at construction: the one stored with the pair is used, as in serve.
+    let mgr = CredentialManager::new(ManagerParts {
+        store: rig.store.clone(),
+        clock: Arc::new(rig.clock.clone()),
+        driver: Driver::new(DriverConfig::default()).unwrap(),
+        adapter: rig.adapter.clone(),
+        base_url: rig.sim.base_url(),
+        connection: Connection { id: rig.conn.clone(), plan: rig.adapter.descriptor().default_plan.clone(), agent_id: None, settings: vec![] },
+        oauth_client: None,
+        config: AuthConfig { owner: "replica-1".into(), ..AuthConfig::default() },
+    })
+    .unwrap();
+    assert_eq!(mgr.start().await.unwrap(), StartReport::Clean);
+    assert_eq!(mgr.refresh_due_at(), None, "nothing to schedule from");
+    assert_eq!(mgr.next_due_at(), Some(T0), "due at once");
+    rig.advance_to(T0 + 60_000);
+    assert!(matches!(mgr.tick().await.unwrap(), TickOutcome::Refresh(RefreshOutcome::Refreshed(_))));
+    let learned = mgr.credential().unwrap();
+    assert_eq!(learned.expires_at, Some(T0 + 60_000 + 2 * H), "the platform's expires_in, stored with the new pair");
+    assert_eq!(mgr.refresh_due_at(), Some(T0 + 60_000 + 2 * H * 8 / 10));
+    // Nothing more until 80% of the learned lifetime; then the ordinary refresh.
+    rig.advance_to(T0 + H);
+    assert!(matches!(mgr.tick().await.unwrap(), TickOutcome::Idle));
+    rig.advance_to(T0 + 60_000 + 2 * H * 8 / 10);
+    assert!(matches!(mgr.tick().await.unwrap(), TickOutcome::Refresh(RefreshOutcome::Refreshed(_))));
+    assert!(rig.alerts().await.is_empty());
+    assert!(matches!(mgr.execute(&Operation::WhoAmI, None).await.unwrap(), Ok(Outcome::Identity(_))));
+
+    // Without a refresh token there is nothing to learn from: a health check when due instead.
+    let bare = CredentialSecret::OAuth { access_token: learned_access(&mgr), refresh_token: None, client: None };
+    rig.store.put_credential(&rig.conn, &bare, None, Expect::Any, rig.clock.now_ms()).await.unwrap();
+    let mgr2 = rig.manager();
+    mgr2.start().await.unwrap();
+    assert_ne!(mgr2.next_due_at(), Some(rig.clock.now_ms()), "not due at once");
+    assert!(matches!(mgr2.tick().await.unwrap(), TickOutcome::Idle));
+}
+
+fn learned_access(mgr: &CredentialManager) -> String {
+    match mgr.credential().unwrap().secret {
+        CredentialSecret::OAuth { access_token, .. } => access_token,
+        CredentialSecret::ApiKey { .. } => unreachable!("an OAuth pair"),
+    }
+}

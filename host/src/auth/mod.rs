@@ -216,6 +216,9 @@ struct State {
     /// The version produced by a refresh that a 401 triggered: a 401 on it suspends.
     refreshed_on_401: Option<i64>,
     reported_forbidden: BTreeSet<String>,
+    /// Whether this manager already refreshed an OAuth pair whose expiry it did not know, to
+    /// learn the lifetime (see [`CredentialManager::tick`]); once per process at most.
+    lifetime_learned: bool,
 }
 
 struct Inner {
@@ -279,6 +282,7 @@ impl CredentialManager {
                     retry_attempt: 0,
                     refreshed_on_401: None,
                     reported_forbidden: BTreeSet::new(),
+                    lifetime_learned: false,
                 }),
                 flight: tokio::sync::Mutex::new(()),
                 transition: tokio::sync::Mutex::new(()),
@@ -587,6 +591,16 @@ impl CredentialManager {
             }
             return Ok(TickOutcome::Idle);
         }
+        if self.lifetime_unknown() {
+            // An OAuth pair stored without its expiry (deskgate.toml gives the tokens, not when
+            // they were issued): nothing could schedule its refresh, and the first sign of its
+            // end would be a 401. Refresh once now; the platform's answer carries `expires_in`,
+            // and every later refresh comes at `refresh_at` of the lifetime it states. A token
+            // that still has no expiry afterwards is health-checked like a key.
+            lock(&self.inner.state).lifetime_learned = true;
+            tracing::info!(connection = %self.connection_id(), "the OAuth token's expiry is unknown: refreshing once to learn its lifetime");
+            return Ok(TickOutcome::Refresh(self.refresh(version).await?));
+        }
         let interval = crate::store::ms(self.inner.config.health_interval);
         if now >= last_health + interval {
             // Another replica (an earlier holder of the connection's timers) may have checked
@@ -613,8 +627,20 @@ impl CredentialManager {
         }
     }
 
+    /// Whether the credential is a refreshable OAuth pair whose expiry is unknown and this
+    /// manager has not refreshed it yet to learn it.
+    fn lifetime_unknown(&self) -> bool {
+        let st = lock(&self.inner.state);
+        let Some(c) = st.cred.as_ref() else { return false };
+        let CredentialSecret::OAuth { refresh_token: Some(_), client, .. } = &c.secret else { return false };
+        !st.lifetime_learned && c.expires_at.is_none() && (client.is_some() || self.inner.oauth_client.is_some())
+    }
+
     /// When [`CredentialManager::tick`] next has something to do.
     pub fn next_due_at(&self) -> Option<Millis> {
+        if self.lifetime_unknown() {
+            return Some(self.now());
+        }
         let (expiring, retry_at, last_health) = {
             let st = lock(&self.inner.state);
             let c = st.cred.as_ref()?;
