@@ -247,17 +247,28 @@ struct Hooks<'a> {
     last_draws: Vec<BucketDraw>,
     sent: usize,
     lease_lost: bool,
+    /// The call settles a write already sent (a read-back): its reads wait in the writes' queue
+    /// at `priority`, not behind the connection's reads.
+    settling: bool,
 }
 
 impl<'a> Hooks<'a> {
     fn new(w: &'a Inner, mark: Option<(i64, &'a mut bool)>, priority: Priority) -> Self {
-        Self { w, mark, priority, permit: None, last_draws: Vec::new(), sent: 0, lease_lost: false }
+        Self { w, mark, priority, permit: None, last_draws: Vec::new(), sent: 0, lease_lost: false, settling: false }
+    }
+
+    /// Hooks for a read-back: a write whose outcome is unknown waits on it (nothing is resent
+    /// before it answers), so it is a write's request and takes the write lane. In the read lane
+    /// it queued behind the sweeps, and during a storm, when other clients leave reads no room
+    /// at all, the writes waiting on it stalled for hours of day time (the 600-an-hour demo).
+    fn settling(w: &'a Inner) -> Self {
+        Self { settling: true, ..Self::new(w, None, Priority::Write) }
     }
 }
 
 impl StepHooks for Hooks<'_> {
     async fn before_send(&mut self, request: &HttpRequest) -> Result<(), String> {
-        let priority = if request.lane == Lane::Read { Priority::Read } else { self.priority };
+        let priority = if request.lane == Lane::Read && !self.settling { Priority::Read } else { self.priority };
         let permit = self.w.gate.acquire(priority, &request.draws).await.map_err(|e| e.to_string())?;
         if let Some((id, marked)) = self.mark.as_mut()
             && !**marked
@@ -541,12 +552,13 @@ impl Inner {
         Ok(Step::Later(at))
     }
 
-    /// Ask the adapter whether `action` is on the ticket (read lane). `Err` carries why not, and
+    /// Ask the adapter whether `action` is on the ticket (its reads in the write lane, see
+    /// [`Hooks::settling`]). `Err` carries why not, and
     /// until when a 429 blocks the bucket.
     async fn read_back(&self, ticket: &str, action: &Action) -> Result<ReadBackResult, (String, Option<Millis>)> {
         let target = self.target();
         let op = Operation::ReadBack(ApplyAction { ticket_id: ticket.to_string(), action: action.clone() });
-        let mut hooks = Hooks::new(self, None, Priority::Read);
+        let mut hooks = Hooks::settling(self);
         match self.driver.execute(&self.adapter, &target, &op, None, &mut hooks).await {
             Ok(Ok(Outcome::ReadBack(r))) => Ok(r),
             Ok(Ok(_)) => Err(("the adapter answered a read-back with another outcome".into(), None)),
