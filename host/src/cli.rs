@@ -84,9 +84,10 @@ pub struct DemoArgs {
     /// Accounts per platform.
     #[arg(long, default_value_t = 2)]
     pub accounts: u32,
-    /// New tickets per hour per account. 600 (the volume support automation breaks at) runs in
-    /// about two minutes on two cores but still meets a few write 429s in the storms (BENCHMARKS.md).
-    #[arg(long, default_value_t = 100)]
+    /// New tickets per hour per account: 600 (86,400 tickets in the day), the volume at which
+    /// support automation breaks; it takes about two and a half minutes on two cores
+    /// (BENCHMARKS.md).
+    #[arg(long, default_value_t = 600)]
     pub tickets_per_hour: u32,
     /// Print only the report.
     #[arg(long)]
