@@ -225,9 +225,11 @@ async fn killed_right_after_the_rotated_pair_is_persisted_works_with_the_new_pai
     rig.wait_state(&first, "live").await;
     let ticket = rig.ticket("Where is my parcel?");
 
-    // The access token dies early (its refresh token lives): the next write meets a 401, the
-    // gateway refreshes (the simulator rotates the pair), stores the new pair, and resends. That
-    // resend, with the new token, is applied and then held on the wire: the kill lands there.
+    // The pair in deskgate.toml carries no expiry, so the gateway refreshes it once (the
+    // simulator rotates it) to learn its lifetime, and stores the new pair before using it; and
+    // the file's access token dies early here, so a write sent before that refresh meets a 401
+    // and gets the same single refresh. Either way the write goes out with the new pair, is
+    // applied and then held on the wire: the kill lands there.
     rig.sim
         .set_faults(FaultConfig { timeout_next: 1, timeout_mode: TimeoutMode::Hold, timeout_hold_ms: 20_000, ..Default::default() })
         .unwrap();
@@ -288,8 +290,14 @@ async fn killed_between_the_token_answer_and_its_write_suspends_and_reauth_drain
     // Received before the kill: three new tickets by webhook, and a reply to each.
     let mut tickets: Vec<u64> = (0..3).map(|i| rig.ticket(&format!("Order {i}"))).collect();
     rig.wait_events_for(&first, &tickets).await;
+    // The pair came from deskgate.toml without its expiry, so the gateway refreshed it once at
+    // start to learn its lifetime; the platform issued it under a new credential id. Expire that
+    // one, the token the gateway now holds.
+    let learned = rig.wait_request(&first, "the refresh that learns the token's lifetime", |r| is_token_request(r) && r.status == 200).await;
     rig.sim.set_faults(FaultConfig { token_hold_next: 1, timeout_hold_ms: 20_000, ..Default::default() }).unwrap();
-    rig.sim.expire_credential(rig.account, rig.cred.id).unwrap();
+    let learned_id = learned.credential_id.expect("the token answer names its credential");
+    let stored_refresh = rig.sim.credential(rig.account, learned_id).unwrap().refresh_token;
+    rig.sim.expire_credential(rig.account, learned_id).unwrap();
     let mut ids = Vec::new();
     for (i, t) in tickets.iter().enumerate() {
         ids.push(rig.submit(&first, *t, &format!("Order {i} ships today.")).await);
@@ -310,7 +318,7 @@ async fn killed_between_the_token_answer_and_its_write_suspends_and_reauth_drain
         &rig.sim.base_url(),
         "/oauth/tokens",
         &deskgate::auth::OAuthClient { client_id: rig.cred.client_id.clone().unwrap(), client_secret: rig.cred.client_secret.clone().unwrap() },
-        rig.cred.refresh_token.as_deref().unwrap(),
+        stored_refresh.as_deref().expect("the learned pair has a refresh token"),
     )
     .await;
     assert!(spent.is_err_and(|e| e.is_definitive()), "the platform rotated: the stored refresh token is spent");
