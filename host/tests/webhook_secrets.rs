@@ -5,14 +5,13 @@
 //! dashboard, the store file or the gateway's log.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use deskgate::api::{AppState, app};
 use deskgate::clock::SystemClock;
 use deskgate::config::Secret;
-use deskgate::runtime::{AdapterRuntime, RuntimeConfig};
 use deskgate::store::{self, SecretKey, SharedStore};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -26,18 +25,8 @@ const KEY: [u8; 32] = [0x5a; 32];
 const FIRST: &str = "whsec-FIRST-3c1f9a0d7b";
 const SECOND: &str = "whsec-SECOND-8e2b64f1c9";
 
-fn runtime() -> &'static AdapterRuntime {
-    static RT: OnceLock<AdapterRuntime> = OnceLock::new();
-    RT.get_or_init(|| {
-        let config = RuntimeConfig {
-            cache_dir: Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("api-compile-cache")),
-            ..RuntimeConfig::default()
-        };
-        let mut rt = AdapterRuntime::new(config).expect("runtime");
-        rt.load_builtin().expect("built-in adapters");
-        rt
-    })
-}
+mod common;
+use common::runtime;
 
 fn test_dir(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("webhook-secrets-{name}-{}", std::process::id()));

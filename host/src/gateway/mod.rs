@@ -531,13 +531,6 @@ impl Gateway {
         }
     }
 
-    /// This replica's [`CONNECTION_LEASE`]s, as last taken or renewed, and still running at `now`
-    /// (metrics: which connections' timers this replica runs).
-    pub async fn held_connection_leases(&self, now: Millis) -> Vec<TimerLease> {
-        let conns: Vec<Arc<Attached>> = self.inner.conns.lock().await.values().cloned().collect();
-        conns.iter().filter_map(|a| lock(&a.lease).clone().filter(|l| now < l.until)).collect()
-    }
-
     /// Give up this replica's lease on `a` (detach, shutdown), so another replica takes its
     /// timers at its next tick instead of after the lease period.
     async fn release_connection_lease(&self, a: &Attached) {
