@@ -114,29 +114,118 @@ fn fill(template: &str, fields: &BTreeMap<String, String>) -> Result<String, Aut
     Ok(out)
 }
 
+/// The `Authorization` header a connection's requests carry, shared by every [`Target`] cloned
+/// from one credential manager, and the fence that keeps a token refresh from racing them.
+///
+/// # Why a fence?
+///
+/// A platform that rotates refresh tokens (Zendesk) deletes the old access token the moment it
+/// answers the refresh. A request that left with the old token a millisecond earlier, or that
+/// was built with it and is about to leave, is then refused with a 401: not a failure of the
+/// credential, only of timing, but a 401 all the same (resent, counted, logged). So every
+/// request holds the fence shared ([`Driver::send`], from reading the header to the end of the
+/// response), and a refresh takes it exclusively ([`Authorization::exclusive`]) before it asks
+/// for the new pair: it waits for the requests in flight to finish, holds new ones back while
+/// the token endpoint answers, and releases them with the new header already in place.
+///
+/// A [`Authorization::fixed`] header (built from a literal, for a one-off check of
+/// credentials not stored yet) has a fence of its own that nothing ever takes exclusively.
+#[derive(Clone)]
+pub struct Authorization {
+    inner: std::sync::Arc<AuthCell>,
+}
+
+struct AuthCell {
+    value: std::sync::RwLock<std::sync::Arc<str>>,
+    fence: tokio::sync::RwLock<()>,
+}
+
+/// Held by a refresh while it replaces the header: no request of the connection is in flight.
+pub type RefreshFence<'a> = tokio::sync::RwLockWriteGuard<'a, ()>;
+
+impl Authorization {
+    /// A header of its own, not shared with any credential manager.
+    pub fn fixed(value: impl Into<String>) -> Self {
+        let value: String = value.into();
+        Self { inner: std::sync::Arc::new(AuthCell { value: std::sync::RwLock::new(value.into()), fence: tokio::sync::RwLock::new(()) }) }
+    }
+
+    /// The header value requests go out with now.
+    pub fn current(&self) -> std::sync::Arc<str> {
+        self.inner.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replace the header for every target that shares it.
+    pub fn set(&self, value: &str) {
+        let mut v = self.inner.value.write().unwrap_or_else(|e| e.into_inner());
+        if **v != *value {
+            *v = value.into();
+        }
+    }
+
+    /// Whether `other` is this very header (shared), not just an equal value.
+    pub fn shares(&self, other: &Authorization) -> bool {
+        std::sync::Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Wait, at most `within`, until no request holds the header, then hold new ones back until
+    /// the returned guard drops. `None` when requests were still in flight at the bound (a
+    /// request stuck until its timeout must not stall every other one behind a refresh): the
+    /// caller then refreshes unfenced, and such a request's 401 is resent with the new token.
+    pub async fn exclusive(&self, within: Duration) -> Option<RefreshFence<'_>> {
+        tokio::time::timeout(within, self.inner.fence.write()).await.ok()
+    }
+
+    /// Held by one request from reading the header to the end of its response.
+    async fn in_use(&self) -> (tokio::sync::RwLockReadGuard<'_, ()>, std::sync::Arc<str>) {
+        let guard = self.inner.fence.read().await;
+        (guard, self.current())
+    }
+}
+
+impl From<String> for Authorization {
+    fn from(value: String) -> Self {
+        Self::fixed(value)
+    }
+}
+
+impl From<&str> for Authorization {
+    fn from(value: &str) -> Self {
+        Self::fixed(value)
+    }
+}
+
+impl fmt::Debug for Authorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `Basic dXNlcjpwYXNz` -> `Basic ***`: the scheme helps debugging, the rest is the secret.
+        let value = self.current();
+        let scheme = value.split_once(' ').map_or("", |(s, _)| s);
+        if value.is_empty() {
+            f.write_str("\"\"")
+        } else if scheme.is_empty() {
+            f.write_str("\"***\"")
+        } else {
+            write!(f, "\"{scheme} ***\"")
+        }
+    }
+}
+
 /// Where and as whom an operation runs. Its `Debug` shows the authorization's scheme only, never
 /// the credential.
 #[derive(Clone)]
 pub struct Target {
     /// The platform's base URL, without a trailing slash (for example `https://acme.zendesk.com`).
     pub base_url: String,
-    /// The `Authorization` header value (see [`authorization`]).
-    pub authorization: String,
+    /// The `Authorization` header (see [`authorization`]); shared with the connection's
+    /// credential manager when the target came from it, so a refresh reaches it.
+    pub authorization: Authorization,
     /// What the adapter is told about the connection.
     pub connection: Connection,
 }
 
 impl fmt::Debug for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `Basic dXNlcjpwYXNz` -> `Basic ***`: the scheme helps debugging, the rest is the secret.
-        let scheme = self.authorization.split_once(' ').map_or("", |(s, _)| s);
-        let authorization = if self.authorization.is_empty() {
-            String::new()
-        } else if scheme.is_empty() {
-            "***".to_string()
-        } else {
-            format!("{scheme} ***")
-        };
+        let authorization = &self.authorization;
         f.debug_struct("Target")
             .field("base_url", &crate::store::redact_url(&self.base_url))
             .field("authorization", &authorization)
@@ -296,7 +385,9 @@ impl Driver {
             Method::Delete => reqwest::Method::DELETE,
         };
         let url = format!("{}{}", target.base_url.trim_end_matches('/'), req.path);
-        let mut builder = self.client.request(method, &url).header("authorization", &target.authorization);
+        // The fence is held until the response is read: a refresh waits for this request.
+        let (_in_use, authorization) = target.authorization.in_use().await;
+        let mut builder = self.client.request(method, &url).header("authorization", &*authorization);
         for (k, v) in &req.headers {
             builder = builder.header(k, v);
         }
@@ -389,6 +480,33 @@ mod tests {
         assert!(shown.contains("Basic ***") && shown.contains("acme.example") && shown.contains("acme"), "{shown}");
         let bare = Target { base_url: "https://x".into(), authorization: "opaque-token".into(), connection };
         assert!(!format!("{bare:?}").contains("opaque-token"));
+    }
+
+    /// The refresh fence (see [`Authorization`]): a refresh gets it only once no request holds
+    /// the header, gives up at its bound while one does, and requests that leave while it is
+    /// held wait and go out with the header the refresh put in place.
+    #[tokio::test]
+    async fn a_refresh_fences_the_requests_of_its_header() {
+        let a = Authorization::fixed("Bearer old");
+        let shared = a.clone();
+        assert!(shared.shares(&a) && !Authorization::fixed("Bearer old").shares(&a));
+        let (in_flight, sent) = shared.in_use().await;
+        assert_eq!(&*sent, "Bearer old");
+        assert!(a.exclusive(Duration::ZERO).await.is_none(), "a request is in flight: the bound is reached");
+        drop(in_flight);
+        let fence = a.exclusive(Duration::ZERO).await.expect("nothing in flight");
+        a.set("Bearer new");
+        let leaving = tokio::spawn(async move {
+            let (_g, v) = shared.in_use().await;
+            v.to_string()
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!leaving.is_finished(), "held while the refresh runs");
+        drop(fence);
+        assert_eq!(leaving.await.unwrap(), "Bearer new");
+        assert_eq!(format!("{a:?}"), "\"Bearer ***\"");
     }
 
     #[test]

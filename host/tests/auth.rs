@@ -117,6 +117,10 @@ impl Rig {
     }
 
     fn manager(&self) -> CredentialManager {
+        self.manager_with(AuthConfig { owner: "replica-1".into(), ..AuthConfig::default() })
+    }
+
+    fn manager_with(&self, config: AuthConfig) -> CredentialManager {
         let d = self.adapter.descriptor();
         CredentialManager::new(ManagerParts {
             store: self.store.clone(),
@@ -129,7 +133,7 @@ impl Rig {
                 (Some(id), Some(s)) => Some(OAuthClient { client_id: id.clone(), client_secret: s.clone() }),
                 _ => None,
             },
-            config: AuthConfig { owner: "replica-1".into(), ..AuthConfig::default() },
+            config,
         })
         .unwrap()
     }
@@ -251,6 +255,97 @@ async fn zendesk_oauth_refreshes_before_expiry_with_rotation() {
     let outcomes = [a.unwrap(), b.unwrap()];
     assert_eq!(outcomes.iter().filter(|o| matches!(o, RefreshOutcome::Refreshed(_))).count(), 1, "{outcomes:?}");
     assert_eq!(outcomes.iter().filter(|o| matches!(o, RefreshOutcome::AlreadyRefreshed(_))).count(), 1, "{outcomes:?}");
+}
+
+/// What [`busy_rotation`] saw: requests answered, requests refused with a 401, refreshes.
+#[derive(Debug)]
+struct BusyRotation {
+    ok: u64,
+    refused: u64,
+    refreshes: u32,
+}
+
+/// Eight tasks send get-ticket back to back through the manager's target while a two-hour
+/// Zendesk token is refreshed (and its pair rotated) over eight hours of clock: every 10 minutes
+/// the clocks move on, the manager ticks, and at least 24 more requests are answered before the
+/// next step. The sim adds 15 ms to every request, the token request included, so each refresh
+/// meets requests in flight and requests that would leave while the platform rotates the pair.
+async fn busy_rotation(config: AuthConfig) -> BusyRotation {
+    use std::sync::atomic::AtomicBool;
+    let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
+    let mgr = rig.manager_with(config);
+    mgr.start().await.unwrap();
+    let ticket = rig.ticket("busy");
+    // Only the rotation may refuse a request here: no rate limit in the way.
+    rig.sim
+        .set_limits(rig.account, deskgate_sim::LimitOverrides { per_minute: Some(1_000_000), ..Default::default() })
+        .unwrap();
+    rig.sim.set_faults(FaultConfig { latency_ms: 15, ..Default::default() }).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, mut done_rx) = tokio::sync::watch::channel(0u64);
+    let done_tx = Arc::new(done_tx);
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let driver = Driver::new(DriverConfig::default()).unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (mgr, adapter, driver, ticket) = (mgr.clone(), rig.adapter.clone(), driver.clone(), ticket.clone());
+            let (stop, done_tx, refused) = (stop.clone(), done_tx.clone(), refused.clone());
+            tokio::spawn(async move {
+                let op = Operation::GetTicket(ticket);
+                while !stop.load(Ordering::Relaxed) {
+                    let target = mgr.target().expect("credential loaded");
+                    match driver.execute(&adapter, &target, &op, None, &mut deskgate::driver::NoHooks).await.unwrap() {
+                        Ok(Outcome::Ticket(_)) => {}
+                        Err(Failure::Unauthenticated(_)) => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => panic!("unexpected answer: {other:?}"),
+                    }
+                    done_tx.send_modify(|n| *n += 1);
+                }
+            })
+        })
+        .collect();
+    let mut refreshes = 0;
+    let mut t = T0;
+    while t <= T0 + 8 * H {
+        rig.advance_to(t);
+        if let TickOutcome::Refresh(r) = mgr.tick().await.unwrap() {
+            assert!(matches!(r, RefreshOutcome::Refreshed(_)), "{r:?}");
+            refreshes += 1;
+        }
+        let goal = *done_rx.borrow() + 24;
+        done_rx.wait_for(|n| *n >= goal).await.unwrap();
+        t += 10 * 60_000;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The platform's own log agrees with what the tasks saw.
+    let logged_401 = rig.sim.requests(Default::default()).iter().filter(|r| r.status == 401).count() as u64;
+    let refused = refused.load(Ordering::Relaxed);
+    assert_eq!(logged_401, refused);
+    BusyRotation { ok: *done_rx.borrow() - refused, refused, refreshes }
+}
+
+/// Issue #5: "zero failed requests across the expiry" with requests in flight. A refresh waits
+/// for the connection's requests in flight and holds new ones until the rotated pair is stored
+/// (`AuthConfig::refresh_drain`), so none of them goes out with a token the platform has just
+/// deleted. The same day with the fence's wait set to zero shows the race the fence closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_across_token_rotations_are_never_refused() {
+    let fenced = busy_rotation(AuthConfig { owner: "replica-1".into(), ..AuthConfig::default() }).await;
+    println!("fenced: {fenced:?}");
+    assert!(fenced.refreshes >= 4, "{fenced:?}");
+    assert!(fenced.ok >= 24 * 48, "{fenced:?}");
+    assert_eq!(fenced.refused, 0, "requests refused across a rotation: {fenced:?}");
+
+    let unfenced =
+        busy_rotation(AuthConfig { owner: "replica-1".into(), refresh_drain: Duration::ZERO, ..AuthConfig::default() }).await;
+    println!("without waiting for requests in flight: {unfenced:?}");
+    assert!(unfenced.refreshes >= 4, "{unfenced:?}");
+    assert!(unfenced.refused > 0, "the race should show without the fence: {unfenced:?}");
 }
 
 async fn drain(rig: &Rig, worker: &OutboxWorker, gate: &deskgate::budget::BudgetGate) -> PassReport {
@@ -846,7 +941,7 @@ async fn a_401_about_a_replaced_token_resends_instead_of_suspending() {
     use deskgate::outbox::{AuthFailure, AuthVerdict, credential_fingerprint};
     let rig = Rig::new(Platform::Zendesk, oauth(2 * 3600, None), None).await;
     rig.mgr.start().await.unwrap();
-    let old = credential_fingerprint(&rig.mgr.target().unwrap().authorization);
+    let old = credential_fingerprint(&rig.mgr.target().unwrap().authorization.current());
     let v = rig.mgr.credential().unwrap().version;
     rig.advance_to(T0 + 10 * 60_000);
     rig.sim.expire_credential(rig.account, rig.cred.id).unwrap();
@@ -864,7 +959,7 @@ async fn a_401_about_a_replaced_token_resends_instead_of_suspending() {
     assert!(rig.alerts().await.is_empty());
     // A 401 about the current (just refreshed) token is the policy's business: a second 401
     // after a refresh suspends; the write goes again once the connection is live.
-    let current = credential_fingerprint(&rig.mgr.target().unwrap().authorization);
+    let current = credential_fingerprint(&rig.mgr.target().unwrap().authorization.current());
     assert_ne!(current, old);
     assert_eq!(hook(&af(current)), AuthVerdict::Resend);
     for _ in 0..500 {

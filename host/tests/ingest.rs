@@ -262,7 +262,7 @@ async fn lossy_webhooks_plus_one_sweep_deliver_every_change_once_in_order() {
             &d.auth,
             &Credential::Basic([("email".into(), cred.email.clone()), ("token".into(), cred.token.clone())].into()),
         )
-        .unwrap(),
+        .unwrap().into(),
         connection: conn,
     };
     let reconciler = Reconciler::new(
@@ -709,7 +709,7 @@ async fn a_rate_limited_sweep_waits_in_the_read_lane_and_finishes() {
             &d.auth,
             &Credential::Basic([("email".into(), cred.email.clone()), ("token".into(), cred.token.clone())].into()),
         )
-        .unwrap(),
+        .unwrap().into(),
         connection: conn,
     };
     let reconciler = Arc::new(Reconciler::new(

@@ -110,7 +110,7 @@ async fn rig(platform: Platform, who: AgentKind, config: OutboxConfig) -> Rig {
     let conn = format!("{id}-outbox");
     let mut target = Target {
         base_url: sim.base_url(),
-        authorization: authorization(&d.auth, &credential(platform, &cred)).unwrap(),
+        authorization: authorization(&d.auth, &credential(platform, &cred)).unwrap().into(),
         connection: Connection { id: conn.clone(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
     };
     let driver = Driver::new(DriverConfig::default()).unwrap();

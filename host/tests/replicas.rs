@@ -80,7 +80,7 @@ async fn account() -> Account {
         Credential::Basic([("email".to_string(), cred.email.clone()), ("token".to_string(), cred.token.clone())].into());
     let mut target = Target {
         base_url: sim.base_url(),
-        authorization: authorization(&d.auth, &credential).unwrap(),
+        authorization: authorization(&d.auth, &credential).unwrap().into(),
         connection: Connection { id: "acme".into(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
     };
     let driver = Driver::new(DriverConfig::default()).unwrap();

@@ -164,7 +164,7 @@ async fn outbox_run(rt: &AdapterRuntime, actions: usize, replicas: usize, pg: bo
     let credential = Credential::Bearer(cred.token.clone());
     let mut target = Target {
         base_url: sim.base_url(),
-        authorization: authorization(&d.auth, &credential)?,
+        authorization: authorization(&d.auth, &credential)?.into(),
         connection: Connection { id: "acme".into(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
     };
     let driver = Driver::new(DriverConfig::default())?;

@@ -134,7 +134,7 @@ async fn account(rt: &AdapterRuntime, handle: &SimHandle, name: &str, tickets: u
     let d = adapter.descriptor();
     let mut target = Target {
         base_url: sim.base_url(),
-        authorization: authorization(&d.auth, &credential(platform, &cred))?,
+        authorization: authorization(&d.auth, &credential(platform, &cred))?.into(),
         connection: Connection { id: name.into(), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
     };
     let driver = Driver::new(DriverConfig::default())?;

@@ -1243,7 +1243,7 @@ pub fn target_for(adapter: &Adapter, conn: &Connection, secret: &CredentialSecre
     };
     Ok(crate::driver::Target {
         base_url,
-        authorization,
+        authorization: authorization.into(),
         connection: crate::bindings::Connection {
             id: conn.id.clone(),
             plan: conn.plan.clone().unwrap_or_default(),

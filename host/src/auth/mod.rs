@@ -70,7 +70,7 @@ use serde_json::{Value, json};
 use crate::alerts;
 use crate::bindings::{AuthScheme, Connection, Failure, ForbiddenDetail, Operation, Outcome};
 use crate::clock::{Millis, SharedClock};
-use crate::driver::{self, DriveError, Driver, NoHooks, OpResult, Target};
+use crate::driver::{self, Authorization, DriveError, Driver, NoHooks, OpResult, Target};
 use crate::outbox::{AuthFailure, AuthHook, AuthVerdict, OutboxWorker};
 use crate::probe::{self, ProbeError, ProbeReport};
 use crate::runtime::Adapter;
@@ -109,6 +109,12 @@ pub struct AuthConfig {
     /// [`StoreError::RefreshInFlight`] as it always did; `serve` sets 30 s when `[cluster]`
     /// declares several replicas.
     pub in_flight_wait: Duration,
+    /// How long a refresh waits for this connection's requests in flight to finish before it
+    /// asks for the new pair (see [`crate::driver::Authorization`]): with rotating tokens, a
+    /// request still holding the old token when the platform answers is refused with a 401.
+    /// New requests wait behind the refresh meanwhile. Past the bound the refresh goes ahead,
+    /// and a request that then meets a 401 is resent with the new token.
+    pub refresh_drain: Duration,
 }
 
 impl Default for AuthConfig {
@@ -122,6 +128,7 @@ impl Default for AuthConfig {
             owner: "deskgate".into(),
             in_flight_poll: Duration::from_millis(50),
             in_flight_wait: Duration::ZERO,
+            refresh_drain: Duration::from_secs(10),
         }
     }
 }
@@ -231,6 +238,9 @@ struct Inner {
     oauth_client: Option<OAuthClient>,
     config: AuthConfig,
     http: reqwest::Client,
+    /// The header every target of this connection shares: a refresh replaces it for all of
+    /// them at once, and fences their requests while it runs.
+    authorization: Authorization,
     state: Mutex<State>,
     flight: tokio::sync::Mutex<()>,
     /// Serializes suspend/resume, so concurrent 401s suspend (and alert) once.
@@ -275,6 +285,7 @@ impl CredentialManager {
                 oauth_client: parts.oauth_client,
                 config: parts.config,
                 http,
+                authorization: Authorization::fixed(""),
                 state: Mutex::new(State {
                     cred: None,
                     last_health: 0,
@@ -340,18 +351,34 @@ impl CredentialManager {
         }
     }
 
+    fn header_for(&self, secret: &CredentialSecret) -> Result<String, driver::AuthError> {
+        driver::authorization(&self.inner.adapter.descriptor().auth, &self.driver_credential(secret))
+    }
+
+    /// A target with a header of its own for `secret`: for checking credentials that are not
+    /// (or may no longer be) the connection's current ones. Refreshes do not reach it.
     fn target_for(&self, secret: &CredentialSecret) -> Result<Target, driver::AuthError> {
-        let authorization = driver::authorization(&self.inner.adapter.descriptor().auth, &self.driver_credential(secret))?;
+        let authorization = Authorization::fixed(self.header_for(secret)?);
         Ok(Target { base_url: self.inner.base_url.clone(), authorization, connection: lock(&self.inner.connection).clone() })
     }
 
-    /// Where and as whom requests go now (`None` before credentials are loaded).
+    /// Where and as whom requests go now (`None` before credentials are loaded). The target
+    /// shares this manager's header: a later refresh replaces it in every clone, and its
+    /// requests are fenced against the refresh (see [`Authorization`]).
     pub fn target(&self) -> Option<Target> {
         let secret = lock(&self.inner.state).cred.as_ref()?.secret.clone();
-        self.target_for(&secret).ok()
+        self.header_for(&secret).ok()?;
+        Some(Target {
+            base_url: self.inner.base_url.clone(),
+            authorization: self.inner.authorization.clone(),
+            connection: lock(&self.inner.connection).clone(),
+        })
     }
 
     fn set_cred(&self, cred: Credential) {
+        if let Ok(h) = self.header_for(&cred.secret) {
+            self.inner.authorization.set(&h);
+        }
         lock(&self.inner.state).cred = Some(cred);
         let target = self.target();
         if let (Some(t), Some(w)) = (target, lock(&self.inner.worker).as_ref()) {
@@ -493,6 +520,12 @@ impl CredentialManager {
                 Err(e) => return Err(e.into()),
             }
         };
+        // No request of this connection is in flight while the platform rotates the pair, and
+        // none leaves until the new header is in place: the old token dies with the answer.
+        let fence = self.inner.authorization.exclusive(self.inner.config.refresh_drain).await;
+        if fence.is_none() {
+            tracing::warn!(connection = %id, "requests still in flight after {:?}; refreshing without waiting for them", self.inner.config.refresh_drain);
+        }
         let result = refresh::refresh(&self.inner.http, &self.inner.base_url, &token_path, client, rt).await;
         match result {
             Ok(pair) => {
@@ -516,10 +549,12 @@ impl CredentialManager {
                     st.retry_attempt = 0;
                 }
                 self.set_cred(stored);
+                drop(fence);
                 tracing::info!(connection = %id, version = v, "OAuth token refreshed");
                 Ok(RefreshOutcome::Refreshed(v))
             }
             Err(e @ RefreshError::Definitive { .. }) => {
+                drop(fence);
                 self.inner.store.end_refresh(&id, &owner).await?;
                 self.reload().await?;
                 let text = format!(
@@ -529,6 +564,7 @@ impl CredentialManager {
                 Ok(RefreshOutcome::Suspended)
             }
             Err(e @ RefreshError::Transient(_)) => {
+                drop(fence);
                 self.inner.store.end_refresh(&id, &owner).await?;
                 let cred = self.reload().await?;
                 let now = self.now();
@@ -688,12 +724,16 @@ impl CredentialManager {
     pub async fn execute(&self, op: &Operation, idempotency_key: Option<&str>) -> Result<OpResult, CredentialError> {
         let mut refreshed = false;
         loop {
-            let (target, version) = {
+            let (secret, version) = {
                 let st = lock(&self.inner.state);
                 let c = st.cred.as_ref().ok_or_else(|| CredentialError::NoCredential(self.connection_id()))?;
                 (c.secret.clone(), c.version)
             };
-            let target = self.target_for(&target)?;
+            // The shared header (fenced against a refresh); `target_for` names a bad secret.
+            let target = match self.target() {
+                Some(t) => t,
+                None => self.target_for(&secret)?,
+            };
             let r = self.inner.driver.execute(&self.inner.adapter, &target, op, idempotency_key, &mut NoHooks).await?;
             match &r {
                 Err(Failure::Unauthenticated(d)) => {
@@ -770,8 +810,8 @@ impl CredentialManager {
                 let current = m.credential();
                 let current_fp = current
                     .as_ref()
-                    .and_then(|c| m.target_for(&c.secret).ok())
-                    .map(|t| crate::outbox::credential_fingerprint(&t.authorization));
+                    .and_then(|c| m.header_for(&c.secret).ok())
+                    .map(|h| crate::outbox::credential_fingerprint(&h));
                 if current_fp.is_some_and(|fp| fp != af.sent_with) {
                     return AuthVerdict::Resend;
                 }

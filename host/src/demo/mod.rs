@@ -189,6 +189,10 @@ pub struct DemoReport {
     pub webhooks_dropped: u64,
     /// OAuth refreshes that succeeded.
     pub token_refreshes: u64,
+    /// Requests of the OAuth connection refused with a 401 before its grant is revoked at
+    /// 10:00: each one a request that met a token rotation (a refresh waits for the requests in
+    /// flight and holds new ones, so this is 0).
+    pub refused_401_before_revocation: u64,
     /// Submit to confirmed, real milliseconds (the day's clock runs faster; see `rate`).
     pub resolution_latency_ms: Percentiles,
     /// Day-clock milliseconds per real millisecond.
@@ -1065,6 +1069,7 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
             );
         }
     }
+    report.refused_401_before_revocation = refused_before_revocation;
     if let Some(note) = report.failures.iter_mut().find(|f| f.injected.ends_with("OAuth access token expires")) {
         let expiry = day_at(2, 0);
         note.handled = match first_refresh {
@@ -1138,6 +1143,12 @@ impl DemoReport {
         }
         if self.responses_429.write > 0 {
             out.push(format!("{} write-lane 429s", self.responses_429.write));
+        }
+        if self.refused_401_before_revocation > 0 {
+            out.push(format!(
+                "{} requests refused with 401 while the OAuth token was valid (a rotation raced them)",
+                self.refused_401_before_revocation
+            ));
         }
         let mut in_flight = 0;
         for (state, (count, example)) in &self.unsettled_by_state {

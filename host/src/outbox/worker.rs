@@ -390,7 +390,7 @@ impl Inner {
     /// A fingerprint of the credential requests go out with now (never the secret itself), to
     /// tell whether it changed while a request was in flight.
     fn credential_fingerprint(&self) -> u64 {
-        credential_fingerprint(&self.target.read().unwrap_or_else(|e| e.into_inner()).authorization)
+        credential_fingerprint(&self.target.read().unwrap_or_else(|e| e.into_inner()).authorization.current())
     }
 
     fn backoff_at(&self, attempt: i64) -> Millis {

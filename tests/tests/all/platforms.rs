@@ -43,7 +43,7 @@ async fn rig(platform: Platform, id: &str, spec: CredentialSpec) -> Rig {
     let d = adapter.descriptor();
     let target = Target {
         base_url: sim.base_url(),
-        authorization: authorization(&d.auth, &credential(platform, &cred)).unwrap(),
+        authorization: authorization(&d.auth, &credential(platform, &cred)).unwrap().into(),
         connection: Connection { id: format!("{id}-e2e"), plan: d.default_plan.clone(), agent_id: None, settings: vec![] },
     };
     let driver = Driver::new(DriverConfig::default()).unwrap();
