@@ -124,8 +124,14 @@ pub fn reply_request(id: u64, text: &str) -> HttpRequest {
     RequestBuilder::new(Method::Post, format!("{}/reply", ticket_path(id)))
         .lane(Lane::Write)
         .draw(ACCOUNT)
-        .json(&serde_json::json!({ "body": reply_html(text) }))
+        .json(&ReplyBody { body: &reply_html(text) })
         .build()
+}
+
+/// `{"body": "<p>..</p>"}`, serialized from a borrowed field.
+#[derive(serde::Serialize)]
+struct ReplyBody<'a> {
+    body: &'a str,
 }
 
 /// The HTML body Freshdesk stores for a plain-text reply: escaped and wrapped in one paragraph.

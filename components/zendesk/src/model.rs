@@ -169,11 +169,16 @@ impl ZTicket {
     /// than dropped from a sweep (custom statuses still report one of the six categories in
     /// `status`, so this is only a safety net).
     pub fn to_ticket(&self) -> Result<Ticket, Failure> {
+        self.clone().into_ticket()
+    }
+
+    /// [`ZTicket::to_ticket`], moving the fields instead of copying them.
+    pub fn into_ticket(mut self) -> Result<Ticket, Failure> {
         let id = self
             .id
-            .clone()
+            .take()
             .ok_or_else(|| fail::permanent("Zendesk returned a ticket without an id"))?;
-        let raw = self.status.clone().ok_or_else(|| {
+        let raw = self.status.take().ok_or_else(|| {
             fail::permanent(format!("Zendesk returned ticket {id} without a status"))
         })?;
         let status = normalize_status(&raw).unwrap_or(if raw.eq_ignore_ascii_case("deleted") {
@@ -189,22 +194,22 @@ impl ZTicket {
     pub fn to_event_ticket(&self, id: &str, fallback_ms: i64) -> Option<Ticket> {
         let raw = self.status.clone()?;
         let status = normalize_status(&raw)?;
-        Some(self.build(id.to_string(), status, raw, fallback_ms))
+        Some(self.clone().build(id.to_string(), status, raw, fallback_ms))
     }
 
-    fn build(&self, id: String, status: TicketStatus, raw_status: String, fallback: i64) -> Ticket {
+    fn build(self, id: String, status: TicketStatus, raw_status: String, fallback: i64) -> Ticket {
         let or = |s: &Option<String>| s.as_deref().and_then(text::parse_rfc3339_ms);
         let updated = or(&self.updated_at).unwrap_or(fallback);
         let created = or(&self.created_at).unwrap_or(if fallback == 0 { 0 } else { updated });
         Ticket {
             id,
-            subject: self.subject.clone(),
+            subject: self.subject,
             status,
             raw_status,
-            requester_id: self.requester_id.clone(),
-            assignee_id: self.assignee_id.clone(),
-            group_id: self.group_id.clone(),
-            tags: self.tags.clone(),
+            requester_id: self.requester_id,
+            assignee_id: self.assignee_id,
+            group_id: self.group_id,
+            tags: self.tags,
             created_at: created,
             updated_at: updated,
             comments: Vec::new(),
@@ -254,6 +259,48 @@ impl Audit {
             .iter()
             .find(|e| e.kind.as_deref() == Some("Comment"))
             .and_then(|e| e.id.clone())
+    }
+}
+
+/// The update response as a write reads it: the ticket, and of the audit only its events' ids and
+/// types (the comment's id is the receipt's reference). Event bodies and values are skipped
+/// unread, not parsed into strings and JSON values the receipt never uses.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct WriteEnvelope {
+    /// The ticket after the update.
+    pub ticket: Option<ZTicket>,
+    /// The audit the update created.
+    pub audit: Option<WriteAudit>,
+}
+
+/// An update's audit, reduced to what identifies its events.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct WriteAudit {
+    /// The audit's events.
+    pub events: Vec<EventRef>,
+}
+
+/// An audit event's id and type.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EventRef {
+    /// Event id (the comment id for a `Comment` event).
+    #[serde(deserialize_with = "opt_id")]
+    pub id: Option<String>,
+    /// "Comment", "Change", "Create", ...
+    #[serde(rename = "type", deserialize_with = "opt_str")]
+    pub kind: Option<String>,
+}
+
+impl WriteAudit {
+    /// The id of the comment this audit added, if it added one.
+    pub fn comment_id(self) -> Option<String> {
+        self.events
+            .into_iter()
+            .find(|e| e.kind.as_deref() == Some("Comment"))
+            .and_then(|e| e.id)
     }
 }
 

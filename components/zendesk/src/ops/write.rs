@@ -11,9 +11,10 @@
 //! lane. Zendesk honours no idempotency key on updates, so none is named.
 
 use crate::errors::{Ctx, classify};
-use crate::model::{TicketEnvelope, status_value};
+use crate::model::{WriteEnvelope, status_value};
 use crate::translate::{State, id_number, is_ok, numeric_id, ticket_path, update_request};
 use deskgate_adapter_sdk::prelude::*;
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 /// The action's name as used in contexts and receipts.
@@ -100,16 +101,33 @@ pub fn validate(a: &Action) -> Result<(), Failure> {
     }
 }
 
+/// `{"ticket":{"comment":{"body":..,"public":true}}}`.
+#[derive(Serialize)]
+struct ReplyBody<'a> {
+    ticket: ReplyTicket<'a>,
+}
+
+#[derive(Serialize)]
+struct ReplyTicket<'a> {
+    comment: Comment<'a>,
+}
+
+#[derive(Serialize)]
+struct Comment<'a> {
+    body: &'a str,
+    public: bool,
+}
+
 /// The request for an action on ticket `id` (canonical numeric id).
 pub fn request(id: &str, action: &Action) -> Result<HttpRequest, Failure> {
     let comment = |body: &str| json!({"body": body, "public": true});
     let ticket = |fields: Map<String, Value>| json!({ "ticket": Value::Object(fields) });
     let (path, body) = match action {
         Action::Reply(text) => {
+            // The hot path: serialized straight from borrowed fields, no JSON map in between.
             check_reply(text)?;
-            let mut f = Map::new();
-            f.insert("comment".into(), comment(text));
-            (ticket_path(id), ticket(f))
+            let body = ReplyBody { ticket: ReplyTicket { comment: Comment { body: text, public: true } } };
+            return Ok(update_request(Method::Put, ticket_path(id), id).json(&body).build());
         }
         Action::SetStatus(s) => {
             let mut f = Map::new();
@@ -165,8 +183,8 @@ pub fn resume(a: &ApplyAction, resp: &HttpResponse) -> Result<Step, Failure> {
             },
         ));
     }
-    let env: TicketEnvelope = serde_json::from_slice(&resp.body).unwrap_or_default();
-    let ticket = env.ticket.and_then(|t| t.to_ticket().ok());
+    let env: WriteEnvelope = serde_json::from_slice(&resp.body).unwrap_or_default();
+    let ticket = env.ticket.and_then(|t| t.into_ticket().ok());
     let has_reply = matches!(a.action, Action::Reply(_) | Action::Resolve(_));
     let reference = if has_reply {
         env.audit.and_then(|au| au.comment_id())
