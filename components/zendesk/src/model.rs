@@ -607,6 +607,10 @@ pub(crate) mod tests {
         assert_eq!(audit.events[0].kind.as_deref(), Some("Change"));
         // A subject change adds no comment.
         assert_eq!(audit.comment_id(), None);
+        // The write path's reduced reading of the same body agrees.
+        let w: WriteEnvelope = serde_json::from_slice(&rec[0].body).unwrap();
+        assert_eq!(format!("{:?}", w.ticket.unwrap().into_ticket().unwrap()), format!("{t:?}"));
+        assert_eq!(w.audit.unwrap().comment_id(), None);
     }
 
     #[test]
@@ -627,6 +631,9 @@ pub(crate) mod tests {
                 .unwrap();
             assert_eq!(comment.public, Some(public));
             assert_eq!(audit.comment_id(), comment.id.clone());
+            // The write path's reduced reading of the same body finds the same comment.
+            let w: WriteEnvelope = serde_json::from_slice(&rec[0].body).unwrap();
+            assert_eq!(w.audit.unwrap().comment_id(), comment.id.clone());
             // Values of mixed JSON types (numbers, strings, arrays) do not upset the parse.
             assert!(audit.events.iter().any(|e| e.value.is_array()));
             assert!(audit.events.iter().any(|e| e.value.is_number()));
