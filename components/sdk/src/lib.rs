@@ -45,6 +45,12 @@ pub mod bindings {
     });
 }
 
+/// The components' allocator (feature `talc`, on by default): faster than dlmalloc on the
+/// many small allocations an adapter call makes. Off the wasm target the platform's stays.
+#[cfg(all(feature = "talc", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static TALC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 pub mod fail;
 pub mod http;
 pub mod lenient;

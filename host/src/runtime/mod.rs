@@ -256,6 +256,11 @@ impl AdapterRuntime {
             .epoch_interruption(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .max_wasm_stack(1 << 20);
+        // `DESKGATE_WASM_PERFMAP=1` writes /tmp/perf-<pid>.map so `perf report` names the
+        // adapters' compiled functions (profiling only; off by default).
+        if std::env::var_os("DESKGATE_WASM_PERFMAP").is_some_and(|v| v == "1") {
+            wasm.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         // WASI is offered only because Rust's std imports parts of it; the context each store
