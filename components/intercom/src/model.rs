@@ -136,7 +136,7 @@ impl Part {
     pub fn visible_body(&self) -> Option<&str> {
         self.body
             .as_deref()
-            .filter(|b| !text::visible_text(b).is_empty())
+            .filter(|b| text::has_visible_text(b))
     }
 }
 

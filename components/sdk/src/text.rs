@@ -57,6 +57,15 @@ pub fn visible_text(body: &str) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// Whether `body` shows any text at all: `!visible_text(body).is_empty()`, without building
+/// the text when the body holds no markup or entity (the common case of a plain-text reply).
+pub fn has_visible_text(body: &str) -> bool {
+    if !body.bytes().any(|b| b == b'<' || b == b'&') {
+        return body.split_whitespace().next().is_some();
+    }
+    !visible_text(body).is_empty()
+}
+
 /// Whether two bodies show the same text.
 pub fn same_text(a: &str, b: &str) -> bool {
     visible_text(a) == visible_text(b)
@@ -95,6 +104,16 @@ pub fn format_rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_visible_text_agrees_with_visible_text() {
+        for body in [
+            "", " ", "\n\t ", "x", "  hello  ", "<p></p>", "<p> </p>", "<p>x</p>", "&nbsp;",
+            "&nbsp; &nbsp;", "&amp;", "a & b", "<br/>", "\u{a0}", "\u{2003}x", "&unknown;",
+        ] {
+            assert_eq!(has_visible_text(body), !visible_text(body).is_empty(), "{body:?}");
+        }
+    }
 
     #[test]
     fn markup_and_whitespace_do_not_matter() {

@@ -22,7 +22,6 @@ use crate::model::{Conversation, Tag};
 use crate::translate::{State, admin_id, conversation_id, ok, reply_html, request};
 use deskgate_adapter_sdk::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 /// Why pending / on-hold cannot be set.
 pub const SNOOZE_UNSUPPORTED: &str = "Intercom snoozes need a time (snoozed_until) and the \
@@ -81,7 +80,7 @@ fn step(kind: StepKind, part: &str, completes: &[&str], carries_reply: bool) -> 
 }
 
 fn reply_body(text: &str) -> Result<String, Failure> {
-    if text::visible_text(text).is_empty() {
+    if !text::has_visible_text(text) {
         return Err(fail::invalid(
             "the reply is empty; Intercom requires a body for a comment",
         ));
@@ -236,26 +235,68 @@ fn next(ws: WriteState) -> Result<Step, Failure> {
     send(req, &State::Write(ws))
 }
 
+/// The body of a write request, serialized from borrowed fields in the order Intercom's
+/// examples give them; absent fields are left out.
+#[derive(Serialize, Default)]
+struct PartBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_type: Option<&'static str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    assignee_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+}
+
 /// The request of the current step.
 pub fn step_request(ws: &WriteState) -> Result<HttpRequest, Failure> {
     let cur = current(ws)?;
     let id = &ws.ticket_id;
-    let admin = &ws.admin_id;
-    let parts = format!("/conversations/{id}/parts");
+    let admin = Some(ws.admin_id.as_str());
+    let parts = || format!("/conversations/{id}/parts");
     let (path, body) = match &cur.kind {
         StepKind::Reply { body } => (
             format!("/conversations/{id}/reply"),
-            json!({"message_type": "comment", "type": "admin", "admin_id": admin, "body": body}),
+            PartBody {
+                message_type: Some("comment"),
+                kind: Some("admin"),
+                admin_id: admin,
+                body: Some(body),
+                ..PartBody::default()
+            },
         ),
-        StepKind::Close { body } => {
-            let mut b = json!({"message_type": "close", "type": "admin", "admin_id": admin});
-            if let Some(body) = body {
-                b["body"] = json!(body);
-            }
-            (parts, b)
-        }
-        StepKind::Open => (parts, json!({"message_type": "open", "admin_id": admin})),
-        StepKind::CreateTag { name } => ("/tags".to_string(), json!({"name": name})),
+        StepKind::Close { body } => (
+            parts(),
+            PartBody {
+                message_type: Some("close"),
+                kind: Some("admin"),
+                admin_id: admin,
+                body: body.as_deref(),
+                ..PartBody::default()
+            },
+        ),
+        StepKind::Open => (
+            parts(),
+            PartBody {
+                message_type: Some("open"),
+                admin_id: admin,
+                ..PartBody::default()
+            },
+        ),
+        StepKind::CreateTag { name } => (
+            "/tags".to_string(),
+            PartBody {
+                name: Some(name),
+                ..PartBody::default()
+            },
+        ),
         StepKind::AttachTag { name } => {
             let tag_id = ws.tag_id.as_ref().ok_or_else(|| {
                 fail::permanent(format!(
@@ -264,19 +305,24 @@ pub fn step_request(ws: &WriteState) -> Result<HttpRequest, Failure> {
             })?;
             (
                 format!("/conversations/{id}/tags"),
-                json!({"id": tag_id, "admin_id": admin}),
+                PartBody {
+                    id: Some(tag_id),
+                    admin_id: admin,
+                    ..PartBody::default()
+                },
             )
         }
         StepKind::Assign { assignee_id, team } => (
-            parts,
-            json!({
-                "message_type": "assignment",
+            parts(),
+            PartBody {
+                message_type: Some("assignment"),
                 // UNCONFIRMED: the spec's enum for `type` is admin | team; "team" is sent when
                 // the assignee is a team.
-                "type": if *team { "team" } else { "admin" },
-                "admin_id": admin,
-                "assignee_id": assignee_id,
-            }),
+                kind: Some(if *team { "team" } else { "admin" }),
+                admin_id: admin,
+                assignee_id: Some(assignee_id),
+                ..PartBody::default()
+            },
         ),
     };
     Ok(request(Method::Post, path, Lane::Write).json(&body).build())
