@@ -132,6 +132,21 @@ impl Part {
         self.author.as_ref().and_then(|a| a.kind.as_deref()) == Some("admin")
     }
 
+    /// The contract comment, when an admin wrote the part and its body shows text (as
+    /// [`Conversation::comments`] keeps them). Notes are private.
+    pub fn into_comment(self) -> Option<Comment> {
+        if !self.by_admin() || self.visible_body().is_none() {
+            return None;
+        }
+        Some(Comment {
+            id: self.id.unwrap_or_default(),
+            author_id: self.author.and_then(|a| a.id),
+            public: self.part_type.as_deref() != Some("note"),
+            created_at: secs_to_ms(self.created_at.unwrap_or(0)),
+            body: self.body?,
+        })
+    }
+
     /// The body, when it has visible content.
     pub fn visible_body(&self) -> Option<&str> {
         self.body
@@ -285,9 +300,13 @@ impl Conversation {
     pub fn tags_with_probe_mark(&self) -> Vec<String> {
         use crate::ops::probe::{PROBE_TAG, PROBE_TEXT};
         let mut tags = self.tag_names();
+        // Tags turn into spaces and only punctuation entities are decoded, so the visible text
+        // can hold a word only if the raw body holds it literally: test that before building it.
         let is_probe = self.source.as_ref().is_some_and(|s| {
-            s.body.as_deref().map(|b| text::visible_text(b)).as_deref().map(str::trim) == Some(PROBE_TEXT)
-                && s.author.as_ref().is_some_and(|a| matches!(a.kind.as_deref(), Some("lead" | "user" | "contact")))
+            s.author.as_ref().is_some_and(|a| matches!(a.kind.as_deref(), Some("lead" | "user" | "contact")))
+                && s.body.as_deref().is_some_and(|b| {
+                    PROBE_TEXT.split_whitespace().all(|w| b.contains(w)) && text::visible_text(b).trim() == PROBE_TEXT
+                })
         });
         if is_probe && !tags.iter().any(|t| t == PROBE_TAG) {
             tags.push(PROBE_TAG.to_string());
@@ -336,6 +355,40 @@ impl Conversation {
         self.parts().last().and_then(|p| p.id.clone())
     }
 
+    /// The contract ticket, moving the conversation's strings into it instead of copying them
+    /// (the write and read paths, which drop the conversation afterwards). Same result as
+    /// [`Conversation::to_ticket`].
+    pub fn into_ticket(self) -> Result<Ticket, Failure> {
+        let status = normalize_state(self.state.as_deref(), self.open);
+        let raw_status = self.raw_state();
+        let requester_id = self.requester();
+        let tags = self.tags_with_probe_mark();
+        let Conversation { id, title, created_at, updated_at, admin_assignee_id, team_assignee_id, source, conversation_parts, .. } = self;
+        let id = id.ok_or_else(|| {
+            fail::permanent("Intercom returned a conversation without an id".to_string())
+        })?;
+        let subject = title
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| source.and_then(|s| s.subject))
+            .filter(|t| !t.trim().is_empty());
+        let comments = conversation_parts
+            .map(|l| l.conversation_parts.into_iter().filter_map(Part::into_comment).collect())
+            .unwrap_or_default();
+        Ok(Ticket {
+            id,
+            subject,
+            status,
+            raw_status,
+            requester_id,
+            assignee_id: admin_assignee_id.filter(|s| s != "0"),
+            group_id: team_assignee_id.filter(|s| s != "0"),
+            tags,
+            created_at: secs_to_ms(created_at.unwrap_or(0)),
+            updated_at: secs_to_ms(updated_at.or(created_at).unwrap_or(0)),
+            comments,
+        })
+    }
+
     /// The contract ticket. Fails (permanent) when the conversation has no id.
     pub fn to_ticket(&self) -> Result<Ticket, Failure> {
         let id = self.id.clone().ok_or_else(|| {
@@ -368,6 +421,23 @@ mod tests {
     use super::*;
 
     const CONVERSATION: &str = include_str!("../tests/fixtures/conversation.json");
+
+    #[test]
+    fn into_ticket_equals_to_ticket() {
+        let c: Conversation = serde_json::from_str(CONVERSATION).unwrap();
+        assert_eq!(format!("{:?}", c.clone().into_ticket().unwrap()), format!("{:?}", c.to_ticket().unwrap()));
+        for (body, author) in [("<p>deskgate permission probe</p>", "lead"), ("deskgate  permission\nprobe", "user"), ("<p>deskgate permission probe</p>", "admin"), ("deskgate <b>permission</b> pro&amp;be", "lead")] {
+            let c: Conversation = serde_json::from_value(serde_json::json!({
+                "id": "77", "created_at": 1700000000, "open": true, "state": "open", "title": " ",
+                "admin_assignee_id": 0, "team_assignee_id": "12",
+                "source": {"subject": "Hi", "body": body, "author": {"type": author, "id": "lead-9"}},
+            }))
+            .unwrap();
+            assert_eq!(format!("{:?}", c.clone().into_ticket().unwrap()), format!("{:?}", c.to_ticket().unwrap()), "{body:?}");
+        }
+        let c: Conversation = serde_json::from_str(r#"{"type":"conversation"}"#).unwrap();
+        assert!(matches!(c.into_ticket(), Err(Failure::Permanent(_))));
+    }
 
     #[test]
     fn conversation_maps_to_ticket() {

@@ -19,7 +19,7 @@ pub fn get_ticket(id: &str) -> Result<Step, Failure> {
 /// The ticket from a `GET /conversations/{id}` response.
 pub fn resume_ticket(resp: &HttpResponse) -> Result<Step, Failure> {
     let c = conversation(resp, need::READ_CONVERSATIONS)?;
-    done(Outcome::Ticket(c.to_ticket()?))
+    done(Outcome::Ticket(c.into_ticket()?))
 }
 
 /// Parse a 2xx conversation response, or classify the error.

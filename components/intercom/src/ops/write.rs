@@ -382,7 +382,7 @@ pub fn resume(mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> 
         return next(ws);
     }
     done(Outcome::Written(WriteReceipt {
-        ticket: conversation.and_then(|c| c.to_ticket().ok()),
+        ticket: conversation.and_then(|c| c.into_ticket().ok()),
         reference: ws.reference,
         applied: ws.applied,
         failed: None,
