@@ -83,12 +83,12 @@ pub fn parse(headers: &[(String, String)], body: &[u8]) -> Result<Webhook, Failu
             .clone()
             .ok_or_else(|| fail::invalid("the conversation in the Intercom webhook has no id"))?;
         let kind = kind(topic);
+        let occurred_at = created_at.or(c.updated_at).map(secs_to_ms).unwrap_or(0);
         let ticket = if kind != "deleted" && c.is_full() {
-            c.to_ticket().ok()
+            c.into_ticket().ok()
         } else {
             None
         };
-        let occurred_at = created_at.or(c.updated_at).map(secs_to_ms).unwrap_or(0);
         events.push(TicketEvent {
             event_id,
             ticket_id,

@@ -433,15 +433,15 @@ fn every_response_example_parses() {
                     }
                     "retrieveConversation" | "replyConversation" | "manageConversation" => {
                         let c: Conversation = serde_json::from_value(ex).expect(&what);
-                        let t = c.to_ticket().expect(&what);
+                        let t = c.clone().into_ticket().expect(&what);
                         assert!(t.created_at > 0, "{what}");
                         assert!(c.last_part_id().is_some(), "{what}");
                     }
                     "searchConversations" => {
                         let l: ConversationList = serde_json::from_value(ex).expect(&what);
                         assert!(!l.conversations.is_empty(), "{what}");
-                        for c in &l.conversations {
-                            c.to_ticket().expect(&what);
+                        for c in l.conversations {
+                            c.into_ticket().expect(&what);
                         }
                     }
                     "attachTagToConversation" | "createTag" => {

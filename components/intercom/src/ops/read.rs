@@ -79,14 +79,15 @@ pub fn resume_page(resp: &HttpResponse) -> Result<Step, Failure> {
         return Err(classify(resp, need::READ_CONVERSATIONS));
     }
     let list: ConversationList = parse_json(&resp.body, "conversation search")?;
+    let next_cursor = list.next_cursor();
     let tickets = list
         .conversations
-        .iter()
-        .map(Conversation::to_ticket)
+        .into_iter()
+        .map(Conversation::into_ticket)
         .collect::<Result<Vec<_>, _>>()?;
     done(Outcome::Page(TicketPage {
         tickets,
-        next_cursor: list.next_cursor(),
+        next_cursor,
     }))
 }
 
