@@ -3,9 +3,9 @@
 //! each, plus `foreach_component!`, the way wasmtime's `test-programs/artifacts` does.
 //!
 //! It also builds the Spin edge (`components/edge`) with the three built-in adapters, and writes
-//! the pre-composed edges, one per platform, next to them:
-//! `target/wasm-edge/wasm32-wasip2/wasm/edge-{zendesk,freshdesk,intercom}.wasm` (issue #8: for
-//! runtimes without component dependencies). So `cargo test --workspace` on a clean clone (what CI
+//! the edge pre-composed with all three next to them:
+//! `target/wasm-edge/wasm32-wasip2/wasm/edge-composed.wasm` (issue #8: for runtimes without
+//! component dependencies). So `cargo test --workspace` on a clean clone (what CI
 //! runs) produces them, and `cargo test -p deskgate-tests --no-run` alone does too.
 
 use std::path::PathBuf;
@@ -30,7 +30,8 @@ const COMPONENTS: &[(&str, &str, &str)] = &[
 /// names are the ones built here (`tests/all/edge.rs` checks the manifest against them).
 const EDGE_SUBDIR: &str = "wasm-edge";
 
-/// (platform, adapter package) of each pre-composed edge, written as `edge-{platform}.wasm`.
+/// (platform, adapter package) of each of the edge's adapter imports; the pre-composed edge,
+/// `edge-composed.wasm`, has all of them plugged in.
 const EDGE_PLATFORMS: &[(&str, &str)] = &[
     ("zendesk", "deskgate-adapter-zendesk"),
     ("freshdesk", "deskgate-adapter-freshdesk"),
@@ -108,25 +109,29 @@ fn main() {
     let edge = std::fs::read(edge_path)
         .unwrap_or_else(|e| panic!("read {}: {e}", edge_path.display()));
     src.push_str(
-        "\n/// Each platform's pre-composed edge: (platform, the adapter component it was composed\n\
-         /// with, the composed component `edge-{platform}.wasm`), all built by `tests/build.rs`.\n\
-         pub const EDGE_PLATFORMS: &[(&str, &str, &str)] = &[\n",
+        "\n/// Each of the edge's adapter imports: (platform, the adapter component built for it).\n\
+         pub const EDGE_PLATFORMS: &[(&str, &str)] = &[\n",
     );
+    let mut adapters = Vec::new();
     for ((platform, package), (_, adapter_path)) in EDGE_PLATFORMS.iter().zip(&built[1..]) {
-        let adapter = std::fs::read(adapter_path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", adapter_path.display()));
-        let composed = deskgate_edge_compose::compose(&edge, &adapter).unwrap_or_else(|e| {
-            panic!("pre-composing the edge with {package} failed: {e}")
-        });
-        let out = edge_path.with_file_name(format!("edge-{platform}.wasm"));
-        write_if_changed(&out, &composed);
+        let bytes = std::fs::read(adapter_path)
+            .unwrap_or_else(|e| panic!("read {} ({package}): {e}", adapter_path.display()));
+        adapters.push((*platform, bytes));
         src.push_str(&format!(
-            "    ({platform:?}, {:?}, {:?}),\n",
-            adapter_path.display().to_string(),
-            out.display().to_string()
+            "    ({platform:?}, {:?}),\n",
+            adapter_path.display().to_string()
         ));
     }
     src.push_str("];\n");
+    let pairs: Vec<(&str, &[u8])> = adapters.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    let composed = deskgate_edge_compose::compose(&edge, &pairs)
+        .unwrap_or_else(|e| panic!("pre-composing the edge with the built-in adapters failed: {e}"));
+    let out = edge_path.with_file_name("edge-composed.wasm");
+    write_if_changed(&out, &composed);
+    src.push_str(&format!(
+        "\n/// The edge with every adapter import plugged (`edge-composed.wasm`).\npub const EDGE_COMPOSED: &str = {:?};\n",
+        out.display().to_string()
+    ));
     let out =
         PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("artifacts.rs");
     std::fs::write(&out, src).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));

@@ -97,13 +97,14 @@ pub struct DemoArgs {
 /// `deskgate edge ...`
 #[derive(Debug, Args)]
 pub struct EdgeArgs {
-    /// The edge component (.wasm): pre-composed with its adapter, or plain with --adapter.
+    /// The edge component (.wasm): pre-composed with its adapters, or plain with --adapter.
     #[arg(long)]
     pub component: PathBuf,
-    /// Link the edge's adapter import to this adapter: a built-in id (zendesk, freshdesk,
-    /// intercom) or an adapter .wasm. Omit for a pre-composed edge.
+    /// Link the edge's adapter import of this adapter's id to it: a built-in id (zendesk,
+    /// freshdesk, intercom) or an adapter .wasm; once per adapter import of the edge. Omit for a
+    /// pre-composed edge.
     #[arg(long)]
-    pub adapter: Option<String>,
+    pub adapter: Vec<String>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     pub listen: String,

@@ -1,16 +1,16 @@
 //! Webhooks through the edge component versus the gateway's native webhook path (issue #8).
 //!
 //! ```sh
-//! cargo test -p deskgate-tests --no-run      # builds target/wasm-edge/.../edge-zendesk.wasm
+//! cargo test -p deskgate-tests --no-run      # builds target/wasm-edge/.../edge-composed.wasm
 //! cargo run -p deskgate-bench --bin edge_throughput -- [REQUESTS] [CONCURRENCY] [EDGE.wasm]
 //! ```
 //!
 //! One process, one tokio runtime, one gateway (SQLite store in a temporary directory, the
 //! built-in Zendesk adapter) serving both `POST /webhooks/{connection}` (native: verify, parse,
-//! store) and `POST /v1/ingest/{connection}` (what the edge forwards to), and the pre-composed
-//! Zendesk edge the build writes (`edge-zendesk.wasm`), served by `deskgate::edge`
-//! (wasmtime-wasi-http, a fresh instance per request). An `EDGE.wasm` given that still imports
-//! the adapter interface is composed here with the built-in Zendesk adapter. Every request is a distinct, validly signed Zendesk delivery (its own
+//! store) and `POST /v1/ingest/{connection}` (what the edge forwards to), and the edge the
+//! build writes pre-composed with the three built-in adapters (`edge-composed.wasm`), served by
+//! `deskgate::edge` (wasmtime-wasi-http, a fresh instance per request). An `EDGE.wasm` given that
+//! still has adapter imports is composed here with the built-in adapters. Every request is a distinct, validly signed Zendesk delivery (its own
 //! ticket), so each path does the same work: one verification, one parse, one stored event. The
 //! two paths run in alternating rounds with the same keep-alive client, so drift on the shared
 //! two cores hits both; the figures are requests/s and latency percentiles per path, and what
@@ -138,18 +138,15 @@ async fn main() -> anyhow::Result<()> {
     let concurrency: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(16);
     let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("bench/ is in the workspace");
     let edge_path = args.get(2).map(std::path::PathBuf::from).unwrap_or_else(|| {
-        workspace.join("target/wasm-edge/wasm32-wasip2/wasm/edge-zendesk.wasm")
+        workspace.join("target/wasm-edge/wasm32-wasip2/wasm/edge-composed.wasm")
     });
     let edge = std::fs::read(&edge_path).map_err(|e| {
         anyhow::anyhow!("cannot read the edge component {}: {e}; build it with `cargo test -p deskgate-tests --no-run`", edge_path.display())
     })?;
-    let imports_adapter =
-        deskgate::edge::component_imports(&edge)?.iter().any(|i| i == deskgate::edge::ADAPTER_INTERFACE);
-    let composed = if imports_adapter {
-        let zendesk = deskgate::builtin::ADAPTERS.iter().find(|(id, _)| *id == "zendesk").expect("built in").1;
-        deskgate_edge_compose::compose(&edge, zendesk)?
-    } else {
+    let composed = if deskgate_edge_compose::adapter_imports(&edge)?.is_empty() {
         edge
+    } else {
+        deskgate_edge_compose::compose(&edge, deskgate::builtin::ADAPTERS)?
     };
 
     let dir = std::env::temp_dir().join(format!("deskgate-edge-bench-{}", std::process::id()));

@@ -1,22 +1,27 @@
-//! Pre-composition of deskgate's edge component with one adapter.
+//! Pre-composition of deskgate's edge component with its adapters.
 //!
-//! Spin satisfies the edge's `deskgate:adapter/adapter@0.1.0` import itself, from
-//! `[component.<id>.dependencies]` in `spin.toml`. Runtimes without component dependencies
-//! (SpinKube's shim, plain `wasmtime serve`, deskgate's own `deskgate edge`) need one component
-//! with the adapter already plugged in: [`compose`] does that on bytes with `wac-graph` (the
-//! library behind `wac plug`), so neither a build script nor CI needs a CLI install.
+//! The edge imports one adapter per platform under the platform's id (`zendesk`, `freshdesk`,
+//! `intercom`), each satisfied by an adapter component's export of [`ADAPTER_INTERFACE`]. Spin
+//! plugs them in itself, from `[component.edge.dependencies]` in `spin.toml`. Runtimes without
+//! component dependencies (SpinKube's shim, plain `wasmtime serve`, Spin before 4.0, deskgate's
+//! own `deskgate edge`) need one component with the adapters already inside: [`compose`] builds
+//! it on bytes with `wac-graph` (the library behind `wac plug`), so neither a build script nor CI
+//! needs a CLI install.
 //!
 //! ```no_run
 //! let edge = std::fs::read("deskgate_edge.wasm")?;
-//! let adapter = std::fs::read("deskgate_adapter_zendesk.wasm")?;
-//! std::fs::write("edge-zendesk.wasm", deskgate_edge_compose::compose(&edge, &adapter)?)?;
+//! let zendesk = std::fs::read("deskgate_adapter_zendesk.wasm")?;
+//! let freshdesk = std::fs::read("deskgate_adapter_freshdesk.wasm")?;
+//! let intercom = std::fs::read("deskgate_adapter_intercom.wasm")?;
+//! let adapters = [("zendesk", &zendesk[..]), ("freshdesk", &freshdesk[..]), ("intercom", &intercom[..])];
+//! std::fs::write("edge-composed.wasm", deskgate_edge_compose::compose(&edge, &adapters)?)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(missing_docs)]
 
 use wac_graph::types::Package;
-use wac_graph::{CompositionGraph, EncodeOptions, PlugError, plug};
+use wac_graph::{CompositionGraph, EncodeOptions};
 
 /// The interface the edge imports and every adapter exports.
 pub const ADAPTER_INTERFACE: &str = "deskgate:adapter/adapter@0.1.0";
@@ -44,31 +49,81 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Plug `adapter`'s export of [`ADAPTER_INTERFACE`] into `edge`'s import of it; returns the
-/// composed component, validated, which imports only what the two import otherwise (WASI) and
-/// exports what `edge` exports (`wasi:http/incoming-handler`).
+/// The edge's adapter imports, by name: its imports with a plain name (no `:`; every WASI import
+/// is a `namespace:package/interface`), one per platform.
 ///
 /// # Errors
-/// When either is not a component, or the adapter does not export a compatible adapter
-/// interface (the message says which).
-pub fn compose(edge: &[u8], adapter: &[u8]) -> Result<Vec<u8>, ComposeError> {
+/// When `edge` is not a loadable component.
+pub fn adapter_imports(edge: &[u8]) -> Result<Vec<String>, ComposeError> {
+    let mut graph = CompositionGraph::new();
+    let pkg = Package::from_bytes("deskgate:edge", None, edge.to_vec(), graph.types_mut())
+        .map_err(|e| ComposeError(format!("the edge is not a loadable component: {e:#}")))?;
+    Ok(graph.types()[pkg.ty()].imports.keys().filter(|name| !name.contains(':')).cloned().collect())
+}
+
+/// Plug each `(name, adapter)`'s export of [`ADAPTER_INTERFACE`] into `edge`'s import `name`;
+/// returns the composed component, validated, which imports only what they import otherwise
+/// (WASI, the adapter types) and exports what `edge` exports (`wasi:http/incoming-handler`).
+///
+/// # Errors
+/// When a part is not a component, an adapter import of the edge is given no adapter (or a name
+/// the edge does not import is given one), or an adapter does not export an adapter interface the
+/// edge's import accepts; each message names the part and the fix.
+pub fn compose(edge: &[u8], adapters: &[(&str, &[u8])]) -> Result<Vec<u8>, ComposeError> {
+    let wanted = adapter_imports(edge)?;
+    if wanted.is_empty() {
+        return Err(ComposeError(
+            "the edge has no adapter imports: give the edge component as built (deskgate_edge.wasm), not an adapter or an edge composed already".to_owned(),
+        ));
+    }
+    let given: Vec<&str> = adapters.iter().map(|(name, _)| *name).collect();
+    if let Some(missing) = wanted.iter().find(|w| !given.contains(&w.as_str())) {
+        return Err(ComposeError(format!(
+            "the edge imports the `{missing}` adapter and none was given for it: pass `{missing}=<the {missing} adapter's .wasm>` (the edge imports {})",
+            wanted.join(", ")
+        )));
+    }
+    if let Some(extra) = given.iter().find(|g| !wanted.iter().any(|w| w == *g)) {
+        return Err(ComposeError(format!(
+            "the edge has no `{extra}` adapter import (it imports {}): add the platform to components/edge/wit/world.wit, or leave it out",
+            wanted.join(", ")
+        )));
+    }
     let mut graph = CompositionGraph::new();
     let edge_pkg = Package::from_bytes("deskgate:edge", None, edge.to_vec(), graph.types_mut())
         .map_err(|e| ComposeError(format!("the edge is not a loadable component: {e:#}")))?;
-    let adapter_pkg = Package::from_bytes("deskgate:adapter-impl", None, adapter.to_vec(), graph.types_mut())
-        .map_err(|e| ComposeError(format!("the adapter is not a loadable component: {e:#}")))?;
     let edge_id = graph
         .register_package(edge_pkg)
         .map_err(|e| ComposeError(format!("register the edge: {}", chain(&e))))?;
-    let adapter_id = graph
-        .register_package(adapter_pkg)
-        .map_err(|e| ComposeError(format!("register the adapter: {}", chain(&e))))?;
-    plug(&mut graph, vec![adapter_id], edge_id).map_err(|e| match e {
-        PlugError::NoPlugHappened => ComposeError(format!(
-            "the adapter exports no `{ADAPTER_INTERFACE}` the edge can import: build it against wit/adapter.wit (deskgate-adapter-sdk)"
-        )),
-        other => ComposeError(format!("plug the adapter into the edge: {}", chain(&other))),
-    })?;
+    let edge_instance = graph.instantiate(edge_id);
+    for (name, bytes) in adapters {
+        let pkg = Package::from_bytes(&format!("deskgate:adapter-{name}"), None, bytes.to_vec(), graph.types_mut())
+            .map_err(|e| ComposeError(format!("the {name} adapter is not a loadable component: {e:#}")))?;
+        let id = graph
+            .register_package(pkg)
+            .map_err(|e| ComposeError(format!("register the {name} adapter: {}", chain(&e))))?;
+        let instance = graph.instantiate(id);
+        let export = graph.alias_instance_export(instance, ADAPTER_INTERFACE).map_err(|_| {
+            ComposeError(format!(
+                "the {name} adapter exports no `{ADAPTER_INTERFACE}`: build it against wit/adapter.wit (deskgate-adapter-sdk)"
+            ))
+        })?;
+        graph.set_instantiation_argument(edge_instance, name, export).map_err(|e| {
+            ComposeError(format!(
+                "the {name} adapter's `{ADAPTER_INTERFACE}` does not fit the edge's `{name}` import (rebuild both from this checkout's wit/): {}",
+                chain(&e)
+            ))
+        })?;
+    }
+    let exports: Vec<String> = graph.types()[graph[edge_id].ty()].exports.keys().cloned().collect();
+    for name in exports {
+        let export = graph
+            .alias_instance_export(edge_instance, &name)
+            .map_err(|e| ComposeError(format!("export the edge's `{name}`: {}", chain(&e))))?;
+        graph
+            .export(export, &name)
+            .map_err(|e| ComposeError(format!("export the edge's `{name}`: {}", chain(&e))))?;
+    }
     graph
         .encode(EncodeOptions::default())
         .map_err(|e| ComposeError(format!("encode the composition: {}", chain(&e))))

@@ -1,20 +1,30 @@
-//! `deskgate-edge-compose EDGE.wasm ADAPTER.wasm OUT.wasm`: one pre-composed edge per platform.
+//! `deskgate-edge-compose EDGE.wasm OUT.wasm PLATFORM=ADAPTER.wasm...`: the edge with every
+//! adapter import plugged, for runtimes without component dependencies.
 
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: deskgate-edge-compose EDGE.wasm OUT.wasm PLATFORM=ADAPTER.wasm... \
+    (e.g. zendesk=deskgate_adapter_zendesk.wasm, one per adapter import of the edge)";
+
+fn run(args: &[String]) -> Result<String, String> {
+    let [edge, out, adapters @ ..] = args else { return Err(USAGE.to_owned()) };
+    let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
+    let edge = read(edge)?;
+    let mut loaded = Vec::new();
+    for arg in adapters {
+        let (name, path) = arg.split_once('=').ok_or_else(|| format!("`{arg}` is not PLATFORM=ADAPTER.wasm\n{USAGE}"))?;
+        loaded.push((name.to_owned(), read(path)?));
+    }
+    let pairs: Vec<(&str, &[u8])> = loaded.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    let bytes = deskgate_edge_compose::compose(&edge, &pairs).map_err(|e| e.to_string())?;
+    std::fs::write(out, bytes).map_err(|e| format!("cannot write {out}: {e}"))?;
+    Ok(out.clone())
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [edge, adapter, out] = args.as_slice() else {
-        eprintln!("usage: deskgate-edge-compose EDGE.wasm ADAPTER.wasm OUT.wasm");
-        return ExitCode::from(2);
-    };
-    let read = |p: &str| std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"));
-    let result = read(edge)
-        .and_then(|e| read(adapter).map(|a| (e, a)))
-        .and_then(|(e, a)| deskgate_edge_compose::compose(&e, &a).map_err(|e| e.to_string()))
-        .and_then(|bytes| std::fs::write(out, bytes).map_err(|e| format!("cannot write {out}: {e}")));
-    match result {
-        Ok(()) => {
+    match run(&args) {
+        Ok(out) => {
             println!("{out}");
             ExitCode::SUCCESS
         }

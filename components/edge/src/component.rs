@@ -9,10 +9,26 @@ use spin_sdk::http::{IncomingRequest, Method, Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::wit::wasi::config::store as config;
 
-use crate::bindings::deskgate::adapter::adapter as adapter;
-use crate::bindings::deskgate::adapter::types::{Connection, Failure, SignatureAlgorithm};
-use crate::{CoreVerdict, EdgeError, RETRY_DELAYS_MS, core_verdict, connection_of_path, keys};
+use crate::bindings::deskgate::adapter::types::{Connection, Descriptor, Failure, SignatureAlgorithm, Webhook};
+use crate::bindings::{freshdesk, intercom, zendesk};
+use crate::{CoreVerdict, EdgeError, RETRY_DELAYS_MS, connection_of_path, core_verdict, keys, misplugged, unknown_platform};
 use deskgate_ingest_core::{Algorithm, MAX_WEBHOOK_BYTES, Reject, SignatureCheck, authenticate, check_size};
+
+/// The two adapter functions the edge calls, of one platform's import.
+struct PlatformAdapter {
+    describe: fn() -> Descriptor,
+    parse_webhook: fn(&Connection, &[(String, String)], &[u8]) -> Result<Webhook, Failure>,
+}
+
+/// The adapter import of `platform` (one of [`crate::PLATFORMS`]).
+fn adapter_for(platform: &str) -> Option<PlatformAdapter> {
+    Some(match platform {
+        "zendesk" => PlatformAdapter { describe: zendesk::describe, parse_webhook: zendesk::parse_webhook },
+        "freshdesk" => PlatformAdapter { describe: freshdesk::describe, parse_webhook: freshdesk::parse_webhook },
+        "intercom" => PlatformAdapter { describe: intercom::describe, parse_webhook: intercom::parse_webhook },
+        _ => return None,
+    })
+}
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
@@ -85,10 +101,8 @@ async fn receive(request: IncomingRequest) -> Result<(u16, Vec<u8>), EdgeError> 
     if request.method() != Method::Post {
         return Err(EdgeError::new(405, "method-not-allowed", "webhooks are delivered with POST /webhooks/{connection}"));
     }
-    let descriptor = adapter::describe();
-    let platform = descriptor.id.clone();
     let path = request.path_with_query().unwrap_or_default();
-    let connection_id = connection_of_path(&path, &platform)?.to_owned();
+    let connection_id = connection_of_path(&path)?.to_owned();
 
     // Headers, lower-cased as the adapter contract wants them; the size limit from
     // Content-Length before a byte of the body is read.
@@ -106,22 +120,21 @@ async fn receive(request: IncomingRequest) -> Result<(u16, Vec<u8>), EdgeError> 
         check_size(size, MAX_WEBHOOK_BYTES)?;
     }
 
+    // The connection's platform picks the adapter; the adapter must agree it is that platform's.
     let configured = get(&keys::platform(&connection_id))?;
-    match configured.as_deref().map(str::trim) {
+    let platform = match configured.as_deref().map(str::trim) {
         None | Some("") => return Err(Reject::UnknownConnection.into()),
-        Some(p) if p != platform => {
-            return Err(EdgeError::new(
-                404,
-                "wrong-edge",
-                format!("connection `{connection_id}` belongs to platform {p} and this edge serves {platform}: point the platform at the {p} edge"),
-            ));
-        }
-        Some(_) => {}
+        Some(p) => p.to_owned(),
+    };
+    let adapter = adapter_for(&platform).ok_or_else(|| unknown_platform(&connection_id, &platform))?;
+    let descriptor = (adapter.describe)();
+    if descriptor.id != platform {
+        return Err(misplugged(&platform, &descriptor.id));
     }
     let body = read_body(request, MAX_WEBHOOK_BYTES).await?;
 
     let connection = Connection { id: connection_id.clone(), plan: String::new(), agent_id: None, settings: Vec::new() };
-    let webhook = adapter::parse_webhook(&connection, &headers, &body)
+    let webhook = (adapter.parse_webhook)(&connection, &headers, &body)
         .map_err(|f| EdgeError::from(Reject::Malformed(explain(&f))))?;
     let secret = get(&keys::secret(&connection_id))?.unwrap_or_default();
     let unsigned_key = keys::allow_unsigned(&connection_id);

@@ -6,8 +6,8 @@
 //! 1. refuses bodies over [`deskgate_ingest_core::MAX_WEBHOOK_BYTES`] (413), reading no further;
 //! 2. reads the connection's configuration (its platform and webhook secret) from
 //!    `wasi:config/store` ([`keys`]), never from the request;
-//! 3. has the platform's adapter (the `deskgate:adapter/adapter` interface it *imports*, satisfied
-//!    by composition) parse the body into normalized events and say what to verify;
+//! 3. has the connection's platform's adapter (one of the adapter imports, each satisfied by
+//!    composition) parse the body into normalized events and say what to verify;
 //! 4. verifies the signature and the replay window with [`deskgate_ingest_core::verify`], the same
 //!    code the self-hosted gateway runs (see "Replays" below);
 //! 5. forwards the verified, normalized events to the core gateway's `POST /v1/ingest/{connection}`
@@ -30,18 +30,18 @@
 //! `200 {"accepted": 0, "duplicates": 1}` and the app sees the change once. The test suite proves
 //! it against each simulator (`tests/tests/all/edge.rs`).
 //!
-//! # Why one edge per platform
+//! # One edge, every platform
 //!
-//! The edge imports the adapter interface once. WIT instance types are structural, so one
-//! component importing three adapters would need three differently named copies of the same
-//! interface, and a new platform would mean a new edge build. Instead the same `edge.wasm` is
-//! composed once per platform (Spin's `[component.<id>.dependencies]`, or the pre-composed
-//! `edge-{platform}.wasm` the build writes for runtimes without dependency support): any adapter
-//! that meets the contract, third-party ones included, gets an edge without touching this crate.
-//! A connection configured for another platform is refused here with a 404 naming the right
-//! edge. Satisfying three named imports from Spin needs a dependency's `export` key, which Spin
-//! composes correctly only since spinframework/spin#3385 (after v3.5): README, "Deploying the edge
-//! on Spin", has the details.
+//! The edge imports one adapter per platform, under the platform's id (`zendesk`, `freshdesk`,
+//! `intercom`: `wit/world.wit`), and serves them all at `/webhooks/{connection}`: the connection's
+//! configured platform picks the adapter ([`PLATFORMS`]). Each import is satisfied by
+//! composition with that platform's adapter component, unchanged (Spin's
+//! `[component.edge.dependencies]`, or the pre-composed `edge-composed.wasm` the build writes for
+//! runtimes without dependency support). A connection configured for a platform the edge has no
+//! adapter for, or an adapter plugged into another platform's slot, is refused with a 500
+//! `edge-misconfigured` that says which. Satisfying a named import from Spin needs a dependency's
+//! `export` key, which Spin composes correctly since spinframework/spin#3385 (Spin 4.0); on older
+//! Spin, serve the pre-composed edge (README, "Deploying the edge on Spin").
 //!
 //! # Imports
 //!
@@ -56,7 +56,7 @@ pub mod keys;
 
 use serde_json::json;
 
-/// Bindings of the edge's imports (`wit/world.wit`: the adapter interface).
+/// Bindings of the edge's imports (`wit/world.wit`: one adapter per platform).
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -72,13 +72,16 @@ pub mod bindings {
 /// sender waits for our answer.
 pub const RETRY_DELAYS_MS: [u64; 2] = [50, 200];
 
+/// The platforms the edge has an adapter import for (`wit/world.wit`), by platform id.
+pub const PLATFORMS: [&str; 3] = ["zendesk", "freshdesk", "intercom"];
+
 /// A refusal or failure of the edge, answered as `{"error": {"code", "message"}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeError {
     /// The HTTP status.
     pub status: u16,
     /// A stable machine-readable code: a [`deskgate_ingest_core::Reject`] code, or
-    /// `method-not-allowed`, `route-not-found`, `wrong-edge`, `edge-misconfigured`,
+    /// `method-not-allowed`, `route-not-found`, `edge-misconfigured`,
     /// `adapter-failed`, `core-unreachable`, `core-refused`.
     pub code: &'static str,
     /// What was wrong and what to do.
@@ -111,40 +114,49 @@ impl std::fmt::Display for EdgeError {
 
 impl std::error::Error for EdgeError {}
 
-/// The connection id of a webhook path: `/webhooks/{connection}`, or
-/// `/webhooks/{platform}/{connection}` (the shape a Spin app with one edge per platform routes),
-/// where `platform` must be `served`, the platform of this edge's adapter. A query string is
-/// ignored.
+/// The connection id of a webhook path, `/webhooks/{connection}` (a query string is ignored).
 ///
 /// # Errors
-/// 404 `route-not-found` for any other path, 404 `wrong-edge` for another platform's prefix.
-pub fn connection_of_path<'a>(path: &'a str, served: &str) -> Result<&'a str, EdgeError> {
+/// 404 `route-not-found` for any other path, or an id the edge cannot serve
+/// ([`keys::valid_connection_id`]).
+pub fn connection_of_path(path: &str) -> Result<&str, EdgeError> {
     let path = path.split('?').next().unwrap_or("");
     let not_found = || {
         EdgeError::new(
             404,
             "route-not-found",
-            format!("no such route `{path}`: webhooks go to POST /webhooks/{{connection}}"),
+            format!("no such route `{path}`: webhooks go to POST /webhooks/{{connection}}, the connection id being lower-case letters, digits, `-` and `_`"),
         )
     };
-    let rest = path.strip_prefix("/webhooks/").ok_or_else(not_found)?;
-    let parts: Vec<&str> = rest.split('/').collect();
-    let id = match parts.as_slice() {
-        [id] => *id,
-        [platform, id] if *platform == served => *id,
-        [platform, _] => {
-            return Err(EdgeError::new(
-                404,
-                "wrong-edge",
-                format!("this edge serves {served} webhooks, not {platform}: point the platform at /webhooks/{platform}/..."),
-            ));
-        }
-        _ => return Err(not_found()),
-    };
+    let id = path.strip_prefix("/webhooks/").ok_or_else(not_found)?;
     if !keys::valid_connection_id(id) {
         return Err(not_found());
     }
     Ok(id)
+}
+
+/// The edge error for a connection configured for `platform`, which the edge has no adapter for.
+pub fn unknown_platform(connection: &str, platform: &str) -> EdgeError {
+    EdgeError::new(
+        500,
+        "edge-misconfigured",
+        format!(
+            "connection `{connection}` is configured for platform `{platform}` (`{}`), and this edge has adapters for {} only: correct the variable",
+            keys::platform(connection),
+            PLATFORMS.join(", ")
+        ),
+    )
+}
+
+/// The edge error for an adapter that describes itself as `described` in `slot`'s import.
+pub fn misplugged(slot: &str, described: &str) -> EdgeError {
+    EdgeError::new(
+        500,
+        "edge-misconfigured",
+        format!(
+            "the edge's `{slot}` adapter import is satisfied by the {described} adapter: compose the edge with the {slot} adapter's .wasm for `{slot}` (spin.toml's [component.edge.dependencies])"
+        ),
+    )
 }
 
 /// What the core's answer to a forward means for the delivery.
@@ -199,15 +211,22 @@ mod tests {
 
     #[test]
     fn paths() {
-        assert_eq!(connection_of_path("/webhooks/zd-main", "zendesk"), Ok("zd-main"));
-        assert_eq!(connection_of_path("/webhooks/zd-main?x=1", "zendesk"), Ok("zd-main"));
-        assert_eq!(connection_of_path("/webhooks/zendesk/zd-main", "zendesk"), Ok("zd-main"));
-        let wrong = connection_of_path("/webhooks/intercom/ic", "zendesk").unwrap_err();
-        assert_eq!((wrong.status, wrong.code), (404, "wrong-edge"));
-        for bad in ["/", "/webhooks/", "/webhooks", "/other/zd", "/webhooks/a/b/c", "/webhooks/Bad Id"] {
-            let e = connection_of_path(bad, "zendesk").unwrap_err();
+        assert_eq!(connection_of_path("/webhooks/zd-main"), Ok("zd-main"));
+        assert_eq!(connection_of_path("/webhooks/zd_main?x=1"), Ok("zd_main"));
+        for bad in ["/", "/webhooks/", "/webhooks", "/other/zd", "/webhooks/zendesk/zd", "/webhooks/a/b/c", "/webhooks/Bad Id"] {
+            let e = connection_of_path(bad).unwrap_err();
             assert_eq!((e.status, e.code), (404, "route-not-found"), "{bad}");
         }
+    }
+
+    #[test]
+    fn misconfiguration_names_the_variable_and_the_adapters() {
+        let e = unknown_platform("hs-1", "hubspot");
+        assert_eq!((e.status, e.code), (500, "edge-misconfigured"));
+        assert!(e.message.contains("conn_hs_1_platform") && e.message.contains("zendesk, freshdesk, intercom"), "{e}");
+        let e = misplugged("zendesk", "freshdesk");
+        assert_eq!((e.status, e.code), (500, "edge-misconfigured"));
+        assert!(e.message.contains("`zendesk` adapter import is satisfied by the freshdesk adapter"), "{e}");
     }
 
     #[test]

@@ -11,10 +11,11 @@
 //!   (Spin: component variables);
 //! - `wasi:clocks/wall-clock` from a [`crate::clock::Clock`], so tests drive the replay window with
 //!   the simulator's frozen clock;
-//! - `deskgate:adapter/adapter@0.1.0`: either already inside the component (pre-composed with
-//!   `deskgate-edge-compose`, [`AdapterLink::Composed`]), or linked here to a separately loaded
-//!   adapter component ([`AdapterLink::Linked`]), the way Spin's `[component.<id>.dependencies]`
-//!   satisfies it from the adapter's own `.wasm`.
+//! - its adapter imports, one per platform, named by the platform's id (`zendesk`, ...; see
+//!   [`adapter_imports`]): either already inside the component (pre-composed with
+//!   `deskgate-edge-compose`, [`AdapterLink::Composed`]), or each linked here to a separately
+//!   loaded adapter component of that id ([`AdapterLink::Linked`]), the way Spin's
+//!   `[component.edge.dependencies]` satisfies them from the adapters' own `.wasm` files.
 //!
 //! Each request gets a fresh instance (as on Spin), created from a pre-instantiated
 //! [`ProxyPre`]; a request that takes longer than [`EdgeConfig::request_timeout`] is answered 504.
@@ -43,26 +44,34 @@ use crate::bindings::{Connection, Failure, Webhook};
 use crate::clock::SharedClock;
 use crate::runtime::Adapter;
 
-/// The interface the edge imports and every adapter exports.
-pub const ADAPTER_INTERFACE: &str = "deskgate:adapter/adapter@0.1.0";
-
-/// How the edge's adapter import is satisfied.
+/// How the edge's adapter imports are satisfied.
 #[derive(Clone)]
 pub enum AdapterLink {
-    /// The component already contains its adapter (pre-composed).
+    /// The component already contains its adapters (pre-composed).
     Composed,
-    /// Link the import to this adapter, loaded separately by the adapter runtime (its sandbox
-    /// limits apply to every call the edge makes into it).
-    Linked(Arc<Adapter>),
+    /// Link each adapter import to the adapter of that id among these, loaded separately by the
+    /// adapter runtime (its sandbox limits apply to every call the edge makes into it).
+    Linked(Vec<Arc<Adapter>>),
 }
 
 impl std::fmt::Debug for AdapterLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AdapterLink::Composed => f.write_str("Composed"),
-            AdapterLink::Linked(a) => write!(f, "Linked({})", a.id()),
+            AdapterLink::Linked(a) => f.debug_tuple("Linked").field(&a.iter().map(|a| a.id()).collect::<Vec<_>>()).finish(),
         }
     }
+}
+
+/// The edge's adapter imports: the imports of `component` with a plain name (every WASI and
+/// deskgate interface is a `namespace:package/interface`), each named by a platform id.
+fn adapter_imports(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .filter(|(name, _)| !name.contains(':'))
+        .map(|(name, _)| name.to_owned())
+        .collect()
 }
 
 /// What the edge runs with.
@@ -222,10 +231,9 @@ impl std::fmt::Debug for EdgeServer {
     }
 }
 
-fn link_adapter(linker: &mut Linker<EdgeState>, adapter: Arc<Adapter>) -> anyhow::Result<()> {
-    // The types interface holds only types; it still has to exist as an instance.
-    linker.instance("deskgate:adapter/types@0.1.0")?;
-    let mut inst = linker.instance(ADAPTER_INTERFACE)?;
+/// Define the adapter import `name` as calls into `adapter`.
+fn link_adapter(linker: &mut Linker<EdgeState>, name: &str, adapter: Arc<Adapter>) -> anyhow::Result<()> {
+    let mut inst = linker.instance(name)?;
     let a = adapter.clone();
     inst.func_wrap("describe", move |_store, (): ()| Ok((a.descriptor().clone(),)))?;
     let a = adapter;
@@ -241,13 +249,46 @@ fn link_adapter(linker: &mut Linker<EdgeState>, adapter: Arc<Adapter>) -> anyhow
     Ok(())
 }
 
+/// Satisfy each of the edge's adapter imports (`wanted`) as `link` says.
+fn link_adapters(linker: &mut Linker<EdgeState>, wanted: &[String], link: &AdapterLink) -> anyhow::Result<()> {
+    let adapters = match link {
+        AdapterLink::Composed if wanted.is_empty() => return Ok(()),
+        AdapterLink::Composed => anyhow::bail!(
+            "the edge component imports the adapters {} (it is not pre-composed): pass --adapter for each, or serve the pre-composed edge (deskgate-edge-compose)",
+            wanted.join(", ")
+        ),
+        AdapterLink::Linked(_) if wanted.is_empty() => anyhow::bail!(
+            "the edge component has no adapter imports (it is pre-composed already): serve it without --adapter"
+        ),
+        AdapterLink::Linked(adapters) => adapters,
+    };
+    if let Some(extra) = adapters.iter().find(|a| !wanted.iter().any(|w| w == a.id())) {
+        anyhow::bail!(
+            "the edge component has no `{}` adapter import (it imports {}): leave out --adapter {}",
+            extra.id(),
+            wanted.join(", "),
+            extra.id()
+        );
+    }
+    // The types interface holds only types; it still has to exist as an instance.
+    linker.instance("deskgate:adapter/types@0.1.0")?;
+    for name in wanted {
+        let adapter = adapters.iter().find(|a| a.id() == name).ok_or_else(|| {
+            anyhow!("the edge component imports the `{name}` adapter: pass --adapter {name} (a built-in id, or the adapter's .wasm)")
+        })?;
+        link_adapter(linker, name, adapter.clone())?;
+    }
+    Ok(())
+}
+
 impl EdgeServer {
     /// Compile `component` and link its imports.
     ///
     /// # Errors
     /// When the bytes are not a component, or it imports something this host does not provide
-    /// (the message names the import): with [`AdapterLink::Composed`], an edge that still imports
-    /// the adapter interface was not pre-composed.
+    /// (the message names the import): with [`AdapterLink::Composed`], an edge that still has
+    /// adapter imports was not pre-composed; with [`AdapterLink::Linked`], each adapter import
+    /// needs an adapter of its id, and each adapter an import.
     pub fn new(component: &[u8], adapter: AdapterLink, config: EdgeConfig) -> anyhow::Result<Self> {
         // An instance per request, as on Spin: the pooling allocator makes that a slot reset
         // instead of fresh mappings. Bounds: 256 requests in flight, two memories each (a
@@ -271,21 +312,7 @@ impl EdgeServer {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         config_store::add_to_linker(&mut linker, |s: &mut EdgeState| config_store::ConfigStore::new(&s.vars))?;
-        let imports_adapter = component
-            .component_type()
-            .imports(&engine)
-            .any(|(name, _)| name == ADAPTER_INTERFACE);
-        match (&adapter, imports_adapter) {
-            (AdapterLink::Linked(a), true) => link_adapter(&mut linker, a.clone())?,
-            (AdapterLink::Linked(a), false) => anyhow::bail!(
-                "the edge component has no `{ADAPTER_INTERFACE}` import (it is pre-composed already): serve it without --adapter (asked to link {})",
-                a.id()
-            ),
-            (AdapterLink::Composed, true) => anyhow::bail!(
-                "the edge component imports `{ADAPTER_INTERFACE}`: pass --adapter PLATFORM (or a .wasm), or serve a pre-composed edge (deskgate-edge-compose)"
-            ),
-            (AdapterLink::Composed, false) => {}
-        }
+        link_adapters(&mut linker, &adapter_imports(&engine, &component), &adapter)?;
         let pre = linker
             .instantiate_pre(&component)
             .map_err(anyhow::Error::from)
@@ -447,28 +474,33 @@ pub fn prepare(args: &crate::cli::EdgeArgs) -> anyhow::Result<Prepared> {
         .with_context(|| format!("--component: cannot read {}", args.component.display()))?;
     let clock: SharedClock = Arc::new(crate::clock::SystemClock);
     let config = EdgeConfig::new(vars, clock)?;
-    let (link, adapter_name, runtime) = match &args.adapter {
-        None => (AdapterLink::Composed, "composed".to_owned(), None),
-        Some(a) => {
-            let cache = std::env::var_os("DESKGATE_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache").join("deskgate"))
-            });
-            let mut rt = crate::runtime::AdapterRuntime::new(crate::runtime::RuntimeConfig {
-                cache_dir: cache,
-                ..crate::runtime::RuntimeConfig::default()
-            })?;
+    let (link, adapter_name, runtime) = if args.adapter.is_empty() {
+        (AdapterLink::Composed, "composed".to_owned(), None)
+    } else {
+        let cache = std::env::var_os("DESKGATE_CACHE_DIR").map(std::path::PathBuf::from).or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache").join("deskgate"))
+        });
+        let mut rt = crate::runtime::AdapterRuntime::new(crate::runtime::RuntimeConfig {
+            cache_dir: cache,
+            ..crate::runtime::RuntimeConfig::default()
+        })?;
+        let mut adapters = Vec::new();
+        for a in &args.adapter {
             let adapter = if a.ends_with(".wasm") {
                 let bytes = std::fs::read(a).with_context(|| format!("--adapter: cannot read {a}"))?;
                 rt.load(a, &bytes).map_err(|e| anyhow!("--adapter {a}: {e}"))?
             } else {
-                rt.load_builtin().map_err(|e| anyhow!("{e}"))?;
-                rt.get(a).ok_or_else(|| {
-                    let known: Vec<String> = rt.adapters().map(|x| x.id().to_owned()).collect();
+                let (_, bytes) = crate::builtin::ADAPTERS.iter().find(|(id, _)| *id == a.as_str()).ok_or_else(|| {
+                    let known: Vec<&str> = crate::builtin::ADAPTERS.iter().map(|(id, _)| *id).collect();
                     anyhow!("--adapter {a:?}: no built-in adapter by that id (built in: {}); or give a .wasm path", known.join(", "))
-                })?
+                })?;
+                rt.load(&format!("builtin:{a}"), bytes).map_err(|e| anyhow!("--adapter {a}: {e}"))?
             };
-            (AdapterLink::Linked(adapter.clone()), adapter.id().to_owned(), Some(rt))
+            adapters.push(adapter);
         }
+        let names: Vec<&str> = adapters.iter().map(|a| a.id()).collect();
+        let name = names.join(",");
+        (AdapterLink::Linked(adapters), name, Some(rt))
     };
     let server = Arc::new(
         EdgeServer::new(&bytes, link, config).with_context(|| format!("--component {}", args.component.display()))?,

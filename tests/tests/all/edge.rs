@@ -2,10 +2,11 @@
 //! runtime (`deskgate::edge`), in front of a running gateway (`deskgate::api::app` with the edge
 //! ingest token), with the platform simulators delivering signed webhooks over real HTTP.
 //!
-//! Every scenario runs twice: with the edge's adapter import linked by the host to the built-in
-//! adapter (as Spin's component dependencies satisfy it) and with the pre-composed edge the build
-//! writes for the platform (`edge-{platform}.wasm`, by `tests/build.rs` with
-//! `deskgate-edge-compose`, for runtimes without dependencies); both must behave alike.
+//! One edge serves every platform at `/webhooks/{connection}`. Every scenario runs twice: with
+//! the edge's adapter imports linked by the host to the built-in adapters (as Spin's component
+//! dependencies satisfy them) and with the pre-composed edge the build writes
+//! (`edge-composed.wasm`, by `tests/build.rs` with `deskgate-edge-compose`, for runtimes without
+//! dependencies); both must behave alike.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use deskgate::edge::{AdapterLink, EdgeConfig, EdgeServer};
 use deskgate::runtime::{Adapter, AdapterRuntime};
 use deskgate::store::{self, InboxEvent, NewConnection, Pull, SecretKey, SharedStore};
 use deskgate_sim::{AccountSpec, AgentSpec, FaultConfig, Platform, SimConfig, SimHandle, TicketSpec, WebhookTarget};
-use deskgate_tests::{EDGE, EDGE_PLATFORMS, TempDir, test_config};
+use deskgate_tests::{EDGE, EDGE_COMPOSED, EDGE_PLATFORMS, TempDir, test_config};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
@@ -30,12 +31,12 @@ const T0: i64 = 1_767_225_600_000;
 const EDGE_TOKEN: &str = "edge-token-0123456789abcdef";
 const API_TOKEN: &str = "api-token-0123456789abcdef";
 
-/// The two ways the edge's adapter import is satisfied.
+/// The two ways the edge's adapter imports are satisfied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
-    /// The host links the import to the separately loaded adapter (Spin's dependencies).
+    /// The host links each import to the separately loaded adapter (Spin's dependencies).
     Linked,
-    /// The edge was pre-composed with the adapter.
+    /// The edge was pre-composed with the adapters.
     Composed,
 }
 
@@ -61,22 +62,17 @@ fn builtin_bytes(platform: &str) -> &'static [u8] {
     deskgate::builtin::ADAPTERS.iter().find(|(id, _)| *id == platform).map(|(_, b)| *b).expect("built in")
 }
 
-/// The pre-composed edge of `platform` the build wrote, and the adapter it was composed with.
-fn composed(platform: &str) -> (&'static str, &'static str) {
-    EDGE_PLATFORMS
-        .iter()
-        .find(|(p, _, _)| *p == platform)
-        .map(|(_, adapter, edge)| (*edge, *adapter))
-        .unwrap_or_else(|| panic!("tests/build.rs wrote no pre-composed edge for {platform}"))
-}
-
-/// The edge component for `link` and `platform`: as built, or the build's pre-composed
-/// `edge-{platform}.wasm`.
-fn edge_component(link: Link, platform: &str) -> Vec<u8> {
+/// The edge component for `link`: as built, or the build's pre-composed `edge-composed.wasm`.
+fn edge_component(link: Link) -> Vec<u8> {
     match link {
         Link::Linked => deskgate_tests::component(EDGE),
-        Link::Composed => deskgate_tests::component(composed(platform).0),
+        Link::Composed => deskgate_tests::component(EDGE_COMPOSED),
     }
+}
+
+/// Each platform's adapter import and the adapter component built for it, as `compose` takes them.
+fn builtin_pairs() -> Vec<(&'static str, &'static [u8])> {
+    EDGE_PLATFORMS.iter().map(|(platform, _)| (*platform, builtin_bytes(platform))).collect()
 }
 
 /// The core gateway: store, API router with the edge token, on a port it can be restarted on.
@@ -150,10 +146,11 @@ struct Edge {
 }
 
 impl Edge {
-    async fn start(link: Link, adapter: &Arc<Adapter>, config: EdgeConfig) -> Edge {
-        let bytes = edge_component(link, adapter.id());
+    /// The edge with every built-in adapter of `rt` (linked, or pre-composed).
+    async fn start(link: Link, rt: &AdapterRuntime, config: EdgeConfig) -> Edge {
+        let bytes = edge_component(link);
         let adapter_link = match link {
-            Link::Linked => AdapterLink::Linked(adapter.clone()),
+            Link::Linked => AdapterLink::Linked(rt.adapters().cloned().collect()),
             Link::Composed => AdapterLink::Composed,
         };
         let server = Arc::new(EdgeServer::new(&bytes, adapter_link, config).expect("edge loads"));
@@ -238,61 +235,82 @@ fn normalized(events: &[InboxEvent]) -> Vec<(String, String, String, Value)> {
         .collect()
 }
 
-/// Signed webhooks from each simulator (every delivery sent twice by the duplicate fault) reach
-/// the gateway through the edge, normalized by the platform's adapter, and are stored exactly
-/// once. The linked and the pre-composed edge store the same events.
+/// One edge at `/webhooks/{connection}` serves a connection of each platform at once: signed
+/// webhooks from the three simulators (every delivery sent twice by the duplicate fault) reach
+/// the gateway through it, each normalized by its connection's platform's adapter, and are stored
+/// exactly once. The linked and the pre-composed edge store the same events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_simulators_webhooks_reach_the_gateway_through_the_edge_exactly_once() {
     let rt = runtime();
-    for (platform, id, secret) in [
+    let platforms = [
         (Platform::Zendesk, "zendesk", "zd-signing-secret"),
         (Platform::Freshdesk, "freshdesk", "fd-token"),
         (Platform::Intercom, "intercom", "ic-client-secret"),
-    ] {
-        let adapter = rt.get(id).unwrap();
-        let mut stored = Vec::new();
-        for link in LINKS {
-            let sim = deskgate_sim::start(SimConfig::new(platform).seed(8).frozen_at(T0)).await.unwrap();
-            let clock: SharedClock = Arc::new(SimTime(sim.sim()));
-            let conn = format!("{id}-main");
-            let gw = Gateway::start(clock.clone(), vec![adapter.clone()], &[(&conn, id)], true).await;
-            let edge = Edge::start(link, &adapter, EdgeConfig::new(edge_vars(&gw.url(), &[(&conn, id, secret)]), clock).unwrap()).await;
+    ];
+    let conns: Vec<(String, &str, &str)> = platforms.iter().map(|(_, id, secret)| (format!("{id}-main"), *id, *secret)).collect();
+    let mut stored = Vec::new();
+    for link in LINKS {
+        // One clock for the gateway and the edge: the Zendesk simulator's (the others are
+        // frozen at the same instant and move with it below).
+        let sims = start_sims(platforms.iter().map(|(p, _, _)| SimConfig::new(*p).seed(8).frozen_at(T0))).await;
+        let clock: SharedClock = Arc::new(SimTime(sims[0].sim()));
+        let gw_conns: Vec<(&str, &str)> = conns.iter().map(|(c, id, _)| (c.as_str(), *id)).collect();
+        let gw = Gateway::start(clock.clone(), rt.adapters().cloned().collect(), &gw_conns, true).await;
+        let edge_conns: Vec<(&str, &str, &str)> = conns.iter().map(|(c, id, s)| (c.as_str(), *id, *s)).collect();
+        let edge = Edge::start(link, &rt, EdgeConfig::new(edge_vars(&gw.url(), &edge_conns), clock).unwrap()).await;
+        let mut tickets = Vec::new();
+        for (sim, (conn, _, secret)) in sims.iter().zip(&conns) {
             let account = sim.create_account(AccountSpec::default()).unwrap();
             sim.create_agent(account.id, AgentSpec { role: Some("admin".into()), ..Default::default() }).unwrap();
-            sim.set_webhook(account.id, Some(WebhookTarget { url: format!("{}/webhooks/{conn}", edge.url), secret: secret.into() }))
+            sim.set_webhook(account.id, Some(WebhookTarget { url: format!("{}/webhooks/{conn}", edge.url), secret: (*secret).into() }))
                 .unwrap();
             sim.set_faults(FaultConfig { webhook_duplicate: 1.0, ..Default::default() }).unwrap();
-            let mut tickets = Vec::new();
+            let mut these = Vec::new();
             for n in 0..3 {
                 sim.clock().advance(Duration::from_secs(1));
                 let t = sim.create_ticket(account.id, TicketSpec { subject: Some(format!("edge {n}")), ..Default::default() }).unwrap();
-                tickets.push(t["id"].to_string().trim_matches('"').to_owned());
+                these.push(t["id"].to_string().trim_matches('"').to_owned());
             }
-            wait_drained(&sim, Duration::from_secs(61 * 60)).await;
-
+            tickets.push(these);
+        }
+        let mut per_link = Vec::new();
+        for ((sim, (conn, id, _)), mut tickets) in sims.iter().zip(&conns).zip(tickets) {
+            wait_drained(sim, Duration::from_secs(61 * 60)).await;
             let log = sim.webhook_deliveries();
             let sent: Vec<_> = log.iter().filter(|d| d.url.is_some()).collect();
             assert!(sent.len() >= 6, "{id} {link:?}: every delivery and its duplicate: {log:?}");
             assert!(sent.iter().all(|d| d.status == Some(200)), "{id} {link:?}: all accepted: {log:?}");
-            let events = gw.events(&conn).await;
+            let events = gw.events(conn).await;
             let mut seen: Vec<String> = events.iter().map(|e| e.ticket_id.clone()).collect();
             seen.sort();
             tickets.sort();
             assert_eq!(seen, tickets, "{id} {link:?}: one event per ticket, none twice: {events:?}");
-            assert!(events.iter().all(|e| e.platform == id && e.kind.starts_with("ticket.")), "{id}: {events:?}");
-            let dup = gw.state.ingest_metrics().webhook_events_duplicate.load(std::sync::atomic::Ordering::Relaxed);
-            assert!(dup >= 3, "{id} {link:?}: the duplicates reached the core and were recognized ({dup})");
-            println!("{id} {link:?}: {} deliveries through the edge, {} events stored, {dup} duplicates", sent.len(), events.len());
+            assert!(events.iter().all(|e| e.platform == *id && e.kind.starts_with("ticket.")), "{id}: {events:?}");
+            println!("{id} {link:?}: {} deliveries through the one edge, {} events stored", sent.len(), events.len());
             // Order across tickets is the platform's delivery order, which is concurrent (the
             // simulators deliver several webhooks at once): compare the events, not their order.
             let mut these = normalized(&events);
             these.sort_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
-            stored.push(these);
-            drop(edge);
+            per_link.push(these);
+        }
+        let dup = gw.state.ingest_metrics().webhook_events_duplicate.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(dup >= 9, "{link:?}: the duplicates reached the core and were recognized ({dup})");
+        stored.push(per_link);
+        drop(edge);
+        for sim in sims {
             sim.shutdown().await;
         }
-        assert_eq!(stored[0], stored[1], "{id}: linked and pre-composed edges store the same events");
     }
+    assert_eq!(stored[0], stored[1], "linked and pre-composed edges store the same events");
+}
+
+/// Start a simulator for each configuration, in order.
+async fn start_sims(configs: impl Iterator<Item = SimConfig>) -> Vec<SimHandle> {
+    let mut sims = Vec::new();
+    for config in configs {
+        sims.push(deskgate_sim::start(config).await.unwrap());
+    }
+    sims
 }
 
 fn zendesk_body(ticket: u64, event_id: &str, at: &str, status: &str) -> String {
@@ -402,9 +420,9 @@ async fn raw_post(base: &str, path: &str, headers: &[(&str, String)], size: usiz
     text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
-/// Tampered, wrongly signed, unsigned, replayed, oversized, malformed, unknown and
-/// other-platform deliveries are refused at the edge with a code and a reason, and none reaches
-/// the gateway; a genuine one is then accepted, and its redelivery is a duplicate. The linked
+/// Tampered, wrongly signed, unsigned, replayed, oversized, malformed and unknown deliveries,
+/// and a connection configured for a platform the edge has no adapter for, are refused at the
+/// edge with a code and a reason, and none reaches the gateway; a genuine one is then accepted, and its redelivery is a duplicate. The linked
 /// and pre-composed edges answer every case identically.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_unsigned_replayed_and_malformed_deliveries_stop_at_the_edge() {
@@ -415,9 +433,9 @@ async fn forged_unsigned_replayed_and_malformed_deliveries_stop_at_the_edge() {
     for link in LINKS {
         let clock = ManualClock::new(T0 + 3_600_000);
         let shared: SharedClock = Arc::new(clock.clone());
-        let gw = Gateway::start(shared.clone(), vec![adapter.clone()], &[("zd", "zendesk"), ("ic", "intercom")], true).await;
-        let vars = edge_vars(&gw.url(), &[("zd", "zendesk", SECRET), ("ic", "intercom", "x")]);
-        let edge = Edge::start(link, &adapter, EdgeConfig::new(vars, shared).unwrap()).await;
+        let gw = Gateway::start(shared.clone(), vec![adapter.clone()], &[("zd", "zendesk")], true).await;
+        let vars = edge_vars(&gw.url(), &[("zd", "zendesk", SECRET), ("hs", "hubspot", "x")]);
+        let edge = Edge::start(link, &rt, EdgeConfig::new(vars, shared).unwrap()).await;
         let url = format!("{}/webhooks/zd", edge.url);
         let now = rfc3339(clock.now_ms());
         let body = zendesk_body(42, "evt-1", &now, "Open");
@@ -430,8 +448,9 @@ async fn forged_unsigned_replayed_and_malformed_deliveries_stop_at_the_edge() {
             ("replayed an hour later", url.clone(), signed(SECRET, &rfc3339(T0), &old), old.clone().into_bytes(), 401, "stale-timestamp"),
             ("not JSON", url.clone(), signed(SECRET, &now, "{oops"), b"{oops".to_vec(), 400, "malformed"),
             ("unknown connection", format!("{}/webhooks/nobody", edge.url), signed(SECRET, &now, &body), body.clone().into_bytes(), 404, "unknown-connection"),
-            ("another platform's connection", format!("{}/webhooks/ic", edge.url), signed(SECRET, &now, &body), body.clone().into_bytes(), 404, "wrong-edge"),
+            ("a platform the edge has no adapter for", format!("{}/webhooks/hs", edge.url), signed(SECRET, &now, &body), body.clone().into_bytes(), 500, "edge-misconfigured"),
             ("no such route", format!("{}/hooks/zd", edge.url), signed(SECRET, &now, &body), body.clone().into_bytes(), 404, "route-not-found"),
+            ("the per-platform path of old", format!("{}/webhooks/zendesk/zd", edge.url), signed(SECRET, &now, &body), body.clone().into_bytes(), 404, "route-not-found"),
         ];
         let mut got_all = Vec::new();
         for (name, url, headers, payload, status, code) in cases {
@@ -473,7 +492,7 @@ async fn gateway_down_means_503_and_the_platforms_redelivery_lands_once_it_is_ba
         let sim = deskgate_sim::start(SimConfig::new(Platform::Zendesk).seed(8).frozen_at(T0)).await.unwrap();
         let clock: SharedClock = Arc::new(SimTime(sim.sim()));
         let mut gw = Gateway::start(clock.clone(), vec![adapter.clone()], &[("zd", "zendesk")], true).await;
-        let edge = Edge::start(link, &adapter, EdgeConfig::new(edge_vars(&gw.url(), &[("zd", "zendesk", SECRET)]), clock).unwrap()).await;
+        let edge = Edge::start(link, &rt, EdgeConfig::new(edge_vars(&gw.url(), &[("zd", "zendesk", SECRET)]), clock).unwrap()).await;
         let account = sim.create_account(AccountSpec::default()).unwrap();
         sim.create_agent(account.id, AgentSpec { role: Some("admin".into()), ..Default::default() }).unwrap();
         sim.set_webhook(account.id, Some(WebhookTarget { url: format!("{}/webhooks/zd", edge.url), secret: SECRET.into() }))
@@ -554,14 +573,14 @@ async fn the_core_ingest_endpoint_takes_only_its_token_and_the_connections_platf
     let delivery = zendesk_body(43, "evt-43", &now, "Open");
     let mut wrong_token = edge_vars(&gw.url(), &[("zd", "zendesk", SECRET)]);
     wrong_token.insert("core_token".into(), "not-the-edge-token-at-all".into());
-    let edge = Edge::start(Link::Linked, &adapter, EdgeConfig::new(wrong_token, shared.clone()).unwrap()).await;
+    let edge = Edge::start(Link::Linked, &rt, EdgeConfig::new(wrong_token, shared.clone()).unwrap()).await;
     let (got, answer) = post(&format!("{}/webhooks/zd", edge.url), &signed(SECRET, &now, &delivery), delivery.clone().into_bytes()).await;
     assert_eq!((got, answer["error"]["code"].as_str()), (503, Some("core-refused")), "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("core_token"), "{answer}");
 
     let mut denied = EdgeConfig::new(edge_vars(&gw.url(), &[("zd", "zendesk", SECRET)]), shared.clone()).unwrap();
     denied.allowed_outbound = vec!["http://127.0.0.1:9".into()];
-    let edge = Edge::start(Link::Linked, &adapter, denied).await;
+    let edge = Edge::start(Link::Linked, &rt, denied).await;
     let (got, answer) = post(&format!("{}/webhooks/zd", edge.url), &signed(SECRET, &now, &delivery), delivery.clone().into_bytes()).await;
     assert_eq!((got, answer["error"]["code"].as_str()), (503, Some("core-unreachable")), "{answer}");
     assert_eq!(gw.events("zd").await.len(), 1, "only the direct ingest above was stored");
@@ -571,14 +590,48 @@ async fn the_core_ingest_endpoint_takes_only_its_token_and_the_connections_platf
     vars.remove("core_token");
     let err = EdgeConfig::new(vars, shared.clone()).unwrap_err().to_string();
     assert!(err.contains("core_token"), "{err}");
-    // A pre-composed edge asked to link an adapter, and a plain one served without, are refused.
-    let composed = edge_component(Link::Composed, "zendesk");
+    // A pre-composed edge asked to link adapters, and a plain one served without, are refused;
+    // so are a plain one short of an adapter, and an adapter the edge has no import for.
+    let all: Vec<Arc<Adapter>> = rt.adapters().cloned().collect();
     let config = EdgeConfig::new(edge_vars(&gw.url(), &[]), shared.clone()).unwrap();
-    let err = EdgeServer::new(&composed, AdapterLink::Linked(adapter.clone()), config.clone()).unwrap_err().to_string();
+    let composed = edge_component(Link::Composed);
+    let err = EdgeServer::new(&composed, AdapterLink::Linked(all.clone()), config.clone()).unwrap_err().to_string();
     assert!(err.contains("pre-composed"), "{err}");
-    let plain = edge_component(Link::Linked, "zendesk");
-    let err = EdgeServer::new(&plain, AdapterLink::Composed, config).unwrap_err().to_string();
-    assert!(err.contains("--adapter"), "{err}");
+    let plain = edge_component(Link::Linked);
+    let err = EdgeServer::new(&plain, AdapterLink::Composed, config.clone()).unwrap_err().to_string();
+    assert!(err.contains("--adapter") && err.contains("zendesk, freshdesk, intercom"), "{err}");
+    let err = EdgeServer::new(&plain, AdapterLink::Linked(vec![adapter.clone()]), config.clone()).unwrap_err().to_string();
+    assert!(err.contains("`freshdesk` adapter: pass --adapter freshdesk"), "{err}");
+    let mut extra = all.clone();
+    let mut other = AdapterRuntime::new(test_config()).unwrap();
+    extra.push(other.load("acmedesk", &deskgate_tests::component(deskgate_tests::EXAMPLE_ACMEDESK)).unwrap());
+    let err = EdgeServer::new(&plain, AdapterLink::Linked(extra), config).unwrap_err().to_string();
+    assert!(err.contains("no `acmedesk` adapter import"), "{err}");
+}
+
+/// An adapter plugged into another platform's import composes (the interface is the same), and
+/// the edge refuses that platform's deliveries with 500 `edge-misconfigured` naming the mix-up,
+/// instead of parsing them with the wrong adapter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adapter_in_another_platforms_import_is_named_not_used() {
+    let mut pairs = builtin_pairs();
+    let freshdesk = builtin_bytes("freshdesk");
+    pairs.iter_mut().find(|(p, _)| *p == "zendesk").unwrap().1 = freshdesk;
+    let mixed = deskgate_edge_compose::compose(&deskgate_tests::component(EDGE), &pairs).unwrap();
+    let rt = runtime();
+    let clock: SharedClock = Arc::new(ManualClock::new(T0));
+    let gw = Gateway::start(clock.clone(), rt.adapters().cloned().collect(), &[("zd", "zendesk")], true).await;
+    let config = EdgeConfig::new(edge_vars(&gw.url(), &[("zd", "zendesk", "s")]), clock).unwrap();
+    let server = Arc::new(EdgeServer::new(&mixed, AdapterLink::Composed, config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhooks/zd", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move { server.serve(listener, async { let _ = rx.await; }).await.unwrap() });
+    let (got, answer) = post(&url, &[], b"{}".to_vec()).await;
+    assert_eq!((got, answer["error"]["code"].as_str()), (500, Some("edge-misconfigured")), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("`zendesk` adapter import is satisfied by the freshdesk adapter"), "{answer}");
+    assert_eq!(gw.accepted(), 0);
+    let _ = tx.send(());
 }
 
 /// `deskgate edge`'s argument handling end to end: values from a TOML file, one overridden by
@@ -602,13 +655,13 @@ async fn the_edge_commands_arguments_configure_a_working_edge() {
     .unwrap();
     let args = deskgate::cli::EdgeArgs {
         component: EDGE.into(),
-        adapter: Some("zendesk".into()),
+        adapter: vec!["zendesk".into(), "freshdesk".into(), "intercom".into()],
         listen: "127.0.0.1:0".into(),
         config_var: vec![format!("conn_zd_cli_secret={SECRET}")],
         config_file: Some(file),
     };
     let prepared = deskgate::edge::prepare(&args).expect("the arguments are valid");
-    assert_eq!(prepared.adapter, "zendesk");
+    assert_eq!(prepared.adapter, "zendesk,freshdesk,intercom");
     let listener = tokio::net::TcpListener::bind(prepared.listen).await.unwrap();
     let url = format!("http://{}/webhooks/zd-cli", listener.local_addr().unwrap());
     let server = prepared.server.clone();
@@ -637,61 +690,75 @@ async fn the_edge_commands_arguments_configure_a_working_edge() {
 }
 
 /// The edge imports only what every wasi:http 0.2 host provides or can (WASI 0.2 interfaces,
-/// with `wasi:config/store` at the version Spin provides) plus the adapter interface; nothing
-/// Spin-only. Pre-composed, the adapter interface's import is gone and nothing new appears; what
-/// stays is `deskgate:adapter/types`, an instance of type definitions only (no function), which
-/// wasmtime-based hosts (Spin, SpinKube, `deskgate edge`) accept without a definition.
+/// with `wasi:config/store` at the version Spin provides) plus one adapter per platform, named by
+/// the platform's id; nothing Spin-only. Pre-composed, the adapter imports are gone and nothing
+/// new appears; what stays is `deskgate:adapter/types`, an instance of type definitions only (no
+/// function), which wasmtime-based hosts (Spin, SpinKube, `deskgate edge`) accept without a
+/// definition.
 #[test]
 fn the_edge_imports_nothing_spin_only() {
-    let plain = deskgate::edge::component_imports(&edge_component(Link::Linked, "zendesk")).unwrap();
-    assert!(plain.iter().any(|i| i == "deskgate:adapter/adapter@0.1.0"), "{plain:?}");
+    let plain = deskgate::edge::component_imports(&edge_component(Link::Linked)).unwrap();
+    let named: Vec<&str> = plain.iter().filter(|i| !i.contains(':')).map(String::as_str).collect();
+    assert_eq!(named, deskgate_edge::PLATFORMS, "one adapter import per platform: {plain:?}");
     assert!(plain.iter().any(|i| i == "wasi:config/store@0.2.0-draft-2024-09-27"), "{plain:?}");
     assert!(plain.iter().any(|i| i.starts_with("wasi:http/outgoing-handler@0.2")), "{plain:?}");
-    for i in &plain {
-        let portable = (i.starts_with("wasi:") && i.contains("@0.2.")) || i.starts_with("deskgate:adapter/");
+    for i in plain.iter().filter(|i| i.contains(':')) {
+        let portable = (i.starts_with("wasi:") && i.contains("@0.2.")) || i == "deskgate:adapter/types@0.1.0";
         assert!(portable, "{i} is not an import every wasi:http 0.2 host provides: {plain:?}");
-        assert!(!i.starts_with("fermyon:") && !i.starts_with("spin:"), "{i}");
     }
-    for platform in ["zendesk", "freshdesk", "intercom"] {
-        let composed = deskgate::edge::component_imports(&edge_component(Link::Composed, platform)).unwrap();
-        assert!(!composed.iter().any(|i| i.starts_with("deskgate:adapter/adapter")), "{platform}: {composed:?}");
-        let extra: Vec<_> = composed.iter().filter(|i| !plain.contains(i)).collect();
-        assert!(extra.is_empty(), "{platform}: the adapter brought imports of its own: {extra:?}");
-    }
+    let composed = deskgate::edge::component_imports(&edge_component(Link::Composed)).unwrap();
+    assert!(!composed.iter().any(|i| !i.contains(':')), "no adapter import is left: {composed:?}");
+    let extra: Vec<_> = composed.iter().filter(|i| !plain.contains(i)).collect();
+    assert!(extra.is_empty(), "the adapters brought imports of their own: {extra:?}");
 }
 
 /// Pre-composition refuses what cannot be composed, naming the problem and the fix.
 #[test]
 fn composing_the_wrong_things_is_refused_with_the_fix() {
+    use deskgate_edge_compose::compose;
     let edge = deskgate_tests::component(EDGE);
-    let err = deskgate_edge_compose::compose(&edge, b"not a component").unwrap_err().to_string();
-    assert!(err.contains("the adapter is not a loadable component"), "{err}");
-    let err = deskgate_edge_compose::compose(b"junk", builtin_bytes("zendesk")).unwrap_err().to_string();
+    let all = builtin_pairs();
+    let with = |platform: &str, bytes: &'static [u8]| {
+        let mut pairs = all.clone();
+        pairs.iter_mut().find(|(p, _)| *p == platform).unwrap().1 = bytes;
+        pairs
+    };
+    let err = compose(&edge, &with("zendesk", b"not a component")).unwrap_err().to_string();
+    assert!(err.contains("the zendesk adapter is not a loadable component"), "{err}");
+    let err = compose(b"junk", &all).unwrap_err().to_string();
     assert!(err.contains("the edge is not a loadable component"), "{err}");
-    // An adapter in the edge's place has no adapter import to plug.
-    let err = deskgate_edge_compose::compose(builtin_bytes("intercom"), builtin_bytes("zendesk")).unwrap_err().to_string();
-    assert!(err.contains("deskgate:adapter/adapter@0.1.0") && err.contains("wit/adapter.wit"), "{err}");
+    let err = compose(&edge, &all[..2]).unwrap_err().to_string();
+    assert!(err.contains("the `intercom` adapter and none was given") && err.contains("intercom=<"), "{err}");
+    let mut extra = all.clone();
+    extra.push(("acmedesk", builtin_bytes("zendesk")));
+    let err = compose(&edge, &extra).unwrap_err().to_string();
+    assert!(err.contains("no `acmedesk` adapter import") && err.contains("world.wit"), "{err}");
+    // Something that is no adapter in an adapter's place, and an adapter in the edge's place.
+    let edge_bytes: &'static [u8] = Box::leak(edge.clone().into_boxed_slice());
+    let err = compose(&edge, &with("freshdesk", edge_bytes)).unwrap_err().to_string();
+    assert!(err.contains("the freshdesk adapter exports no `deskgate:adapter/adapter@0.1.0`") && err.contains("wit/adapter.wit"), "{err}");
+    let err = compose(builtin_bytes("intercom"), &all).unwrap_err().to_string();
+    assert!(err.contains("the edge has no adapter imports"), "{err}");
+    let composed = deskgate_tests::component(EDGE_COMPOSED);
+    let err = compose(&composed, &all).unwrap_err().to_string();
+    assert!(err.contains("the edge has no adapter imports"), "{err}");
 }
 
-/// The build writes one pre-composed edge per platform next to the built edge
-/// (`edge-{platform}.wasm`, issue #8), and each is exactly the composition of the built edge with
-/// that platform's adapter: no stale file from an older edge survives a rebuild.
+/// The build writes the edge pre-composed with every built-in adapter next to the built edge
+/// (`edge-composed.wasm`, issue #8), and it is exactly the composition of the built edge with
+/// them: no stale file from an older edge survives a rebuild.
 #[test]
-fn the_build_writes_one_pre_composed_edge_per_platform() {
-    let platforms: Vec<&str> = EDGE_PLATFORMS.iter().map(|(p, _, _)| *p).collect();
-    assert_eq!(platforms, ["zendesk", "freshdesk", "intercom"]);
+fn the_build_writes_the_pre_composed_edge() {
+    let platforms: Vec<&str> = EDGE_PLATFORMS.iter().map(|(p, _)| *p).collect();
+    assert_eq!(platforms, deskgate_edge::PLATFORMS);
     let edge = deskgate_tests::component(EDGE);
-    let dir = std::path::Path::new(EDGE).parent().unwrap();
-    for (platform, adapter, file) in EDGE_PLATFORMS {
-        let path = std::path::Path::new(file);
-        assert_eq!(path.parent(), Some(dir), "{platform}: next to the built edge");
-        assert_eq!(path.file_name().unwrap().to_str(), Some(format!("edge-{platform}.wasm").as_str()));
-        let written = deskgate_tests::component(file);
-        let expected = deskgate_edge_compose::compose(&edge, &deskgate_tests::component(adapter)).unwrap();
-        assert!(written == expected, "{platform}: {file} is not the composition of {EDGE} with {adapter}");
-        let imports = deskgate::edge::component_imports(&written).unwrap();
-        assert!(!imports.iter().any(|i| i.starts_with("deskgate:adapter/adapter")), "{platform}: {imports:?}");
-    }
+    let path = std::path::Path::new(EDGE_COMPOSED);
+    assert_eq!(path.parent(), std::path::Path::new(EDGE).parent(), "next to the built edge");
+    assert_eq!(path.file_name().unwrap().to_str(), Some("edge-composed.wasm"));
+    let adapters: Vec<(&str, Vec<u8>)> = EDGE_PLATFORMS.iter().map(|(p, a)| (*p, deskgate_tests::component(a))).collect();
+    let pairs: Vec<(&str, &[u8])> = adapters.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    let expected = deskgate_edge_compose::compose(&edge, &pairs).unwrap();
+    assert!(deskgate_tests::component(EDGE_COMPOSED) == expected, "{EDGE_COMPOSED} is not the composition of {EDGE} with the built adapters");
 }
 
 /// A platform's webhook signing scheme, as its simulator applies it.
@@ -813,7 +880,7 @@ async fn each_schemes_forgeries_stop_at_the_edge_and_replays_reach_the_app_once(
             let shared: SharedClock = Arc::new(clock.clone());
             let gw = Gateway::start(shared.clone(), vec![adapter.clone()], &[(&conn, scheme.id)], true).await;
             let vars = edge_vars(&gw.url(), &[(&conn, scheme.id, scheme.secret)]);
-            let edge = Edge::start(link, &adapter, EdgeConfig::new(vars, shared).unwrap()).await;
+            let edge = Edge::start(link, &rt, EdgeConfig::new(vars, shared).unwrap()).await;
             let url = format!("{}/webhooks/{conn}", edge.url);
             let what = format!("{} {link:?}", scheme.id);
 
@@ -882,12 +949,14 @@ fn templates(value: &str) -> Vec<String> {
 }
 
 /// `spin.toml` (issue #8) is checked here, since Spin is not installed: manifest version 2; one
-/// component per platform whose `source` and adapter dependency `path` are the very files this
-/// build produced, and whose build command builds exactly those (same packages, target, profile
-/// and target directory); only the core's URL as outbound host; every configuration key the edge
-/// reads (`deskgate_edge::keys`) mapped, and nothing it does not read; every template a declared
-/// application variable; the token and the webhook secrets secret, with no default in the file;
-/// each platform's edge routed at `/webhooks/<platform>/:connection`.
+/// edge component, routed at `/webhooks/:connection`, whose `source` is the edge this build
+/// produced and whose dependencies satisfy each adapter import (by the platform's plain name,
+/// with the adapter interface as `export`) with the very adapter file this build produced; a
+/// build command that builds exactly those (same packages, target, profile and target directory);
+/// only the core's URL as outbound host; every configuration key the edge reads
+/// (`deskgate_edge::keys`) mapped, and nothing it does not read; a connection of each platform;
+/// every template a declared application variable; the token and the webhook secrets secret,
+/// with no default in the file.
 #[test]
 fn spin_toml_names_what_the_build_produces_and_maps_what_the_edge_reads() {
     use deskgate_edge::keys;
@@ -902,61 +971,71 @@ fn spin_toml_names_what_the_build_produces_and_maps_what_the_edge_reads() {
     };
     let app_vars = manifest["variables"].as_table().expect("[variables]");
     let components = manifest["component"].as_table().expect("[component.*]");
-    assert_eq!(components.len(), EDGE_PLATFORMS.len(), "one edge per platform: {:?}", components.keys().collect::<Vec<_>>());
-    let mut secret_templates = Vec::new();
-    for (platform, adapter, _) in EDGE_PLATFORMS {
-        let id = format!("edge-{platform}");
-        let c = components.get(&id).and_then(Toml::as_table).unwrap_or_else(|| panic!("spin.toml has no [component.{id}]"));
-        let source = c["source"].as_str().expect("source");
-        assert_eq!(source, relative(EDGE), "{id}: source is the edge the build produced");
-        let deps = c["dependencies"].as_table().expect("dependencies");
-        assert_eq!(deps.keys().collect::<Vec<_>>(), [deskgate::edge::ADAPTER_INTERFACE], "{id}");
-        let dep = deps[deskgate::edge::ADAPTER_INTERFACE]["path"].as_str().expect("path");
-        assert_eq!(dep, relative(adapter), "{id}: the dependency is the {platform} adapter the build produced");
+    assert_eq!(components.keys().collect::<Vec<_>>(), ["edge"], "one edge for every platform");
+    let c = components["edge"].as_table().expect("[component.edge]");
+    let source = c["source"].as_str().expect("source");
+    assert_eq!(source, relative(EDGE), "source is the edge the build produced");
+    let deps = c["dependencies"].as_table().expect("dependencies");
+    let mut dep_names: Vec<&str> = deps.keys().map(String::as_str).collect();
+    dep_names.sort_unstable();
+    let mut platforms = deskgate_edge::PLATFORMS.to_vec();
+    platforms.sort_unstable();
+    assert_eq!(dep_names, platforms, "a dependency per adapter import of the edge");
+    let mut files = vec![source.to_owned()];
+    for (platform, adapter) in EDGE_PLATFORMS {
+        let dep = deps[*platform].as_table().expect("a table");
+        assert_eq!(dep.keys().collect::<Vec<_>>(), ["export", "path"], "{platform}: path and export only");
+        assert_eq!(dep["path"].as_str(), Some(relative(adapter).as_str()), "{platform}: the {platform} adapter the build produced");
+        assert_eq!(dep["export"].as_str(), Some(deskgate_edge_compose::ADAPTER_INTERFACE), "{platform}");
+        files.push(relative(adapter));
+    }
 
-        // `spin build` produces both files: its command builds those packages into that directory.
-        let command = c["build"]["command"].as_str().expect("build.command");
-        let words: Vec<&str> = command.split_whitespace().collect();
-        let flag = |name: &str| {
-            let at = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("{id}: build command lacks {name}: {command}"));
-            words[at + 1]
-        };
-        assert_eq!(&words[..2], ["cargo", "build"], "{id}: {command}");
-        let out_dir = format!("{}/{}/{}/", flag("--target-dir"), flag("--target"), flag("--profile"));
-        let packages: Vec<String> = words.windows(2).filter(|w| w[0] == "-p").map(|w| w[1].replace('-', "_")).collect();
-        for file in [source, dep] {
-            let krate = file
-                .strip_prefix(out_dir.as_str())
-                .and_then(|f| f.strip_suffix(".wasm"))
-                .unwrap_or_else(|| panic!("{id}: {file} is not in the build command's output {out_dir}"));
-            assert!(packages.iter().any(|p| p == krate), "{id}: the build command does not build {krate}: {command}");
-        }
+    // `spin build` produces every file: its command builds those packages into that directory.
+    let command = c["build"]["command"].as_str().expect("build.command");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let flag = |name: &str| {
+        let at = words.iter().position(|w| *w == name).unwrap_or_else(|| panic!("build command lacks {name}: {command}"));
+        words[at + 1]
+    };
+    assert_eq!(&words[..2], ["cargo", "build"], "{command}");
+    let out_dir = format!("{}/{}/{}/", flag("--target-dir"), flag("--target"), flag("--profile"));
+    let packages: Vec<String> = words.windows(2).filter(|w| w[0] == "-p").map(|w| w[1].replace('-', "_")).collect();
+    for file in &files {
+        let krate = file
+            .strip_prefix(out_dir.as_str())
+            .and_then(|f| f.strip_suffix(".wasm"))
+            .unwrap_or_else(|| panic!("{file} is not in the build command's output {out_dir}"));
+        assert!(packages.iter().any(|p| p == krate), "the build command does not build {krate}: {command}");
+    }
 
-        let hosts = c["allowed_outbound_hosts"].as_array().expect("allowed_outbound_hosts");
-        assert_eq!(hosts, &vec![Toml::from(format!("{{{{ {} }}}}", keys::CORE_URL))], "{id}: only the core");
+    let hosts = c["allowed_outbound_hosts"].as_array().expect("allowed_outbound_hosts");
+    assert_eq!(hosts, &vec![Toml::from(format!("{{{{ {} }}}}", keys::CORE_URL))], "only the core");
 
-        let vars = c["variables"].as_table().expect("variables");
-        let value = |key: &str| vars.get(key).and_then(Toml::as_str).unwrap_or_else(|| panic!("{id}: variable {key} is not mapped"));
-        assert_eq!(templates(value(keys::CORE_URL)), [keys::CORE_URL], "{id}");
-        assert_eq!(templates(value(keys::CORE_TOKEN)).len(), 1, "{id}: core_token from an application variable");
-        secret_templates.extend(templates(value(keys::CORE_TOKEN)));
-        let connections: Vec<&str> =
-            vars.keys().filter_map(|k| k.strip_prefix("conn_").and_then(|k| k.strip_suffix("_platform"))).collect();
-        assert!(!connections.is_empty(), "{id}: no connection configured");
-        let mut read = vec![keys::CORE_URL.to_owned(), keys::CORE_TOKEN.to_owned()];
-        for conn in connections {
-            assert_eq!(value(&keys::platform(conn)), *platform, "{id}: {conn} is on this edge's platform");
-            let secret = value(&keys::secret(conn));
-            assert_eq!(templates(secret).len(), 1, "{id}: {conn}'s secret comes from an application variable, not the file");
-            secret_templates.extend(templates(secret));
-            read.extend([keys::platform(conn), keys::secret(conn), keys::allow_unsigned(conn)]);
-        }
-        for (key, v) in vars {
-            assert!(read.contains(key), "{id}: the edge never reads `{key}`");
-            assert!(key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{id}: {key} is no Spin variable name");
-            for name in templates(v.as_str().expect("string values")) {
-                assert!(app_vars.contains_key(&name), "{id}: `{key}` uses undeclared variable {name}");
-            }
+    let vars = c["variables"].as_table().expect("variables");
+    let value = |key: &str| vars.get(key).and_then(Toml::as_str).unwrap_or_else(|| panic!("variable {key} is not mapped"));
+    assert_eq!(templates(value(keys::CORE_URL)), [keys::CORE_URL]);
+    assert_eq!(templates(value(keys::CORE_TOKEN)).len(), 1, "core_token from an application variable");
+    let mut secret_templates = templates(value(keys::CORE_TOKEN));
+    let connections: Vec<&str> =
+        vars.keys().filter_map(|k| k.strip_prefix("conn_").and_then(|k| k.strip_suffix("_platform"))).collect();
+    let mut read = vec![keys::CORE_URL.to_owned(), keys::CORE_TOKEN.to_owned()];
+    let mut configured = Vec::new();
+    for conn in connections {
+        let platform = value(&keys::platform(conn));
+        assert!(deskgate_edge::PLATFORMS.contains(&platform), "{conn}: {platform} is a platform the edge has an adapter for");
+        configured.push(platform);
+        let secret = value(&keys::secret(conn));
+        assert_eq!(templates(secret).len(), 1, "{conn}'s secret comes from an application variable, not the file");
+        secret_templates.extend(templates(secret));
+        read.extend([keys::platform(conn), keys::secret(conn), keys::allow_unsigned(conn)]);
+    }
+    configured.sort_unstable();
+    assert_eq!(configured, platforms, "an example connection of each platform");
+    for (key, v) in vars {
+        assert!(read.contains(key), "the edge never reads `{key}`");
+        assert!(key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{key} is no Spin variable name");
+        for name in templates(v.as_str().expect("string values")) {
+            assert!(app_vars.contains_key(&name), "`{key}` uses undeclared variable {name}");
         }
     }
     for name in &secret_templates {
@@ -972,11 +1051,7 @@ fn spin_toml_names_what_the_build_produces_and_maps_what_the_edge_reads() {
     }
 
     let routes = manifest["trigger"]["http"].as_array().expect("[[trigger.http]]");
-    assert_eq!(routes.len(), EDGE_PLATFORMS.len());
-    for (platform, _, _) in EDGE_PLATFORMS {
-        let id = format!("edge-{platform}");
-        let mine: Vec<_> = routes.iter().filter(|r| r["component"].as_str() == Some(id.as_str())).collect();
-        assert_eq!(mine.len(), 1, "{id}: one route");
-        assert_eq!(mine[0]["route"].as_str(), Some(format!("/webhooks/{platform}/:connection").as_str()), "{id}");
-    }
+    assert_eq!(routes.len(), 1, "one route");
+    assert_eq!(routes[0]["component"].as_str(), Some("edge"));
+    assert_eq!(routes[0]["route"].as_str(), Some("/webhooks/:connection"));
 }
