@@ -291,13 +291,13 @@ impl EdgeServer {
     /// needs an adapter of its id, and each adapter an import.
     pub fn new(component: &[u8], adapter: AdapterLink, config: EdgeConfig) -> anyhow::Result<Self> {
         // An instance per request, as on Spin: the pooling allocator makes that a slot reset
-        // instead of fresh mappings. Bounds: 256 requests in flight, two memories each (a
-        // pre-composed edge carries its adapter's), 128 MiB per memory.
+        // instead of fresh mappings. Bounds: 256 requests in flight, four memories each (the
+        // edge's and its three adapters'), 128 MiB per memory.
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(256)
-            .total_core_instances(2048)
-            .total_memories(512)
-            .total_tables(1024)
+            .total_core_instances(4096)
+            .total_memories(1024)
+            .total_tables(2048)
             .max_memory_size(128 << 20);
         // Reset a freed slot's dirtied pages in place (PAGEMAP_SCAN where the kernel has it)
         // rather than dropping them and faulting them back in on the next request.
