@@ -153,7 +153,12 @@ impl Edge {
             Link::Linked => AdapterLink::Linked(rt.adapters().cloned().collect()),
             Link::Composed => AdapterLink::Composed,
         };
-        let server = Arc::new(EdgeServer::new(&bytes, adapter_link, config).expect("edge loads"));
+        Edge::serve(&bytes, adapter_link, config).await
+    }
+
+    /// Serve the edge component `bytes`, its adapter imports satisfied as `link` says.
+    async fn serve(bytes: &[u8], link: AdapterLink, config: EdgeConfig) -> Edge {
+        let server = Arc::new(EdgeServer::new(bytes, link, config).expect("edge loads"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -622,16 +627,11 @@ async fn an_adapter_in_another_platforms_import_is_named_not_used() {
     let clock: SharedClock = Arc::new(ManualClock::new(T0));
     let gw = Gateway::start(clock.clone(), rt.adapters().cloned().collect(), &[("zd", "zendesk")], true).await;
     let config = EdgeConfig::new(edge_vars(&gw.url(), &[("zd", "zendesk", "s")]), clock).unwrap();
-    let server = Arc::new(EdgeServer::new(&mixed, AdapterLink::Composed, config).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/webhooks/zd", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move { server.serve(listener, async { let _ = rx.await; }).await.unwrap() });
-    let (got, answer) = post(&url, &[], b"{}".to_vec()).await;
+    let edge = Edge::serve(&mixed, AdapterLink::Composed, config).await;
+    let (got, answer) = post(&format!("{}/webhooks/zd", edge.url), &[], b"{}".to_vec()).await;
     assert_eq!((got, answer["error"]["code"].as_str()), (500, Some("edge-misconfigured")), "{answer}");
     assert!(answer["error"]["message"].as_str().unwrap().contains("`zendesk` adapter import is satisfied by the freshdesk adapter"), "{answer}");
     assert_eq!(gw.accepted(), 0);
-    let _ = tx.send(());
 }
 
 /// `deskgate edge`'s argument handling end to end: values from a TOML file, one overridden by
