@@ -1055,3 +1055,48 @@ fn spin_toml_names_what_the_build_produces_and_maps_what_the_edge_reads() {
     assert_eq!(routes[0]["component"].as_str(), Some("edge"));
     assert_eq!(routes[0]["route"].as_str(), Some("/webhooks/:connection"));
 }
+
+/// `spin-3.toml` (for Spin before 4.0, which cannot compose named dependencies) is `spin.toml`
+/// with the edge pre-composed: the same application, route, variables and outbound host; its
+/// `source` is the build's `edge-composed.wasm`, it has no dependencies, and its build command is
+/// `spin.toml`'s followed by `deskgate-edge-compose` of exactly the files `spin.toml` composes.
+#[test]
+fn spin_3_toml_is_spin_toml_with_the_edge_pre_composed() {
+    use toml::Value as Toml;
+    let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let read = |name: &str| -> toml::Table {
+        let text = std::fs::read_to_string(workspace.join(name)).unwrap();
+        text.parse().unwrap_or_else(|e| panic!("{name} is not TOML: {e}"))
+    };
+    let (mut v4, mut v3) = (read("spin.toml"), read("spin-3.toml"));
+    let edge = |m: &toml::Table| m["component"]["edge"].as_table().unwrap().clone();
+    let (e4, e3) = (edge(&v4), edge(&v3));
+    let relative = |path: &str| std::path::Path::new(path).strip_prefix(workspace).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(e3["source"].as_str(), Some(relative(EDGE_COMPOSED).as_str()), "spin-3.toml serves the composed edge");
+    assert!(!e3.contains_key("dependencies"), "nothing for Spin 3.x to compose");
+    let build4 = e4["build"]["command"].as_str().unwrap();
+    let build3 = e3["build"]["command"].as_str().unwrap();
+    let compose = build3
+        .strip_prefix(&format!("{build4} && "))
+        .unwrap_or_else(|| panic!("spin-3.toml's build is spin.toml's, then the composition: {build3}"));
+    let words: Vec<&str> = compose.split_whitespace().collect();
+    assert_eq!(&words[..6], ["cargo", "run", "-q", "-p", "deskgate-edge-compose", "--"], "{compose}");
+    assert_eq!(words[6], e4["source"].as_str().unwrap(), "it composes the edge spin.toml serves");
+    assert_eq!(words[7], e3["source"].as_str().unwrap(), "into the file spin-3.toml serves");
+    let deps = e4["dependencies"].as_table().unwrap();
+    let plugs: Vec<String> = deps.iter().map(|(name, d)| format!("{name}={}", d["path"].as_str().unwrap())).collect();
+    let mut given: Vec<String> = words[8..].iter().map(|w| (*w).to_owned()).collect();
+    let mut wanted = plugs.clone();
+    given.sort();
+    wanted.sort();
+    assert_eq!(given, wanted, "each of spin.toml's dependencies, plugged into its import");
+    // Everything else is the same.
+    for (m, e) in [(&mut v4, e4), (&mut v3, e3)] {
+        let mut e = e;
+        for key in ["source", "dependencies", "build", "description"] {
+            e.remove(key);
+        }
+        m["component"].as_table_mut().unwrap().insert("edge".into(), Toml::Table(e));
+    }
+    assert_eq!(v3, v4, "spin-3.toml differs from spin.toml only in the edge's source, dependencies and build");
+}
