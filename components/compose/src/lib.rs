@@ -66,8 +66,8 @@ pub fn adapter_imports(edge: &[u8]) -> Result<Vec<String>, ComposeError> {
 /// (WASI, the adapter types) and exports what `edge` exports (`wasi:http/incoming-handler`).
 ///
 /// # Errors
-/// When a part is not a component, an adapter import of the edge is given no adapter (or a name
-/// the edge does not import is given one), or an adapter does not export an adapter interface the
+/// When a part is not a component, an adapter import of the edge is given no adapter or two (or
+/// a name the edge does not import is given one), or an adapter does not export an adapter interface the
 /// edge's import accepts; each message names the part and the fix.
 pub fn compose(edge: &[u8], adapters: &[(&str, &[u8])]) -> Result<Vec<u8>, ComposeError> {
     let wanted = adapter_imports(edge)?;
@@ -82,6 +82,9 @@ pub fn compose(edge: &[u8], adapters: &[(&str, &[u8])]) -> Result<Vec<u8>, Compo
             "the edge imports the `{missing}` adapter and none was given for it: pass `{missing}=<the {missing} adapter's .wasm>` (the edge imports {})",
             wanted.join(", ")
         )));
+    }
+    if let Some((_, twice)) = given.iter().enumerate().find(|(i, g)| given[..*i].contains(g)) {
+        return Err(ComposeError(format!("the `{twice}` adapter is given twice: give each adapter import one adapter")));
     }
     if let Some(extra) = given.iter().find(|g| !wanted.iter().any(|w| w == *g)) {
         return Err(ComposeError(format!(

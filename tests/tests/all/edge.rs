@@ -729,6 +729,10 @@ fn composing_the_wrong_things_is_refused_with_the_fix() {
     assert!(err.contains("the edge is not a loadable component"), "{err}");
     let err = compose(&edge, &all[..2]).unwrap_err().to_string();
     assert!(err.contains("the `intercom` adapter and none was given") && err.contains("intercom=<"), "{err}");
+    let mut twice = all.clone();
+    twice.push(("zendesk", builtin_bytes("zendesk")));
+    let err = compose(&edge, &twice).unwrap_err().to_string();
+    assert!(err.contains("the `zendesk` adapter is given twice"), "{err}");
     let mut extra = all.clone();
     extra.push(("acmedesk", builtin_bytes("zendesk")));
     let err = compose(&edge, &extra).unwrap_err().to_string();
