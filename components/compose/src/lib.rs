@@ -56,9 +56,17 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// When `edge` is not a loadable component.
 pub fn adapter_imports(edge: &[u8]) -> Result<Vec<String>, ComposeError> {
     let mut graph = CompositionGraph::new();
-    let pkg = Package::from_bytes("deskgate:edge", None, edge.to_vec(), graph.types_mut())
-        .map_err(|e| ComposeError(format!("the edge is not a loadable component: {e:#}")))?;
-    Ok(graph.types()[pkg.ty()].imports.keys().filter(|name| !name.contains(':')).cloned().collect())
+    let pkg = load_edge(&mut graph, edge)?;
+    Ok(plain_imports(&graph, &pkg))
+}
+
+fn load_edge(graph: &mut CompositionGraph, edge: &[u8]) -> Result<Package, ComposeError> {
+    Package::from_bytes("deskgate:edge", None, edge.to_vec(), graph.types_mut())
+        .map_err(|e| ComposeError(format!("the edge is not a loadable component: {e:#}")))
+}
+
+fn plain_imports(graph: &CompositionGraph, pkg: &Package) -> Vec<String> {
+    graph.types()[pkg.ty()].imports.keys().filter(|name| !name.contains(':')).cloned().collect()
 }
 
 /// Plug each `(name, adapter)`'s export of [`ADAPTER_INTERFACE`] into `edge`'s import `name`;
@@ -67,10 +75,12 @@ pub fn adapter_imports(edge: &[u8]) -> Result<Vec<String>, ComposeError> {
 ///
 /// # Errors
 /// When a part is not a component, an adapter import of the edge is given no adapter or two (or
-/// a name the edge does not import is given one), or an adapter does not export an adapter interface the
-/// edge's import accepts; each message names the part and the fix.
+/// a name the edge does not import is given one), or an adapter does not export an adapter
+/// interface the edge's import accepts; each message names the part and the fix.
 pub fn compose(edge: &[u8], adapters: &[(&str, &[u8])]) -> Result<Vec<u8>, ComposeError> {
-    let wanted = adapter_imports(edge)?;
+    let mut graph = CompositionGraph::new();
+    let edge_pkg = load_edge(&mut graph, edge)?;
+    let wanted = plain_imports(&graph, &edge_pkg);
     if wanted.is_empty() {
         return Err(ComposeError(
             "the edge has no adapter imports: give the edge component as built (deskgate_edge.wasm), not an adapter or an edge composed already".to_owned(),
@@ -92,9 +102,6 @@ pub fn compose(edge: &[u8], adapters: &[(&str, &[u8])]) -> Result<Vec<u8>, Compo
             wanted.join(", ")
         )));
     }
-    let mut graph = CompositionGraph::new();
-    let edge_pkg = Package::from_bytes("deskgate:edge", None, edge.to_vec(), graph.types_mut())
-        .map_err(|e| ComposeError(format!("the edge is not a loadable component: {e:#}")))?;
     let edge_id = graph
         .register_package(edge_pkg)
         .map_err(|e| ComposeError(format!("register the edge: {}", chain(&e))))?;

@@ -255,8 +255,8 @@ async fn each_simulators_webhooks_reach_the_gateway_through_the_edge_exactly_onc
     let conns: Vec<(String, &str, &str)> = platforms.iter().map(|(_, id, secret)| (format!("{id}-main"), *id, *secret)).collect();
     let mut stored = Vec::new();
     for link in LINKS {
-        // One clock for the gateway and the edge: the Zendesk simulator's (the others are
-        // frozen at the same instant and move with it below).
+        // One clock for the gateway and the edge: the Zendesk simulator's, whose signed
+        // timestamps are the only ones the edge checks (all three start frozen at T0).
         let sims = start_sims(platforms.iter().map(|(p, _, _)| SimConfig::new(*p).seed(8).frozen_at(T0))).await;
         let clock: SharedClock = Arc::new(SimTime(sims[0].sim()));
         let gw_conns: Vec<(&str, &str)> = conns.iter().map(|(c, id, _)| (c.as_str(), *id)).collect();
