@@ -1090,13 +1090,12 @@ fn spin_3_toml_is_spin_toml_with_the_edge_pre_composed() {
     let deps = e4["dependencies"].as_table().unwrap();
     let plugs: Vec<String> = deps.iter().map(|(name, d)| format!("{name}={}", d["path"].as_str().unwrap())).collect();
     let mut given: Vec<String> = words[8..].iter().map(|w| (*w).to_owned()).collect();
-    let mut wanted = plugs.clone();
+    let mut wanted = plugs;
     given.sort();
     wanted.sort();
     assert_eq!(given, wanted, "each of spin.toml's dependencies, plugged into its import");
     // Everything else is the same.
-    for (m, e) in [(&mut v4, e4), (&mut v3, e3)] {
-        let mut e = e;
+    for (m, mut e) in [(&mut v4, e4), (&mut v3, e3)] {
         for key in ["source", "dependencies", "build", "description"] {
             e.remove(key);
         }
