@@ -41,8 +41,8 @@ pub fn start(conn: &Connection, op: &Operation) -> Result<Step, Failure> {
 }
 
 /// Read a state string. The forms `send` writes are recognized without going through serde's
-/// internally tagged enum, which buffers the whole input (every string of a write's plan copied
-/// once more) before it picks a variant: the field-less states by their exact text, and a write's
+/// internally tagged enum, which buffers the whole input (every string copied once more) before
+/// it picks a variant: the field-less states by their exact text, and a write's
 /// state, whose tag comes first, by reading the rest straight into [`write::WriteState`] (which
 /// ignores the `op` key). Any other text, including these states spelled differently, is read
 /// as before.
@@ -78,7 +78,7 @@ pub fn resume(
         (State::GetTicket, _) => read::resume_ticket(resp),
         (State::ListPage, _) => read::resume_page(resp),
         (State::WhoAmI, _) => read::resume_who_am_i(resp),
-        (State::Write(ws), Operation::Apply(_)) => write::resume(ws, resp),
+        (State::Write(ws), Operation::Apply(a)) => write::resume(conn, a, ws, resp),
         (State::Probe(ps), Operation::Probe(_)) => probe::resume(conn, ps, resp),
         (State::ReadBack, Operation::ReadBack(a)) => readback::resume(a, resp),
         (st, _) => Err(fail::permanent(format!(

@@ -1,7 +1,8 @@
 //! apply: reply, set-status, add-tags, assign and resolve, all in the write lane.
 //!
-//! Every action is planned up front as a list of steps (one request each) and the list travels in
-//! the state. A step belongs to a part ("reply", "set-status", "add-tags", "assign") and says which
+//! Every action is planned up front as a list of steps (one request each). Planning is
+//! deterministic, so the plan is rebuilt from the operation and the connection on every resume
+//! (the host passes both back) and only the progress travels in the state. A step belongs to a part ("reply", "set-status", "add-tags", "assign") and says which
 //! parts are complete once it lands; a close that carries the reply completes both "reply" and
 //! "set-status" in one request, which is what makes Intercom's resolution atomic.
 //!
@@ -58,12 +59,28 @@ pub struct PlannedStep {
     pub carries_reply: bool,
 }
 
-/// The state of an apply between steps.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct WriteState {
+/// A write's plan, rebuilt from the operation and the connection at every step.
+#[derive(Debug)]
+pub struct WritePlan {
     pub ticket_id: String,
     pub admin_id: String,
     pub steps: Vec<PlannedStep>,
+}
+
+impl WritePlan {
+    /// Plan `a` for the admin `conn` acts as.
+    pub fn new(conn: &Connection, a: &ApplyAction) -> Result<Self, Failure> {
+        Ok(Self {
+            ticket_id: conversation_id(&a.ticket_id)?.to_string(),
+            steps: plan(&a.action)?,
+            admin_id: admin_id(conn)?,
+        })
+    }
+}
+
+/// The progress of an apply between steps: all the state carries.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WriteState {
     pub idx: usize,
     pub applied: Vec<String>,
     pub tag_id: Option<String>,
@@ -215,23 +232,11 @@ pub fn plan(action: &Action) -> Result<Vec<PlannedStep>, Failure> {
 
 /// Plan an apply and send its first request.
 pub fn start(conn: &Connection, a: &ApplyAction) -> Result<Step, Failure> {
-    let ticket_id = conversation_id(&a.ticket_id)?.to_string();
-    let steps = plan(&a.action)?;
-    let admin_id = admin_id(conn)?;
-    let ws = WriteState {
-        ticket_id,
-        admin_id,
-        steps,
-        idx: 0,
-        applied: Vec::new(),
-        tag_id: None,
-        reference: None,
-    };
-    next(ws)
+    next(&WritePlan::new(conn, a)?, WriteState::default())
 }
 
-fn next(ws: WriteState) -> Result<Step, Failure> {
-    let req = step_request(&ws)?;
+fn next(wp: &WritePlan, ws: WriteState) -> Result<Step, Failure> {
+    let req = step_request(wp, &ws)?;
     send(req, &State::Write(ws))
 }
 
@@ -256,10 +261,10 @@ struct PartBody<'a> {
 }
 
 /// The request of the current step.
-pub fn step_request(ws: &WriteState) -> Result<HttpRequest, Failure> {
-    let cur = current(ws)?;
-    let id = &ws.ticket_id;
-    let admin = Some(ws.admin_id.as_str());
+pub fn step_request(wp: &WritePlan, ws: &WriteState) -> Result<HttpRequest, Failure> {
+    let cur = current(wp, ws)?;
+    let id = &wp.ticket_id;
+    let admin = Some(wp.admin_id.as_str());
     let parts = || format!("/conversations/{id}/parts");
     let (path, body) = match &cur.kind {
         StepKind::Reply { body } => (
@@ -328,8 +333,8 @@ pub fn step_request(ws: &WriteState) -> Result<HttpRequest, Failure> {
     Ok(request(Method::Post, path, Lane::Write).json(&body).build())
 }
 
-fn current(ws: &WriteState) -> Result<&PlannedStep, Failure> {
-    ws.steps
+fn current<'a>(wp: &'a WritePlan, ws: &WriteState) -> Result<&'a PlannedStep, Failure> {
+    wp.steps
         .get(ws.idx)
         .ok_or_else(|| fail::permanent("corrupt adapter state: write step out of range"))
 }
@@ -341,11 +346,12 @@ fn step_need(kind: &StepKind) -> &'static str {
     }
 }
 
-/// Handle the response to the current step.
-pub fn resume(mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> {
-    let cur = current(&ws)?.clone();
+/// Handle the response to the current step of `a`.
+pub fn resume(conn: &Connection, a: &ApplyAction, mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> {
+    let wp = WritePlan::new(conn, a)?;
+    let cur = current(&wp, &ws)?;
     if !ok(resp) {
-        return failed(ws, &cur, classify(resp, step_need(&cur.kind)));
+        return failed(&wp, ws, cur, classify(resp, step_need(&cur.kind)));
     }
     let mut conversation: Option<Conversation> = None;
     match &cur.kind {
@@ -357,7 +363,7 @@ pub fn resume(mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> 
                     let f = fail::permanent(format!(
                         "Intercom's answer to creating tag {name:?} has no tag id"
                     ));
-                    return failed(ws, &cur, f);
+                    return failed(&wp, ws, cur, f);
                 }
             }
         }
@@ -366,7 +372,7 @@ pub fn resume(mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> 
             // The write landed; an unreadable body only loses the reference.
             conversation = serde_json::from_slice(&resp.body).ok();
             let part_id = conversation.as_ref().and_then(Conversation::last_part_id);
-            let has_reply = ws.steps.iter().any(|s| s.carries_reply);
+            let has_reply = wp.steps.iter().any(|s| s.carries_reply);
             if cur.carries_reply || !has_reply {
                 ws.reference = part_id;
             }
@@ -378,8 +384,8 @@ pub fn resume(mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> 
         }
     }
     ws.idx += 1;
-    if ws.idx < ws.steps.len() {
-        return next(ws);
+    if ws.idx < wp.steps.len() {
+        return next(&wp, ws);
     }
     done(Outcome::Written(WriteReceipt {
         ticket: conversation.and_then(|c| c.into_ticket().ok()),
@@ -390,12 +396,12 @@ pub fn resume(mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> 
 }
 
 /// A failed step: an error when nothing landed yet, otherwise a receipt naming what landed.
-fn failed(ws: WriteState, cur: &PlannedStep, failure: Failure) -> Result<Step, Failure> {
+fn failed(wp: &WritePlan, ws: WriteState, cur: &PlannedStep, failure: Failure) -> Result<Step, Failure> {
     if ws.applied.is_empty() {
         return Err(failure);
     }
     let mut skipped: Vec<String> = Vec::new();
-    for s in &ws.steps[ws.idx + 1..] {
+    for s in &wp.steps[ws.idx + 1..] {
         if s.part != cur.part && !ws.applied.contains(&s.part) && !skipped.contains(&s.part) {
             skipped.push(s.part.clone());
         }
@@ -467,6 +473,17 @@ mod tests {
             Outcome::Written(r) => r,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn state_carries_progress_not_the_plan() {
+        let op = apply(Action::Reply("this sentence stays in the operation".to_string()));
+        let (_, state) = sent(start(&op));
+        assert!(!state.contains("stays in the operation"), "{state}");
+        // Progress past the end of the plan rebuilt from the operation is refused, not guessed at.
+        let past = r#"{"op":"write","idx":3,"applied":[],"tag_id":null,"reference":null}"#;
+        let r = resume(&op, past, conv_resp("160", "comment", "open"));
+        assert!(matches!(&r, Err(Failure::Permanent(m)) if m.contains("out of range")), "{r:?}");
     }
 
     #[test]
