@@ -2,9 +2,10 @@
 //!
 //! Every action is planned up front as a list of steps (one request each). Planning is
 //! deterministic, so the plan is rebuilt from the operation and the connection on every resume
-//! (the host passes both back) and only the progress travels in the state. A step belongs to a part ("reply", "set-status", "add-tags", "assign") and says which
-//! parts are complete once it lands; a close that carries the reply completes both "reply" and
-//! "set-status" in one request, which is what makes Intercom's resolution atomic.
+//! (the host passes both back) and only the progress travels in the state. A step belongs to a
+//! part ("reply", "set-status", "add-tags", "assign") and says which parts are complete once it
+//! lands; a close that carries the reply completes both "reply" and "set-status" in one request,
+//! which is what makes Intercom's resolution atomic.
 //!
 //! Intercom requests:
 //! - reply: `POST /conversations/{id}/reply` `{"message_type":"comment","type":"admin","admin_id":..,"body":"<p>..</p>"}`
@@ -347,7 +348,12 @@ fn step_need(kind: &StepKind) -> &'static str {
 }
 
 /// Handle the response to the current step of `a`.
-pub fn resume(conn: &Connection, a: &ApplyAction, mut ws: WriteState, resp: &HttpResponse) -> Result<Step, Failure> {
+pub fn resume(
+    conn: &Connection,
+    a: &ApplyAction,
+    mut ws: WriteState,
+    resp: &HttpResponse,
+) -> Result<Step, Failure> {
     let wp = WritePlan::new(conn, a)?;
     let cur = current(&wp, &ws)?;
     if !ok(resp) {
@@ -396,7 +402,12 @@ pub fn resume(conn: &Connection, a: &ApplyAction, mut ws: WriteState, resp: &Htt
 }
 
 /// A failed step: an error when nothing landed yet, otherwise a receipt naming what landed.
-fn failed(wp: &WritePlan, ws: WriteState, cur: &PlannedStep, failure: Failure) -> Result<Step, Failure> {
+fn failed(
+    wp: &WritePlan,
+    ws: WriteState,
+    cur: &PlannedStep,
+    failure: Failure,
+) -> Result<Step, Failure> {
     if ws.applied.is_empty() {
         return Err(failure);
     }
@@ -477,13 +488,18 @@ mod tests {
 
     #[test]
     fn state_carries_progress_not_the_plan() {
-        let op = apply(Action::Reply("this sentence stays in the operation".to_string()));
+        let op = apply(Action::Reply(
+            "this sentence stays in the operation".to_string(),
+        ));
         let (_, state) = sent(start(&op));
         assert!(!state.contains("stays in the operation"), "{state}");
         // Progress past the end of the plan rebuilt from the operation is refused, not guessed at.
         let past = r#"{"op":"write","idx":3,"applied":[],"tag_id":null,"reference":null}"#;
         let r = resume(&op, past, conv_resp("160", "comment", "open"));
-        assert!(matches!(&r, Err(Failure::Permanent(m)) if m.contains("out of range")), "{r:?}");
+        assert!(
+            matches!(&r, Err(Failure::Permanent(m)) if m.contains("out of range")),
+            "{r:?}"
+        );
     }
 
     #[test]
