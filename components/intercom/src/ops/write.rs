@@ -503,6 +503,23 @@ mod tests {
     }
 
     #[test]
+    fn a_state_in_the_earlier_format_still_resumes() {
+        // States written before the plan stopped travelling in them (a host may have kept one in
+        // its database) carry the same progress fields plus the plan, which is now ignored.
+        let op = apply(Action::Reply("Thanks".to_string()));
+        let old = r#"{"op":"write","ticket_id":"503","admin_id":"991267715","steps":[{"kind":
+            {"kind":"reply","body":"<p>Thanks</p>"},"part":"reply","completes":["reply"],
+            "carries_reply":true}],"idx":0,"applied":[],"tag_id":null,"reference":null}"#;
+        let r = receipt(finished(resume(
+            &op,
+            old,
+            conv_resp("160", "comment", "open"),
+        )));
+        assert_eq!(r.applied, vec!["reply".to_string()]);
+        assert_eq!(r.reference.as_deref(), Some("160"));
+    }
+
+    #[test]
     fn reply() {
         let op = apply(Action::Reply("Thanks, <fixed> & shipped.".to_string()));
         let (req, state) = sent(start(&op));
