@@ -42,10 +42,9 @@ pub fn start(conn: &Connection, op: &Operation) -> Result<Step, Failure> {
 
 /// Read a state string. The forms `send` writes are recognized without going through serde's
 /// internally tagged enum, which buffers the whole input (every string copied once more) before
-/// it picks a variant: the field-less states by their exact text, and a write's
-/// state, whose tag comes first, by reading the rest straight into [`write::WriteState`] (which
-/// ignores the `op` key). Any other text, including these states spelled differently, is read
-/// as before.
+/// it picks a variant: the field-less states by their exact text, and a write's state, whose tag
+/// comes first, by reading the rest straight into [`write::WriteState`] (which ignores the `op`
+/// key). Any other text, including these states spelled differently, is read as before.
 fn parse_state(state: &str) -> Result<State, serde_json::Error> {
     match state {
         r#"{"op":"get-ticket"}"# => return Ok(State::GetTicket),
