@@ -31,8 +31,7 @@ pub const SNOOZE_UNSUPPORTED: &str = "Intercom snoozes need a time (snoozed_unti
     open, solved or closed";
 
 /// One request of a planned write.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StepKind {
     /// A public admin comment.
     Reply { body: String },
@@ -49,7 +48,7 @@ pub enum StepKind {
 }
 
 /// A step with the part it belongs to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlannedStep {
     pub kind: StepKind,
     /// The part a failure of this step is reported as.
