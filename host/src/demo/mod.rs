@@ -193,10 +193,13 @@ pub struct DemoReport {
     /// 10:00: each one a request that met a token rotation (a refresh waits for the requests in
     /// flight and holds new ones, so this is 0).
     pub refused_401_before_revocation: u64,
-    /// Submit to confirmed, real milliseconds (the day's clock runs faster; see `rate`).
+    /// Submit to confirmed, real milliseconds (the day's clock runs faster: day-clock times
+    /// are divided by `pace.average_rate`).
     pub resolution_latency_ms: Percentiles,
-    /// Day-clock milliseconds per real millisecond.
+    /// Day-clock milliseconds per real millisecond the day was meant to run at.
     pub rate: f64,
+    /// How fast it ran: the clock slows when the machine cannot keep up (see `Pace`).
+    pub pace: PaceReport,
     /// Per connection.
     pub connections: Vec<ConnectionReport>,
     /// The injected failures and what deskgate did about each.
@@ -225,6 +228,97 @@ impl Clock for DemoClock {
     fn real_wait(&self, ms: Millis) -> Duration {
         self.0.real_wait(ms)
     }
+}
+
+/// Keeps the day's clock at a pace this machine can carry.
+///
+/// The day runs on a clock `nominal` times faster than real time, but how much work a real
+/// second holds depends on the machine: on two busy cores the gateway, the simulators and the
+/// automation client can fall behind the arrivals, and a day paced by the wall clock alone then
+/// ends with work still queued, which says nothing about the gateway. So every half second the
+/// demo weighs the work it is owed on live connections (tickets not yet delivered to the app,
+/// resolutions not yet settled) against the arrivals: when more than `high` is owed and the
+/// amount is still growing, the clock slows (x0.8 a step, down to an eighth of `nominal`); when
+/// less than `low` is owed, it speeds back up (x1.25 a step, up to `nominal`). Between the two,
+/// and while a backlog shrinks (a connection draining what queued while it was suspended, at
+/// the pace its rate limit allows), the clock holds. Slowing keeps every proportion of the day
+/// (arrivals, rate windows, token lifetimes and sweeps all live on the one clock), so only the
+/// day's real length changes; the report says how far the clock had to slow.
+#[derive(Debug, Clone)]
+struct Pace {
+    nominal: f64,
+    floor: f64,
+    rate: f64,
+    /// Owed work below which the clock may speed up.
+    low: u64,
+    /// Owed work above which, if still growing, the clock slows.
+    high: u64,
+    prev: u64,
+    /// The slowest rate the clock ran at.
+    slowest: f64,
+    /// Real time the clock ran below `nominal`.
+    slowed_for: Duration,
+    /// Real time at the floor with the backlog still growing: the machine could not keep up
+    /// even at the slowest pace.
+    overrun_for: Duration,
+}
+
+impl Pace {
+    const SLOWER: f64 = 0.8;
+    const FASTER: f64 = 1.25;
+    /// How often the demo weighs its backlog.
+    const EVERY: Duration = Duration::from_millis(500);
+
+    /// A governor for a day whose live connections together receive `arrivals_per_minute`
+    /// tickets a day-clock minute: ten minutes of arrivals owed is normal (a lost webhook waits
+    /// up to ten for its sweep), thirty is falling behind.
+    fn new(nominal: f64, arrivals_per_minute: f64) -> Self {
+        let per_min = arrivals_per_minute.max(0.0);
+        let low = ((per_min * 10.0) as u64).max(20);
+        Self { nominal, floor: nominal / 8.0, rate: nominal, low, high: ((per_min * 30.0) as u64).max(3 * low), prev: 0, slowest: nominal, slowed_for: Duration::ZERO, overrun_for: Duration::ZERO }
+    }
+
+    /// Weighs the work owed now, `since` (real) after the last look; returns the new rate when
+    /// the clock should change pace.
+    fn observe(&mut self, owed: u64, since: Duration) -> Option<f64> {
+        if self.rate < self.nominal {
+            self.slowed_for += since;
+        }
+        let growing = owed >= self.prev;
+        self.prev = owed;
+        let next = if owed > self.high && growing {
+            if self.rate <= self.floor {
+                self.overrun_for += since;
+            }
+            (self.rate * Self::SLOWER).max(self.floor)
+        } else if owed < self.low {
+            (self.rate * Self::FASTER).min(self.nominal)
+        } else {
+            self.rate
+        };
+        if (next - self.rate).abs() < f64::EPSILON {
+            return None;
+        }
+        self.rate = next;
+        self.slowest = self.slowest.min(next);
+        Some(next)
+    }
+}
+
+/// How fast the day actually ran.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct PaceReport {
+    /// The clock's rate when the machine keeps up (`86,400 / --day-seconds`).
+    pub nominal_rate: f64,
+    /// Day-clock time over real time, 00:00 to 24:00.
+    pub average_rate: f64,
+    /// The slowest rate the clock had to run at.
+    pub slowest_rate: f64,
+    /// Real seconds the clock ran slower than nominal.
+    pub slowed_seconds: f64,
+    /// Real seconds the clock was at its slowest allowed rate (an eighth of nominal) and the
+    /// owed work still grew: this machine could not carry the day's volume even then.
+    pub overrun_seconds: f64,
 }
 
 /// A small deterministic generator (SplitMix64), so the workload depends only on the seed.
@@ -327,6 +421,26 @@ struct AppView {
     suspended_events: u64,
     resumed_events: u64,
     submit_errors: u64,
+}
+
+/// The work the demo is owed on live connections: tickets created but not yet delivered to the
+/// app, and resolutions in flight (pending, sent or being read back). Suspended connections are
+/// left out: what queues there waits for the operator, not for the machine. In-flight entries are
+/// counted up to `cap` per connection: past that the answer is "far behind" either way, and a
+/// machine that is behind should not also page through its whole outbox twice a second.
+async fn owed_work(store: &store::SharedStore, view: &Mutex<AppView>, created: &BTreeMap<String, Vec<u64>>, cap: u32) -> anyhow::Result<u64> {
+    let live: Vec<String> = store.list_connections(false).await?.into_iter().filter(|c| c.state.name() == "live").map(|c| c.id).collect();
+    let mut owed = {
+        let v = view.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter()
+            .map(|conn| created.get(conn).map_or(0, Vec::len).saturating_sub(v.delivered.get(conn).map_or(0, BTreeSet::len)) as u64)
+            .sum::<u64>()
+    };
+    for conn in live {
+        let q = ActionQuery { connection_id: Some(conn), ticket_id: None, in_flight_only: true, after_id: 0, limit: cap };
+        owed += store.list_actions(&q).await?.len() as u64;
+    }
+    Ok(owed)
 }
 
 /// The automation client: pull, resolve, acknowledge, until told to stop.
@@ -664,8 +778,24 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
     let mut events: BTreeSet<&'static str> = BTreeSet::new();
     let zd1 = tenants.iter().position(|t| t.platform == Platform::Zendesk && t.cred.kind == CredKind::Oauth);
     let fd2 = tenants.iter().position(|t| t.restricted_agent.is_some());
+    let mut pace = Pace::new(rate, tenants.len() as f64 * f64::from(opts.tickets_per_hour) / 60.0);
+    let mut last_weighed = Instant::now();
+    let mut reported_rate = rate;
+    let day_started = (Instant::now(), clock.now_ms());
     loop {
         let now = clock.now_ms();
+        if last_weighed.elapsed() >= Pace::EVERY {
+            let owed = owed_work(&store, &view, &created, u32::try_from(pace.high * 2).unwrap_or(u32::MAX)).await?;
+            if let Some(r) = pace.observe(owed, last_weighed.elapsed()) {
+                clock.set_rate(r);
+                // A line when the clock leaves or regains full pace, and per halving between.
+                if r == rate || r < reported_rate * 0.5 || reported_rate == rate {
+                    progress(&format!("{} {owed} tickets and resolutions owed on live connections: clock x{r:.0} (full pace x{rate:.0})", hhmm(now)));
+                    reported_rate = r;
+                }
+            }
+            last_weighed = Instant::now();
+        }
         while next_arrival < arrivals.len() && arrivals[next_arrival].0 <= now {
             let (_, ti) = arrivals[next_arrival];
             next_arrival += 1;
@@ -828,6 +958,10 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let day_real = day_started.0.elapsed().as_secs_f64().max(1e-3);
+    let average_rate = (clock.now_ms() - day_started.1) as f64 / 1000.0 / day_real;
+    // The drain has no arrivals to hold back: the full pace lets the sweeps catch up sooner.
+    clock.set_rate(rate);
     if let Some(i) = zd1 {
         failures.insert(0, FailureNote {
             at: "02:00".into(),
@@ -899,7 +1033,15 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
 
     // The report.
     let view = std::mem::take(&mut *view.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut report = DemoReport { seed: opts.seed, hours: 24, rate, failures, ..DemoReport::default() };
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    let pace = PaceReport {
+        nominal_rate: rate,
+        average_rate: round(average_rate),
+        slowest_rate: round(pace.slowest),
+        slowed_seconds: round(pace.slowed_for.as_secs_f64()),
+        overrun_seconds: round(pace.overrun_for.as_secs_f64()),
+    };
+    let mut report = DemoReport { seed: opts.seed, hours: 24, rate, pace, failures, ..DemoReport::default() };
     let mut latencies: Vec<f64> = Vec::new();
     let mut after = 0;
     let mut confirmed_per: BTreeMap<String, u64> = BTreeMap::new();
@@ -917,7 +1059,7 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
                     report.confirmed_by_read_back += 1;
                 }
                 *confirmed_per.entry(e.connection_id.clone()).or_default() += 1;
-                latencies.push((e.updated_at - e.created_at) as f64 / rate);
+                latencies.push((e.updated_at - e.created_at) as f64 / average_rate);
             } else {
                 report.resolutions_unsettled += 1;
                 let entry = report.unsettled_by_state.entry(format!("{:?}", e.state).to_lowercase()).or_insert((0, String::new()));
@@ -1164,6 +1306,16 @@ impl DemoReport {
                 self.resolutions_submitted
             ));
         }
+        // Whether the machine or the gateway fell short: the clock slows to keep the day within
+        // what the machine carries, down to a limit; past it, a shortfall may be the machine's.
+        if !out.is_empty() && self.pace.overrun_seconds > 0.0 {
+            out.push(format!(
+                "this machine fell behind the arrivals even with the clock slowed to x{:.0} (for {:.0} s): the shortfall above may be the machine's; a lighter day (--tickets-per-hour {}) tells the two apart",
+                self.pace.slowest_rate,
+                self.pace.overrun_seconds,
+                (self.tickets_created / (24 * self.connections.len().max(1) as u64) / 2).max(1)
+            ));
+        }
         out
     }
 
@@ -1171,7 +1323,15 @@ impl DemoReport {
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut s = String::new();
-        let _ = writeln!(s, "\ndeskgate demo: a 24-hour day in {:.0} s (clock x{:.0}), seed {}\n", self.wall_seconds, self.rate, self.seed);
+        let pace = if self.pace.slowest_rate < self.rate {
+            format!(
+                "clock x{:.0}; this machine fell behind, so it ran slower for {:.0} s, at x{:.0} on average and x{:.0} at its slowest",
+                self.rate, self.pace.slowed_seconds, self.pace.average_rate, self.pace.slowest_rate
+            )
+        } else {
+            format!("clock x{:.0}", self.rate)
+        };
+        let _ = writeln!(s, "\ndeskgate demo: a 24-hour day in {:.0} s ({pace}), seed {}\n", self.wall_seconds, self.seed);
         let _ = writeln!(s, "{:<14}{:<11}{:>9}{:>11}{:>11}  {:<10}scenario", "connection", "platform", "created", "delivered", "confirmed", "state");
         for c in &self.connections {
             let _ = writeln!(s, "{:<14}{:<11}{:>9}{:>11}{:>11}  {:<10}{}", c.id, c.platform, c.tickets_created, c.tickets_delivered, c.resolutions_confirmed, c.state, c.scenario);
@@ -1209,5 +1369,77 @@ impl DemoReport {
             let _ = writeln!(s, "  {:<8}{}\n          -> {}", f.at, f.injected, f.handled);
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HALF: Duration = Pace::EVERY;
+
+    #[test]
+    fn the_clock_holds_its_pace_while_the_machine_keeps_up() {
+        // 60 arrivals a day-clock minute: normal is under 600 owed, behind is over 1,800.
+        let mut p = Pace::new(720.0, 60.0);
+        assert_eq!((p.low, p.high), (600, 1_800));
+        for owed in [0, 150, 599, 1_200, 1_800, 900] {
+            assert_eq!(p.observe(owed, HALF), None, "{owed} owed");
+        }
+        assert_eq!((p.slowest, p.slowed_for), (720.0, Duration::ZERO));
+    }
+
+    #[test]
+    fn a_growing_backlog_slows_the_clock_to_a_floor_and_a_cleared_one_restores_it() {
+        let mut p = Pace::new(720.0, 60.0);
+        let mut rate = 720.0;
+        let mut owed = 2_000;
+        for _ in 0..20 {
+            if let Some(r) = p.observe(owed, HALF) {
+                assert!(r < rate, "only slower while the backlog grows: {r} after {rate}");
+                rate = r;
+            }
+            owed += 100;
+        }
+        assert_eq!(rate, 90.0, "an eighth of nominal at most");
+        assert!(p.overrun_for > Duration::ZERO, "growing at the floor is the machine falling behind");
+        // Shrinking but still high: the clock holds (a connection draining at its rate limit's
+        // pace is not the machine falling behind).
+        assert_eq!(p.observe(owed - 500, HALF), None);
+        assert_eq!(p.observe(700, HALF), None);
+        // Caught up: back to full pace in steps, never past it.
+        let mut steps = 0;
+        while let Some(r) = p.observe(10, HALF) {
+            assert!(r > rate && r <= 720.0);
+            rate = r;
+            steps += 1;
+        }
+        assert_eq!((rate, steps), (720.0, 10));
+        assert_eq!(p.slowest, 90.0);
+        assert!(p.slowed_for >= HALF * 20, "{:?}", p.slowed_for);
+    }
+
+    #[test]
+    fn a_light_day_still_has_room_for_normal_latency() {
+        // The test suite's day: 6 connections at 24 tickets an hour, 2.4 a minute.
+        let p = Pace::new(1_440.0, 2.4);
+        assert_eq!((p.low, p.high), (24, 72));
+        let tiny = Pace::new(1_440.0, 0.0);
+        assert_eq!((tiny.low, tiny.high), (20, 60));
+    }
+
+    #[test]
+    fn a_shortfall_at_the_floor_is_reported_as_possibly_the_machines() {
+        let mut r = DemoReport { rate: 720.0, tickets_created: 86_400, lost_tickets: 3, ..DemoReport::default() };
+        r.connections = vec![ConnectionReport::default(); 6];
+        assert_eq!(r.problems(), vec!["3 tickets never reached the app".to_string()]);
+        r.pace = PaceReport { nominal_rate: 720.0, average_rate: 200.0, slowest_rate: 90.0, slowed_seconds: 300.0, overrun_seconds: 12.0 };
+        let p = r.problems();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[1].contains("x90") && p[1].contains("--tickets-per-hour 300"), "{}", p[1]);
+        assert!(r.table().contains("ran slower for 300 s, at x200 on average and x90 at its slowest"), "{}", r.table());
+        // Every promise kept: an overrun alone is no failure.
+        r.lost_tickets = 0;
+        assert!(r.problems().is_empty());
     }
 }
