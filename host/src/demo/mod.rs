@@ -16,6 +16,10 @@
 //! 4-hour health checks, 5-10 minute sweeps and webhook retry schedules all keep their real
 //! proportions; a day passes in [`DemoOptions::day_seconds`]. Tickets arrive at
 //! [`DemoOptions::tickets_per_hour`] per account, spread over the day by a seeded generator.
+//! When the machine cannot carry that pace (the work owed on live connections grows past half
+//! an hour of arrivals), the clock slows until it catches up ([`Pace`]): the day keeps its
+//! proportions and takes longer, so whether it passes says something about the gateway, not
+//! about how busy the machine was.
 //!
 //! # The failures, on the day's clock
 //!
@@ -238,10 +242,11 @@ impl Clock for DemoClock {
 /// ends with work still queued, which says nothing about the gateway. So every half second the
 /// demo weighs the work it is owed on live connections (tickets not yet delivered to the app,
 /// resolutions not yet settled) against the arrivals: when more than `high` is owed and the
-/// amount is still growing, the clock slows (x0.8 a step, down to an eighth of `nominal`); when
+/// amount is still growing on the connections that were live at the last look, the clock slows (x0.8 a step, down to an eighth of `nominal`); when
 /// less than `low` is owed, it speeds back up (x1.25 a step, up to `nominal`). Between the two,
-/// and while a backlog shrinks (a connection draining what queued while it was suspended, at
-/// the pace its rate limit allows), the clock holds. Slowing keeps every proportion of the day
+/// and while a backlog shrinks, the clock holds: a connection that comes back live brings what
+/// queued while it was suspended and drains it at the pace its rate limit allows, which no
+/// slower clock would speed up. Slowing keeps every proportion of the day
 /// (arrivals, rate windows, token lifetimes and sweeps all live on the one clock), so only the
 /// day's real length changes; the report says how far the clock had to slow.
 #[derive(Debug, Clone)]
@@ -253,7 +258,8 @@ struct Pace {
     low: u64,
     /// Owed work above which, if still growing, the clock slows.
     high: u64,
-    prev: u64,
+    /// Owed work per connection at the last look.
+    prev: BTreeMap<String, u64>,
     /// The slowest rate the clock ran at.
     slowest: f64,
     /// Real time the clock ran below `nominal`.
@@ -275,17 +281,21 @@ impl Pace {
     fn new(nominal: f64, arrivals_per_minute: f64) -> Self {
         let per_min = arrivals_per_minute.max(0.0);
         let low = ((per_min * 10.0) as u64).max(20);
-        Self { nominal, floor: nominal / 8.0, rate: nominal, low, high: ((per_min * 30.0) as u64).max(3 * low), prev: 0, slowest: nominal, slowed_for: Duration::ZERO, overrun_for: Duration::ZERO }
+        Self { nominal, floor: nominal / 8.0, rate: nominal, low, high: ((per_min * 30.0) as u64).max(3 * low), prev: BTreeMap::new(), slowest: nominal, slowed_for: Duration::ZERO, overrun_for: Duration::ZERO }
     }
 
-    /// Weighs the work owed now, `since` (real) after the last look; returns the new rate when
-    /// the clock should change pace.
-    fn observe(&mut self, owed: u64, since: Duration) -> Option<f64> {
+    /// Weighs the work owed now per live connection, `since` (real) after the last look;
+    /// returns the new rate when the clock should change pace.
+    fn observe(&mut self, owed_per: BTreeMap<String, u64>, since: Duration) -> Option<f64> {
         if self.rate < self.nominal {
             self.slowed_for += since;
         }
-        let growing = owed >= self.prev;
-        self.prev = owed;
+        let owed: u64 = owed_per.values().sum();
+        // Growth only where there was a last look: a connection just back from a suspension
+        // arrives with its queue, which is not the machine falling behind.
+        let growth: i64 = owed_per.iter().filter_map(|(c, &n)| self.prev.get(c).map(|&p| n as i64 - p as i64)).sum();
+        let growing = growth > 0;
+        self.prev = owed_per;
         let next = if owed > self.high && growing {
             if self.rate <= self.floor {
                 self.overrun_for += since;
@@ -428,17 +438,22 @@ struct AppView {
 /// left out: what queues there waits for the operator, not for the machine. In-flight entries are
 /// counted up to `cap` per connection: past that the answer is "far behind" either way, and a
 /// machine that is behind should not also page through its whole outbox twice a second.
-async fn owed_work(store: &store::SharedStore, view: &Mutex<AppView>, created: &BTreeMap<String, Vec<u64>>, cap: u32) -> anyhow::Result<u64> {
+async fn owed_work(
+    store: &store::SharedStore,
+    view: &Mutex<AppView>,
+    created: &BTreeMap<String, Vec<u64>>,
+    cap: u32,
+) -> anyhow::Result<BTreeMap<String, u64>> {
     let live: Vec<String> = store.list_connections(false).await?.into_iter().filter(|c| c.state.name() == "live").map(|c| c.id).collect();
-    let mut owed = {
+    let mut owed: BTreeMap<String, u64> = {
         let v = view.lock().unwrap_or_else(|e| e.into_inner());
         live.iter()
-            .map(|conn| created.get(conn).map_or(0, Vec::len).saturating_sub(v.delivered.get(conn).map_or(0, BTreeSet::len)) as u64)
-            .sum::<u64>()
+            .map(|conn| (conn.clone(), created.get(conn).map_or(0, Vec::len).saturating_sub(v.delivered.get(conn).map_or(0, BTreeSet::len)) as u64))
+            .collect()
     };
-    for conn in live {
-        let q = ActionQuery { connection_id: Some(conn), ticket_id: None, in_flight_only: true, after_id: 0, limit: cap };
-        owed += store.list_actions(&q).await?.len() as u64;
+    for (conn, n) in &mut owed {
+        let q = ActionQuery { connection_id: Some(conn.clone()), ticket_id: None, in_flight_only: true, after_id: 0, limit: cap };
+        *n += store.list_actions(&q).await?.len() as u64;
     }
     Ok(owed)
 }
@@ -786,11 +801,12 @@ pub async fn run(opts: DemoOptions, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         let now = clock.now_ms();
         if last_weighed.elapsed() >= Pace::EVERY {
             let owed = owed_work(&store, &view, &created, u32::try_from(pace.high * 2).unwrap_or(u32::MAX)).await?;
+            let total: u64 = owed.values().sum();
             if let Some(r) = pace.observe(owed, last_weighed.elapsed()) {
                 clock.set_rate(r);
                 // A line when the clock leaves or regains full pace, and per halving between.
                 if r == rate || r < reported_rate * 0.5 || reported_rate == rate {
-                    progress(&format!("{} {owed} tickets and resolutions owed on live connections: clock x{r:.0} (full pace x{rate:.0})", hhmm(now)));
+                    progress(&format!("{} {total} tickets and resolutions owed on live connections: clock x{r:.0} (full pace x{rate:.0})", hhmm(now)));
                     reported_rate = r;
                 }
             }
@@ -1378,13 +1394,21 @@ mod tests {
 
     const HALF: Duration = Pace::EVERY;
 
+    fn owed(per: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        per.iter().map(|&(c, n)| (c.to_string(), n)).collect()
+    }
+
+    fn one(n: u64) -> BTreeMap<String, u64> {
+        owed(&[("zendesk-2", n)])
+    }
+
     #[test]
     fn the_clock_holds_its_pace_while_the_machine_keeps_up() {
         // 60 arrivals a day-clock minute: normal is under 600 owed, behind is over 1,800.
         let mut p = Pace::new(720.0, 60.0);
         assert_eq!((p.low, p.high), (600, 1_800));
         for owed in [0, 150, 599, 1_200, 1_800, 900] {
-            assert_eq!(p.observe(owed, HALF), None, "{owed} owed");
+            assert_eq!(p.observe(one(owed), HALF), None, "{owed} owed");
         }
         assert_eq!((p.slowest, p.slowed_for), (720.0, Duration::ZERO));
     }
@@ -1395,7 +1419,7 @@ mod tests {
         let mut rate = 720.0;
         let mut owed = 2_000;
         for _ in 0..20 {
-            if let Some(r) = p.observe(owed, HALF) {
+            if let Some(r) = p.observe(one(owed), HALF) {
                 assert!(r < rate, "only slower while the backlog grows: {r} after {rate}");
                 rate = r;
             }
@@ -1405,11 +1429,11 @@ mod tests {
         assert!(p.overrun_for > Duration::ZERO, "growing at the floor is the machine falling behind");
         // Shrinking but still high: the clock holds (a connection draining at its rate limit's
         // pace is not the machine falling behind).
-        assert_eq!(p.observe(owed - 500, HALF), None);
-        assert_eq!(p.observe(700, HALF), None);
+        assert_eq!(p.observe(one(owed - 500), HALF), None);
+        assert_eq!(p.observe(one(700), HALF), None);
         // Caught up: back to full pace in steps, never past it.
         let mut steps = 0;
-        while let Some(r) = p.observe(10, HALF) {
+        while let Some(r) = p.observe(one(10), HALF) {
             assert!(r > rate && r <= 720.0);
             rate = r;
             steps += 1;
@@ -1417,6 +1441,20 @@ mod tests {
         assert_eq!((rate, steps), (720.0, 10));
         assert_eq!(p.slowest, 90.0);
         assert!(p.slowed_for >= HALF * 20, "{:?}", p.slowed_for);
+    }
+
+    #[test]
+    fn a_connection_back_from_suspension_brings_its_queue_without_slowing_the_clock() {
+        let mut p = Pace::new(720.0, 60.0);
+        assert_eq!(p.observe(owed(&[("zendesk-1", 100), ("zendesk-2", 100)]), HALF), None);
+        // freshdesk-2 goes live at 05:00 with 3,000 resolutions queued while it lacked a scope.
+        assert_eq!(p.observe(owed(&[("zendesk-1", 100), ("zendesk-2", 100), ("freshdesk-2", 3_000)]), HALF), None);
+        // It drains at its rate limit's pace while the others hold steady: no slower clock.
+        for left in [2_900, 2_750, 2_700, 2_500] {
+            assert_eq!(p.observe(owed(&[("zendesk-1", 101), ("zendesk-2", 99), ("freshdesk-2", left)]), HALF), None);
+        }
+        // But the live connections' backlog growing past the mark does slow it.
+        assert_eq!(p.observe(owed(&[("zendesk-1", 300), ("zendesk-2", 99), ("freshdesk-2", 2_400)]), HALF), Some(576.0));
     }
 
     #[test]
