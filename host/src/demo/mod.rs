@@ -242,13 +242,13 @@ impl Clock for DemoClock {
 /// ends with work still queued, which says nothing about the gateway. So every half second the
 /// demo weighs the work it is owed on live connections (tickets not yet delivered to the app,
 /// resolutions not yet settled) against the arrivals: when more than `high` is owed and the
-/// amount is still growing on the connections that were live at the last look, the clock slows (x0.8 a step, down to an eighth of `nominal`); when
-/// less than `low` is owed, it speeds back up (x1.25 a step, up to `nominal`). Between the two,
-/// and while a backlog shrinks, the clock holds: a connection that comes back live brings what
-/// queued while it was suspended and drains it at the pace its rate limit allows, which no
-/// slower clock would speed up. Slowing keeps every proportion of the day
-/// (arrivals, rate windows, token lifetimes and sweeps all live on the one clock), so only the
-/// day's real length changes; the report says how far the clock had to slow.
+/// amount is still growing on the connections that were live at the last look, the clock slows
+/// (x0.8 a step, down to an eighth of `nominal`); when less than `low` is owed, it speeds back up
+/// (x1.25 a step, up to `nominal`). Between the two, and while a backlog shrinks, the clock
+/// holds: a connection that comes back live brings what queued while it was suspended and drains
+/// it at the pace its rate limit allows, which no slower clock would speed up. Slowing keeps
+/// every proportion of the day (arrivals, rate windows, token lifetimes and sweeps all live on
+/// the one clock), so only the day's real length changes; the report says how far it slowed.
 #[derive(Debug, Clone)]
 struct Pace {
     nominal: f64,
