@@ -17,7 +17,7 @@
 //! proportions; a day passes in [`DemoOptions::day_seconds`]. Tickets arrive at
 //! [`DemoOptions::tickets_per_hour`] per account, spread over the day by a seeded generator.
 //! When the machine cannot carry that pace (the work owed on live connections grows past half
-//! an hour of arrivals), the clock slows until it catches up ([`Pace`]): the day keeps its
+//! an hour of arrivals), the clock slows until it catches up (`Pace`): the day keeps its
 //! proportions and takes longer, so whether it passes says something about the gateway, not
 //! about how busy the machine was.
 //!
