@@ -94,9 +94,10 @@ impl SimClock {
         *self.inner.ticking.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_ticking<R>(&self, f: impl FnOnce(&mut Ticking, Duration) -> R) -> R {
+    /// Changes the ticking timeline under its lock; `f` gets the real time since `started`.
+    fn with_ticking(&self, f: impl FnOnce(&mut Ticking, Duration)) {
         let mut t = self.inner.ticking.write().unwrap_or_else(|e| e.into_inner());
-        f(&mut t, self.inner.started.elapsed())
+        f(&mut t, self.inner.started.elapsed());
     }
 
     /// Current sim time, unix milliseconds.
