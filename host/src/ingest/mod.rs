@@ -57,7 +57,7 @@ pub mod webhook;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -154,14 +154,29 @@ const NEWEST_CAP: usize = 100_000;
 /// See [`NEWEST_CAP`].
 const NEWEST_RETENTION_MS: Millis = 3_600_000;
 
+/// How many locks [`Inbox`] spreads tickets over: enough that deliveries about different
+/// tickets rarely wait for each other, few enough to take no memory to speak of.
+const TICKET_STRIPES: usize = 1024;
+
+/// The [`Inbox`] stripe of a connection's ticket.
+fn stripe(connection_id: &str, ticket_id: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (connection_id, ticket_id).hash(&mut h);
+    (h.finish() % TICKET_STRIPES as u64) as usize
+}
+
 /// The deduplicating, order-keeping writer of the inbox; shared by webhooks and sweeps.
 #[derive(Debug)]
 pub struct Inbox {
     store: SharedStore,
     /// Newest version stored per (connection, ticket), as far as this process knows.
     newest: Mutex<HashMap<(String, String), Millis>>,
-    /// One insert at a time per connection, so the stale check and the insert are one step.
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One insert at a time per ticket, so the stale check and the insert are one step: a ticket's
+    /// `(connection, ticket id)` hashes to one of these stripes. Inserts about other tickets run
+    /// at the same time and share the store's commit (and its fsync); one lock per connection
+    /// made every delivery to a connection wait for the previous one's commit.
+    stripes: Box<[tokio::sync::Mutex<()>]>,
     /// Events stored so far by this process: long-polls wait for it to move.
     stored: tokio::sync::watch::Sender<u64>,
     /// Tickets seen carrying [`PROBE_TAG`], per connection: later events about them (the probe's
@@ -173,7 +188,8 @@ impl Inbox {
     /// A writer over `store`.
     pub fn new(store: SharedStore) -> Self {
         let (stored, _) = tokio::sync::watch::channel(0);
-        Self { store, newest: Mutex::new(HashMap::new()), locks: Mutex::new(HashMap::new()), stored, probes: Mutex::default() }
+        let stripes = (0..TICKET_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect();
+        Self { store, newest: Mutex::new(HashMap::new()), stripes, stored, probes: Mutex::default() }
     }
 
     /// The store.
@@ -196,11 +212,15 @@ impl Inbox {
         if candidates.is_empty() {
             return Ok(IngestReport::default());
         }
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(connection_id.to_owned()).or_default().clone()
-        };
-        let _serial = lock.lock().await;
+        // The stripes of the batch's tickets, taken in ascending order so that two batches
+        // sharing stripes cannot each hold one the other waits for.
+        let mut stripes: Vec<usize> = candidates.iter().map(|c| stripe(connection_id, &c.event.ticket_id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut _serial = Vec::with_capacity(stripes.len());
+        for i in stripes {
+            _serial.push(self.stripes[i].lock().await);
+        }
         let mut keep: Vec<NewEvent> = Vec::with_capacity(candidates.len());
         let mut seen: HashMap<&str, Millis> = HashMap::new();
         let mut stale = 0;
