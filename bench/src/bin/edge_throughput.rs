@@ -3,7 +3,11 @@
 //! ```sh
 //! cargo test -p deskgate-tests --no-run      # builds target/wasm-edge/.../edge-composed.wasm
 //! cargo run -p deskgate-bench --bin edge_throughput -- [REQUESTS] [CONCURRENCY] [EDGE.wasm]
+//! NATIVE_ONLY=1 cargo run --release -p deskgate-bench --bin edge_throughput -- 40000 64
 //! ```
+//!
+//! With `NATIVE_ONLY` set only the native path runs, once, for all `REQUESTS`: issue #6's
+//! webhooks per second (verified, parsed, deduplicated, durable). The edge is still loaded.
 //!
 //! One process, one tokio runtime, one gateway (SQLite store in a temporary directory, the
 //! built-in Zendesk adapter) serving both `POST /webhooks/{connection}` (native: verify, parse,
@@ -189,6 +193,16 @@ async fn main() -> anyhow::Result<()> {
     let mut native = Vec::new();
     let mut through_edge = Vec::new();
     let mut refused = Vec::new();
+    if std::env::var_os("NATIVE_ONLY").is_some() {
+        let t = Instant::now();
+        let run = load(&client, &native_url, 200, 60_000_000, requests, concurrency).await?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "native /webhooks only: {requests} deliveries, {concurrency} in flight: {:.0} webhooks/s, p50 {:.2} ms, p99 {:.2} ms ({:.1} s)",
+            run.rps, ms(run.p50), ms(run.p99), t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     for r in 0..rounds {
         native.push(load(&client, &native_url, 200, 30_000_000 + r * per, per, concurrency).await?);
         through_edge.push(load(&client, &edge_url, 200, 40_000_000 + r * per, per, concurrency).await?);
