@@ -217,9 +217,9 @@ impl Inbox {
         let mut stripes: Vec<usize> = candidates.iter().map(|c| stripe(connection_id, &c.event.ticket_id)).collect();
         stripes.sort_unstable();
         stripes.dedup();
-        let mut _serial = Vec::with_capacity(stripes.len());
+        let mut held = Vec::with_capacity(stripes.len()); // released when the insert returns
         for i in stripes {
-            _serial.push(self.stripes[i].lock().await);
+            held.push(self.stripes[i].lock().await);
         }
         let mut keep: Vec<NewEvent> = Vec::with_capacity(candidates.len());
         let mut seen: HashMap<&str, Millis> = HashMap::new();
